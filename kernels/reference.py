@@ -154,7 +154,9 @@ def prefill_attention(
     return out
 
 
-def _causal_mask(q_len: int, ctx: int, sliding_window: int | None, device: torch.device) -> torch.Tensor | None:
+def _causal_mask(
+    q_len: int, ctx: int, sliding_window: int | None, device: torch.device
+) -> torch.Tensor | None:
     """Boolean mask (True = attend) for queries at positions ctx-q_len..ctx-1; None = plain causal."""
     if q_len == ctx and (sliding_window is None or sliding_window >= ctx):
         return None

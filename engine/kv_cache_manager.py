@@ -1,0 +1,82 @@
+"""Sequence-level page bookkeeping on top of :class:`PagePool`: prefix hits, growth, commit, free."""
+
+from __future__ import annotations
+
+from engine.page_pool import PagePool
+from engine.sequence import Sequence
+
+
+class KVCacheManager:
+    """Gives sequences the pages their next tokens need, reusing cached prefixes.
+
+    Invariant: ``len(seq.block_table) * page_size >= seq.num_computed_tokens`` and every page in a
+    block table holds one reference for that sequence.
+    """
+
+    def __init__(self, pool: PagePool, fingerprint: bytes, enable_prefix_caching: bool = True) -> None:
+        self.pool = pool
+        self.page_size = pool.page_size
+        self.fingerprint = fingerprint
+        self.enable_prefix_caching = enable_prefix_caching
+
+    def match_prefix(self, seq: Sequence) -> list[int]:
+        """Cached pages for the longest prefix of ``seq`` (at least one token is always left to run,
+        so the step that finishes the prompt produces logits)."""
+        if not self.enable_prefix_caching:
+            return []
+        num_full = (seq.num_tokens - 1) // self.page_size
+        keys = seq.page_keys(num_full, self.page_size, self.fingerprint)
+        ps = self.page_size
+        blocks = [seq.token_ids[i * ps : (i + 1) * ps] for i in range(num_full)]
+        return self.pool.lookup(keys, blocks)
+
+    def pages_needed(self, seq: Sequence, num_new_tokens: int) -> int:
+        total = seq.num_computed_tokens + num_new_tokens
+        return max(0, -(-total // self.page_size) - len(seq.block_table))
+
+    def admit(self, seq: Sequence, cached_pages: list[int], num_new_tokens: int) -> bool:
+        """Give a sequence without pages its cached prefix plus room for ``num_new_tokens`` more.
+        Returns False (and changes nothing) when the pool cannot cover it now."""
+        assert not seq.block_table and seq.num_computed_tokens == 0
+        num_cached = len(cached_pages) * self.page_size
+        needed = -(-(num_cached + num_new_tokens) // self.page_size) - len(cached_pages)
+        if needed + self.pool.num_acquirable_free(cached_pages) > self.pool.num_free_pages:
+            return False
+        self.pool.acquire(cached_pages)
+        new_pages = self.pool.allocate(needed)
+        assert new_pages is not None
+        seq.block_table = list(cached_pages) + new_pages
+        seq.num_computed_tokens = num_cached
+        seq.num_committed_pages = len(cached_pages)
+        return True
+
+    def grow(self, seq: Sequence, num_new_tokens: int) -> bool:
+        """Extend a running sequence's pages to hold ``num_new_tokens`` more; False if no room."""
+        needed = self.pages_needed(seq, num_new_tokens)
+        if needed == 0:
+            return True
+        pages = self.pool.allocate(needed)
+        if pages is None:
+            return False
+        seq.block_table.extend(pages)
+        return True
+
+    def commit(self, seq: Sequence) -> None:
+        """Register the pages that became full since the last commit in the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        num_full = seq.num_computed_tokens // self.page_size
+        if num_full <= seq.num_committed_pages:
+            return
+        keys = seq.page_keys(num_full, self.page_size, self.fingerprint)
+        ps = self.page_size
+        for i in range(seq.num_committed_pages, num_full):
+            self.pool.register(seq.block_table[i], keys[i], seq.token_ids[i * ps : (i + 1) * ps])
+        seq.num_committed_pages = num_full
+
+    def free(self, seq: Sequence) -> None:
+        """Return a sequence's pages (finished or preempted); its computed progress is dropped."""
+        self.pool.release(reversed(seq.block_table))  # tail first: evicted before the shared head
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+        seq.num_committed_pages = 0

@@ -1,0 +1,53 @@
+"""Build a model from an HF directory: ``config.json`` plus single or sharded safetensors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.models import model_class
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint, via ``model.safetensors.index.json`` when sharded."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [model_dir / name for name in shards]
+    else:
+        files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{model_dir} has no *.safetensors weights")
+    for f in files:
+        if not f.is_file():
+            raise ValueError(f"{model_dir}: shard {f.name} named by the index is missing")
+    return files
+
+
+def iter_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                yield name, f.get_tensor(name)
+
+
+def load_model(
+    model_dir: str | Path, cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int
+) -> nn.Module:
+    """Instantiate the registered class for ``cfg`` and fill it from the checkpoint, in ``dtype``."""
+    model_dir = Path(model_dir)
+    cls = model_class(cfg)
+    with torch.device("meta"):
+        model = cls(cfg, max_positions)
+    # Materialise on the target device without initialising: every parameter gets overwritten.
+    model = model.to_empty(device=device).to(dtype=dtype)
+    model.load_weights(iter_weights(weight_files(model_dir)))
+    model.eval()
+    model.init_rope(device)
+    return model

@@ -1,0 +1,88 @@
+"""Model runner: owns the weights and the KV cache, turns a scheduled batch into logits."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.attention import AttentionMetadata
+from engine.config import EngineConfig, ModelConfig
+from engine.loader import load_model
+from engine.scheduler import ScheduledBatch
+
+
+def kv_bytes_per_page(cfg: ModelConfig, page_size: int, dtype: torch.dtype) -> int:
+    elem = torch.empty((), dtype=dtype).element_size()
+    return cfg.num_layers * 2 * cfg.num_kv_heads * page_size * cfg.head_dim * elem
+
+
+class ModelRunner:
+    def __init__(
+        self, config: EngineConfig, model_cfg: ModelConfig, max_model_len: int, num_pages: int
+    ) -> None:
+        self.config = config
+        self.model_cfg = model_cfg
+        self.device = torch.device(config.device)
+        self.page_size = config.page_size
+        self.model = load_model(config.model, model_cfg, config.torch_dtype, self.device, max_model_len)
+        self.kv_cache = torch.zeros(
+            model_cfg.num_layers, 2, model_cfg.num_kv_heads, num_pages, config.page_size, model_cfg.head_dim,
+            dtype=config.torch_dtype, device=self.device,
+        )  # fmt: skip
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch, sample_rows: list[int]) -> torch.Tensor:
+        """Run every scheduled token; return float32 logits for the batch rows in ``sample_rows``
+        (indices into ``batch.seqs``), at each one's last scheduled token."""
+        input_ids, positions, meta, last_token_index = self._prepare(batch)
+        hidden = self.model(input_ids, positions, self.kv_cache, meta)
+        if not sample_rows:
+            return hidden.new_empty((0, self.model_cfg.vocab_size), dtype=torch.float32)
+        rows = torch.tensor([last_token_index[i] for i in sample_rows], device=self.device)
+        return self.model.compute_logits(hidden.index_select(0, rows))
+
+    def _prepare(
+        self, batch: ScheduledBatch
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        ps = self.page_size
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        last: list[int] = []
+        decode_tables, decode_lens = [], []
+        prefill_tables, prefill_lens, cu_q = [], [], [0]
+        num_decode = 0
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            start = seq.num_computed_tokens
+            end = start + n
+            ids.extend(seq.token_ids[start:end])
+            pos.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // ps] * ps + p % ps for p in range(start, end))
+            last.append(len(ids) - 1)
+            if n == 1:
+                num_decode += 1
+                decode_tables.append(table)
+                decode_lens.append(end)
+            else:
+                prefill_tables.append(table)
+                prefill_lens.append(end)
+                cu_q.append(cu_q[-1] + n)
+        dev = self.device
+        meta = AttentionMetadata(
+            slots=torch.tensor(slots, dtype=torch.long, device=dev),
+            num_decode_tokens=num_decode,
+            decode_block_tables=_pad_tables(decode_tables, dev),
+            decode_context_lens=torch.tensor(decode_lens, dtype=torch.int32, device=dev),
+            prefill_block_tables=_pad_tables(prefill_tables, dev),
+            prefill_cu_seqlens_q=torch.tensor(cu_q, dtype=torch.int32, device=dev),
+            prefill_context_lens=torch.tensor(prefill_lens, dtype=torch.int32, device=dev),
+        )
+        input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
+        positions = torch.tensor(pos, dtype=torch.long, device=dev)
+        return input_ids, positions, meta, last
+
+
+def _pad_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:
+    width = max((len(t) for t in tables), default=0)
+    padded = [t + [0] * (width - len(t)) for t in tables]
+    return torch.tensor(padded, dtype=torch.int32, device=device).view(len(tables), width)

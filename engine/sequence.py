@@ -1,0 +1,79 @@
+"""A request's state inside the engine."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+
+import torch
+
+from engine.types import SamplingParams, TokenLogprobs
+from kvstore.keys import block_key
+
+_arrival = itertools.count()
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    """Prompt plus generated tokens, how many of them have KV in pages, and those pages.
+
+    ``num_computed_tokens`` tokens have KV in ``block_table``; the rest (the prompt's uncomputed
+    part, or the last sampled token) are what the next step must run. After preemption everything
+    is recomputed from ``token_ids``, generated tokens included.
+    """
+
+    def __init__(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
+        self.request_id = request_id
+        self.arrival = next(_arrival)
+        self.token_ids = list(prompt)
+        self.num_prompt_tokens = len(prompt)
+        self.params = params
+        self.status = Status.WAITING
+        self.num_computed_tokens = 0
+        self.block_table: list[int] = []
+        self.num_committed_pages = 0  # pages registered in the prefix cache by this sequence
+        self.num_cached_tokens: int | None = None  # prefix-cache hit at first admission
+        self.finish_reason: str | None = None
+        self.logprobs: list[TokenLogprobs] | None = [] if params.logprobs is not None else None
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed)
+        self._keys: list[bytes] = []
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    def page_keys(self, num_pages: int, page_size: int, fingerprint: bytes) -> list[bytes]:
+        """Hash-chain keys of the first ``num_pages`` full pages (computed once, then memoised)."""
+        assert num_pages * page_size <= self.num_tokens
+        while len(self._keys) < num_pages:
+            i = len(self._keys)
+            prev = self._keys[-1] if self._keys else None
+            self._keys.append(
+                block_key(prev, self.token_ids[i * page_size : (i + 1) * page_size], fingerprint)
+            )
+        return self._keys[:num_pages]
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "
+            f"computed={self.num_computed_tokens}, pages={len(self.block_table)})"
+        )

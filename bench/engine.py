@@ -1,0 +1,250 @@
+"""Engine benchmark: Tandem's engine against HF transformers on the same requests, in one run.
+
+Three measurements, all float32 on the model given (default SmolLM2-135M-Instruct):
+
+1. end to end: ``--num-requests`` requests (prompts 32-512 tokens, outputs 16-256, seeded), all
+   submitted to ``LLM.generate`` at once, against HF ``generate`` batched as a user would
+   (``--hf-batch-size`` requests per call, left-padded, each batch run to its longest output).
+   Throughput counts only the tokens each request asked for.
+2. prefill: long prompts with ``max_tokens=1``; achieved FLOP/s as a fraction of the fp32 GEMM peak.
+3. decode: ``--decode-batch`` sequences decoding together; FLOP/s per step against the same peak.
+
+The GEMM peak is measured first, in this process, with the same thread count. FLOPs count the
+matmuls: 2 x (linear weights) per token, attention scores and values over the real context, and the
+LM head for the rows that get logits.
+
+    python -m bench.engine --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run as `python bench/engine.py`
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from engine import LLM, SamplingParams  # noqa: E402
+from engine.config import ModelConfig  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
+
+
+def default_model_dir() -> str:
+    """Ask the CLI (which owns model resolution and the cache) for the default model's directory."""
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "convert", "--default"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def gemm_peak_flops(seconds: float = 3.0) -> float:
+    """Best fp32 matmul rate over square and model-shaped GEMMs."""
+    best = 0.0
+    for m, k, n in [(2048, 2048, 2048), (2048, 576, 1536), (4096, 1024, 1024)]:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b
+        deadline = time.perf_counter() + seconds / 3
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t))
+    return best
+
+
+class FlopModel:
+    def __init__(self, cfg: ModelConfig) -> None:
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.linear_per_token = 2 * cfg.num_layers * (h * (q + 2 * kv) + q * h + 3 * h * i)
+        self.attn_per_query_key = 4 * cfg.num_layers * q  # QK^T and PV
+        self.lm_head_per_row = 2 * h * cfg.vocab_size
+
+    def prefill(self, prompt_len: int) -> float:
+        causal_pairs = prompt_len * (prompt_len + 1) / 2
+        return (
+            prompt_len * self.linear_per_token + causal_pairs * self.attn_per_query_key + self.lm_head_per_row
+        )
+
+    def decode_step(self, context_lens: list[int]) -> float:
+        n = len(context_lens)
+        return (
+            n * (self.linear_per_token + self.lm_head_per_row) + sum(context_lens) * self.attn_per_query_key
+        )
+
+
+def make_requests(n: int, vocab: int, seed: int) -> list[tuple[list[int], int]]:
+    g = torch.Generator().manual_seed(seed)
+    reqs = []
+    for _ in range(n):
+        plen = int(torch.randint(32, 513, (1,), generator=g))
+        olen = int(torch.randint(16, 257, (1,), generator=g))
+        reqs.append((torch.randint(100, vocab, (plen,), generator=g).tolist(), olen))
+    return reqs
+
+
+def run_engine(llm: LLM, reqs) -> float:
+    params = [SamplingParams(temperature=0.0, max_tokens=o, ignore_eos=True) for _, o in reqs]
+    start = time.perf_counter()
+    outs = llm.generate([p for p, _ in reqs], params, use_tqdm=True)
+    elapsed = time.perf_counter() - start
+    assert [len(o.token_ids) for o in outs] == [o for _, o in reqs]
+    return elapsed
+
+
+def run_hf(model_dir: str, reqs, batch_size: int) -> float:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    start = time.perf_counter()
+    for i in tqdm(range(0, len(reqs), batch_size), desc="hf generate (batches)"):
+        batch = reqs[i : i + batch_size]
+        width = max(len(p) for p, _ in batch)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p, _ in batch])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in batch])
+        with torch.no_grad():
+            model.generate(
+                ids, attention_mask=mask, max_new_tokens=max(o for _, o in batch), min_new_tokens=max(o for _, o in batch),
+                do_sample=False, pad_token_id=pad,
+            )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def measure_prefill(llm: LLM, flops: FlopModel, vocab: int, prompt_len: int, n: int) -> dict:
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(100, vocab, (prompt_len,), generator=g).tolist() for _ in range(n)]
+    llm.engine.pool.reset_prefix_cache()
+    start = time.perf_counter()
+    llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=1))
+    elapsed = time.perf_counter() - start
+    llm.engine.pool.reset_prefix_cache()
+    return {
+        "prompt_len": prompt_len,
+        "num_prompts": n,
+        "tokens_per_s": n * prompt_len / elapsed,
+        "flops_per_s": n * flops.prefill(prompt_len) / elapsed,
+    }
+
+
+def measure_decode(llm: LLM, flops: FlopModel, vocab: int, batch: int, prompt_len: int, steps: int) -> dict:
+    g = torch.Generator().manual_seed(8)
+    engine = llm.engine
+    for _ in range(batch):
+        prompt = torch.randint(100, vocab, (prompt_len,), generator=g).tolist()
+        engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=steps + 1, ignore_eos=True))
+    times, step_flops = [], []
+    with tqdm(total=steps, desc=f"decode batch {batch}") as bar:
+        while engine.has_unfinished():
+            running = list(engine.scheduler.running)
+            pure_decode = len(running) == batch and all(s.num_uncomputed_tokens == 1 for s in running)
+            lens = [s.num_tokens for s in running]
+            t = time.perf_counter()
+            engine.step()
+            dt = time.perf_counter() - t
+            if pure_decode:
+                times.append(dt)
+                step_flops.append(flops.decode_step(lens))
+                bar.update(1)
+    step_s = statistics.median(times)
+    return {
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "steps": len(times),
+        "step_ms_p50": step_s * 1e3,
+        "tokens_per_s": batch / step_s,
+        "flops_per_s": statistics.median(f / t for f, t in zip(step_flops, times)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--model", help="HF model directory (default: SmolLM2-135M-Instruct via `tandem convert`)"
+    )
+    ap.add_argument("--num-requests", type=int, default=64)
+    ap.add_argument(
+        "--hf-batch-size", type=int, default=16, help="requests per HF generate call (default 16)"
+    )
+    ap.add_argument("--decode-batch", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--prefill-len", type=int, default=512)
+    ap.add_argument("--skip-hf", action="store_true", help="skip the transformers baseline")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    model_dir = args.model or default_model_dir()
+    cfg = ModelConfig.from_dir(model_dir)
+    flops = FlopModel(cfg)
+    print(f"model {model_dir}\nthreads {torch.get_num_threads()}; measuring the fp32 GEMM peak ...")
+    peak = gemm_peak_flops()
+    print(f"GEMM peak {peak / 1e9:.1f} GFLOP/s")
+
+    llm = LLM(model_dir, dtype="float32", max_num_seqs=64, max_num_batched_tokens=2048)
+    llm.generate([[100] * 16], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
+    reqs = make_requests(args.num_requests, cfg.vocab_size, args.seed)
+    useful = sum(o for _, o in reqs)
+    prompt_tokens = sum(len(p) for p, _ in reqs)
+
+    engine_s = run_engine(llm, reqs)
+    result = {
+        "model": Path(model_dir).name,
+        "dtype": "float32",
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "cores": os.cpu_count(), "torch": torch.__version__},
+        "gemm_peak_gflops": peak / 1e9,
+        "workload": {"num_requests": len(reqs), "prompt_tokens": prompt_tokens, "output_tokens": useful,
+                     "prompt_range": [32, 512], "output_range": [16, 256]},
+        "engine": {"seconds": engine_s, "output_tokens_per_s": useful / engine_s,
+                   "total_tokens_per_s": (useful + prompt_tokens) / engine_s},
+    }  # fmt: skip
+    print(f"engine: {engine_s:.1f}s, {useful / engine_s:.1f} output tok/s")
+
+    pre = measure_prefill(llm, flops, cfg.vocab_size, args.prefill_len, 8)
+    pre["fraction_of_gemm_peak"] = pre["flops_per_s"] / peak
+    result["prefill"] = pre
+    print(f"prefill: {pre['tokens_per_s']:.0f} tok/s, {pre['fraction_of_gemm_peak']:.0%} of GEMM peak")
+    result["decode"] = []
+    for b in args.decode_batch:
+        dec = measure_decode(llm, flops, cfg.vocab_size, b, 128, 48)
+        dec["fraction_of_gemm_peak"] = dec["flops_per_s"] / peak
+        result["decode"].append(dec)
+        print(
+            f"decode batch {b}: {dec['tokens_per_s']:.0f} tok/s, {dec['fraction_of_gemm_peak']:.0%} of GEMM peak"
+        )
+
+    if not args.skip_hf:
+        hf_s = run_hf(model_dir, reqs, args.hf_batch_size)
+        result["hf"] = {
+            "seconds": hf_s,
+            "batch_size": args.hf_batch_size,
+            "output_tokens_per_s": useful / hf_s,
+        }
+        result["speedup_vs_hf"] = hf_s / engine_s
+        print(
+            f"transformers: {hf_s:.1f}s, {useful / hf_s:.1f} output tok/s -> engine is {hf_s / engine_s:.2f}x"
+        )
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

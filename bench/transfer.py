@@ -1,0 +1,255 @@
+"""Transfer benchmark: the KV store between processes against bare ZeroMQ, same sockets, same run.
+
+Starts an embedded Redis, one store node and one bare ZeroMQ server, each in its own process,
+then measures from this process:
+
+- put + get throughput of ``--chunk-bytes`` chunks (1 MiB) in batches of ``--batch`` (16), through
+  ``StoreClient`` (index update, copy into the arena, zero-copy reply, tensors built on arrival)
+  and through bare multipart messages on identically configured sockets (the baseline: one
+  request carrying the batch, one reply; the server keeps the frames it got and sends them back).
+  Rounds alternate between the two so that load from other processes hits both alike; every round
+  puts fresh keys, so the store evicts as it would in service. Target: ratio >= 0.8.
+- latency to fetch a 16-chunk prefix (``get``: index lookup plus transfer), p50 / p99, and the
+  fitted cost model ``fetch_s = fixed_s + per_byte_s * bytes`` the conductor uses;
+- ``match_prefix`` latency for a 64-key chain (half of it cached), p50 / p99.
+
+Results go to ``bench/results/transfer.json``.
+
+    python -m bench.transfer            # about 15 seconds
+    python -m bench.transfer --quick    # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run as `python bench/transfer.py`: bench/ is sys.path[0] and shadows transfer/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import redis  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from kvstore import StoreClient  # noqa: E402
+from kvstore.embedded_redis import EmbeddedRedis  # noqa: E402
+from kvstore.index import StoreIndex  # noqa: E402
+from kvstore.keys import chain_keys  # noqa: E402
+from transfer import SocketOptions, sockets  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "transfer.json"
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.transfer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunk-bytes", type=int, default=MiB, help="bytes per chunk (1 MiB)")
+    parser.add_argument("--batch", type=int, default=16, help="chunks per put / get request (16)")
+    parser.add_argument("--rounds", type=int, default=6, help="throughput rounds per system (6)")
+    parser.add_argument("--batches-per-round", type=int, default=8, help="put+get batches per round (8)")
+    parser.add_argument("--latency-samples", type=int, default=200, help="samples per latency figure (200)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds, 40 samples")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help=f"JSON output ({RESULTS.relative_to(REPO)})"
+    )
+    parser.add_argument("--raw-server", metavar="ADDRESS", help=argparse.SUPPRESS)  # internal: the baseline
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.latency_samples = 2, 40
+    return args
+
+
+# ---- the baseline: bare multipart messages -----------------------------------------------------
+
+
+def serve_raw(listen: str) -> None:
+    """Bare ROUTER: b"put" + frames → keeps the frames, replies b"ok"; b"get" → sends them back."""
+    sock = sockets.bind_router(listen, SocketOptions())
+    print(sockets.bound_address(sock), flush=True)
+    kept: list = []
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        peer, op = frames[0], frames[1].bytes
+        if op == b"put":
+            kept = frames[2:]
+            sock.send_multipart([peer, b"ok"])
+        elif op == b"get":
+            sock.send_multipart([peer, b"data", *kept], copy=False)
+        else:
+            return
+
+
+def raw_round(dealer, batches: list[list[torch.Tensor]]) -> float:
+    start = time.perf_counter()
+    for chunks in batches:
+        dealer.send_multipart([b"put", *(c.numpy() for c in chunks)], copy=False)
+        dealer.recv_multipart()
+        dealer.send_multipart([b"get"])
+        frames = dealer.recv_multipart(copy=False)
+        assert len(frames) == 1 + len(chunks)
+    return time.perf_counter() - start
+
+
+# ---- the store ------------------------------------------------------------------------------------
+
+
+def store_round(client: StoreClient, batches: list[list[torch.Tensor]], round_index: int) -> float:
+    start = time.perf_counter()
+    for b, chunks in enumerate(batches):
+        keys = [f"r{round_index}b{b}c{i}".encode().ljust(16, b".") for i in range(len(chunks))]
+        assert all(client.put(keys, chunks))
+        got = client.get(keys)
+        assert len(got) == len(chunks)
+    return time.perf_counter() - start
+
+
+def percentiles_ms(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50": at(0.50), "p99": at(0.99), "mean": round(statistics.mean(ordered) * 1000, 3)}
+
+
+def timed(fn, n: int, bar: tqdm) -> list[float]:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+        bar.update()
+    return samples
+
+
+def run(args: argparse.Namespace, redis_url: str, raw_address: str) -> dict:
+    chunk_elems, batch = args.chunk_bytes, args.batch
+    batches = [[torch.randint(0, 255, (chunk_elems,), dtype=torch.uint8) for _ in range(batch)]
+               for _ in range(args.batches_per_round)]  # fmt: skip
+    round_bytes = 2 * args.batches_per_round * batch * args.chunk_bytes  # put + get
+    client = StoreClient(redis_url=redis_url, node_id="bench")
+    dealer = sockets.connect_dealer(raw_address, SocketOptions())
+    total = 2 * (args.rounds + 1) + 5 * args.latency_samples
+    with tqdm(total=total, desc="transfer", unit="step") as bar:
+        raw_round(dealer, batches)  # warm-up: connections, first touch of the arena
+        store_round(client, batches, -1)
+        bar.update(2)
+        raw_s, store_s = [], []
+        for r in range(args.rounds):
+            raw_s.append(raw_round(dealer, batches))
+            store_s.append(store_round(client, batches, r))
+            bar.update(2)
+
+        chain = chain_keys(list(range(64 * 16)), 16, b"bench-fingerprint")
+        prefix = chain[:16]
+        client.put(prefix, batches[0])
+        fetch = {n: timed(lambda n=n: client.get(prefix[:n]), args.latency_samples, bar) for n in (1, 4, 16)}
+        client.put(chain[16:32], batches[0])  # 32 of the 64 keys cached
+        assert client.match_prefix(chain) == {"bench": 32}
+        match = timed(lambda: client.match_prefix(chain), args.latency_samples, bar)
+        pinger = redis.Redis.from_url(redis_url)
+        ping = timed(pinger.ping, args.latency_samples, bar)  # the floor: one Redis round trip
+        pinger.close()
+    dealer.send_multipart([b"stop"])
+    dealer.close()
+    client.close()
+
+    raw_gib_s = round_bytes * len(raw_s) / sum(raw_s) / (1 << 30)
+    store_gib_s = round_bytes * len(store_s) / sum(store_s) / (1 << 30)
+    sizes = [n * args.chunk_bytes for n in (1, 4, 16)]
+    fit = statistics.linear_regression(sizes, [statistics.median(fetch[n]) for n in (1, 4, 16)])
+    return {
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "raw_server", "quick")},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": _cpu_count(),
+            "python": platform.python_version(),
+        },
+        "throughput": {
+            "store_put_get_gib_s": round(store_gib_s, 3),
+            "raw_zmq_multipart_gib_s": round(raw_gib_s, 3),
+            "ratio": round(store_gib_s / raw_gib_s, 3),
+            "ratio_median_of_rounds": round(statistics.median(r / s for r, s in zip(raw_s, store_s)), 3),
+            "target_ratio": 0.8,
+            "store_round_s": [round(s, 4) for s in store_s],
+            "raw_round_s": [round(s, 4) for s in raw_s],
+        },
+        "fetch_prefix_16_chunks_ms": percentiles_ms(fetch[16]),
+        "fetch_ms_by_chunks": {str(n): percentiles_ms(fetch[n]) for n in (1, 4)},
+        "fetch_cost_model": {"fixed_s": fit.intercept, "per_byte_s": fit.slope},
+        "match_prefix_64_keys_ms": percentiles_ms(match),
+        "redis_ping_ms": percentiles_ms(ping),
+    }
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.raw_server:
+        serve_raw(args.raw_server)
+        return 0
+    capacity = 2 * args.batches_per_round * args.batch * args.chunk_bytes + 64 * args.chunk_bytes
+    procs: list[subprocess.Popen] = []
+    with EmbeddedRedis() as redis_server:
+        try:
+            node = subprocess.Popen(
+                [sys.executable, "-m", "kvstore.node_main", "--redis-url", redis_server.url, "--node-id", "bench",
+                 "--listen", "tcp://127.0.0.1:0", "--capacity-bytes", str(capacity),
+                 "--slot-bytes", str(args.chunk_bytes), "--log-level", "WARNING"],
+                cwd=REPO,
+            )  # fmt: skip
+            procs.append(node)
+            raw = subprocess.Popen(
+                [sys.executable, "-m", "bench.transfer", "--raw-server", "tcp://127.0.0.1:0"],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            procs.append(raw)
+            raw_address = raw.stdout.readline().strip()
+            _wait_for_node(redis_server.url, "bench", node)
+            results = run(args, redis_server.url, raw_address)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    t = results["throughput"]
+    print(f"put+get: store {t['store_put_get_gib_s']} GiB/s, bare ZeroMQ {t['raw_zmq_multipart_gib_s']} GiB/s, "
+          f"ratio {t['ratio']} (median of rounds {t['ratio_median_of_rounds']}; target >= 0.8)")  # fmt: skip
+    print(f"fetch 16-chunk prefix: {results['fetch_prefix_16_chunks_ms']} ms")
+    print(f"match_prefix, 64 keys: {results['match_prefix_64_keys_ms']} ms")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _wait_for_node(redis_url: str, node_id: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> str:
+    index = StoreIndex(redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            live = {n.node_id: n.address for n in index.nodes()}
+            if node_id in live:
+                return live[node_id]
+            time.sleep(0.05)
+    finally:
+        index.close()
+    raise RuntimeError(
+        f"store node {node_id} did not register within {timeout_s} s (exit code {proc.poll()})"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

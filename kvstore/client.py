@@ -1,0 +1,262 @@
+"""``StoreClient``: what workers and the router use to put, find and fetch chunks.
+
+Lookups read the Redis index (one round trip); transfers go straight to the node holding a
+chunk. Torch is imported only by ``put`` and ``get``, so index reads stay torch-free.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from kvstore.index import DEFAULT_PREFIX, Holding, StoreIndex
+from kvstore.types import NodeInfo, NodeUnavailable, StoreError, key_hex
+from transfer import PeerTimeout, PeerUnavailable, RemoteError, RequestClient, SocketOptions
+from transfer.messages import Buffer, DeleteReply, DeleteRequest, GetReply, GetRequest, PutReply, PutRequest
+
+if TYPE_CHECKING:
+    import torch
+
+MiB = 1 << 20
+
+
+class StoreClient:
+    """Client of the KV store. Thread-safe (transfers are serialized).
+
+    ``node_id`` names this process's own store node: ``put`` writes there and ``get`` reads from
+    it when it holds a key. Without it, ``put`` picks the live node with the most free bytes.
+    ``timeout_s`` bounds each transfer; a node that cannot be reached fails after
+    ``connect_timeout_s``. A ``put`` is sent as requests of about ``max_request_bytes``, all in
+    flight at once, so that the node copies one into its arena while the next is on the wire. Every failure of a node is ``NodeUnavailable``, of Redis
+    ``IndexUnavailable``, of a request ``StoreError``: all mean "not from the store; recompute".
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        node_id: str | None = None,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 1.0,
+        max_request_bytes: int = 16 * MiB,
+        index_prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if timeout_s <= 0 or connect_timeout_s <= 0 or max_request_bytes <= 0:
+            raise ValueError("timeout_s, connect_timeout_s and max_request_bytes must be positive")
+        self.index = StoreIndex(redis_url, prefix=index_prefix)
+        self.node_id = node_id
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_request_bytes = max_request_bytes
+        self._connections: dict[str, RequestClient] = {}
+        self._own_address: str | None = None  # node_id's address, looked up once
+        self._lock = threading.Lock()
+
+    # ---- lookups (index only) ------------------------------------------------------------------
+
+    def match_prefix(self, keys: Sequence[bytes]) -> Counter[str]:
+        """``{node_id: number of leading keys of the chain that node holds}`` over live nodes.
+
+        Returned as a ``Counter``: nodes holding none of the leading keys are absent and read as 0.
+        """
+        matched: Counter[str] = Counter()
+        for holding in self.index.locate(list(keys)):
+            leading = next((i for i, held in enumerate(holding.held) if not held), len(keys))
+            if leading:
+                matched[holding.node_id] = leading
+        return matched
+
+    def locate(self, keys: Sequence[bytes]) -> list[list[str]]:
+        """For each key, the live nodes holding it (the longest cached prefix ends at the first [])."""
+        holdings = self.index.locate(list(keys))
+        return [[h.node_id for h in holdings if h.held[i]] for i in range(len(keys))]
+
+    def nodes(self) -> list[NodeInfo]:
+        """Live nodes with their address, bytes used and capacity, sorted by id."""
+        return self.index.nodes()
+
+    # ---- transfers ------------------------------------------------------------------------------
+
+    def put(self, keys: Sequence[bytes], chunks: Sequence[Any]) -> list[bool]:
+        """Store ``chunks[i]`` under ``keys[i]`` on one node; ``result[i]`` is False if that node
+        had no room for it (everything pinned). Chunks: tensors of any supported dtype, numpy
+        arrays or bytes-like objects; ``get`` returns them with the same dtype and shape."""
+        from kvstore.tensors import to_buffer
+
+        _check_keys(keys)
+        if len(keys) != len(chunks):
+            raise ValueError(f"put got {len(keys)} keys but {len(chunks)} chunks")
+        if not keys:
+            return []
+        buffers = [to_buffer(c) for c in chunks]
+        stored: list[bool] = []
+        with self._lock:
+            node_id, address = self._put_target()
+            # All parts are in flight at once: the node copies one into its arena while the
+            # next is still arriving.
+            ranges = _batches([b.nbytes for b in buffers], self.max_request_bytes)
+            pending: list[int] = []
+            try:
+                for start, stop in ranges:
+                    request = PutRequest(tuple(keys[start:stop]), tuple(buffers[start:stop]))
+                    pending.append(self._submit(node_id, address, request))
+                for (start, stop), msg_id in zip(ranges, list(pending)):
+                    reply = self._wait(node_id, address, msg_id)
+                    pending.remove(msg_id)
+                    assert isinstance(reply, PutReply) and len(reply.stored) == stop - start
+                    stored.extend(reply.stored)
+            except NodeUnavailable:
+                self._own_address = None  # look it up again next time: it may have moved
+                raise
+            finally:
+                for msg_id in pending:
+                    if node_id in self._connections:
+                        self._connections[node_id].cancel(msg_id)
+        return stored
+
+    def get(self, keys: Sequence[bytes]) -> list[torch.Tensor]:
+        """The chunks under ``keys``, in order, as tensors (the dtype and shape they were put with).
+
+        Raises ``KeyError`` naming the first key no live node holds (checked before any transfer),
+        or that its node no longer had; ``NodeUnavailable`` if a holder does not answer.
+        """
+        from kvstore.tensors import to_tensor
+
+        _check_keys(keys)
+        holdings = self.index.locate(list(keys))
+        plan = _assign(keys, holdings, self.node_id)
+        results: list[Buffer | None] = [None] * len(keys)
+        with self._lock:
+            pending = {}
+            try:
+                for node_id, (address, positions) in plan.items():
+                    request = GetRequest(tuple(keys[i] for i in positions))
+                    pending[node_id] = self._submit(node_id, address, request)
+                for node_id, (address, positions) in plan.items():
+                    reply = self._wait(node_id, address, pending.pop(node_id))
+                    assert isinstance(reply, GetReply) and len(reply.found) == len(positions)
+                    buffers = iter(reply.buffers)
+                    for i, found in zip(positions, reply.found):
+                        results[i] = next(buffers) if found else None
+            finally:
+                for node_id, msg_id in pending.items():
+                    if node_id in self._connections:
+                        self._connections[node_id].cancel(msg_id)
+        missing = next((i for i, b in enumerate(results) if b is None), None)
+        if missing is not None:
+            raise KeyError(f"key {key_hex(keys[missing])} (#{missing}) was evicted from its node")
+        return [to_tensor(b) for b in results]
+
+    def delete(self, keys: Sequence[bytes]) -> int:
+        """Remove ``keys`` from every live node holding them; returns how many copies were deleted."""
+        _check_keys(keys)
+        deleted = 0
+        with self._lock:
+            for holding in self.index.locate(list(keys)):
+                mine = tuple(k for k, held in zip(keys, holding.held) if held)
+                if mine:
+                    reply = self._call(holding.node_id, holding.address, DeleteRequest(mine))
+                    assert isinstance(reply, DeleteReply)
+                    deleted += sum(reply.deleted)
+        return deleted
+
+    # ---- plumbing -------------------------------------------------------------------------------
+
+    def _put_target(self) -> tuple[str, str]:
+        if self.node_id is not None:
+            if self._own_address is None:
+                mine = [n for n in self.index.nodes() if n.node_id == self.node_id]
+                if not mine:
+                    raise NodeUnavailable(
+                        f"store node {self.node_id} is not live in the index at {self.index.url}"
+                    )
+                self._own_address = mine[0].address
+            return self.node_id, self._own_address
+        live = self.index.nodes()
+        if not live:
+            raise StoreError(f"no live store node is registered in the index at {self.index.url}")
+        best = max(live, key=lambda n: (n.free_bytes, n.node_id))
+        return best.node_id, best.address
+
+    def _connection(self, node_id: str, address: str) -> RequestClient:
+        conn = self._connections.get(node_id)
+        if conn is None or conn.address != address:  # first use, or the node moved
+            if conn is not None:
+                conn.close()
+            conn = RequestClient(address, opts=SocketOptions(), connect_timeout_s=self.connect_timeout_s)
+            self._connections[node_id] = conn
+        return conn
+
+    def _submit(self, node_id: str, address: str, request: Any) -> int:
+        try:
+            return self._connection(node_id, address).submit(request)
+        except PeerUnavailable as e:
+            self._drop(node_id)
+            raise NodeUnavailable(f"store node {node_id}: {e}") from e
+
+    def _wait(self, node_id: str, address: str, msg_id: int) -> Any:
+        try:
+            return self._connections[node_id].wait(msg_id, self.timeout_s)
+        except (PeerUnavailable, PeerTimeout) as e:
+            self._drop(node_id)
+            raise NodeUnavailable(f"store node {node_id}: {e}") from e
+        except RemoteError as e:
+            raise StoreError(f"store node {node_id} at {address} refused the request: {e.detail}") from e
+
+    def _drop(self, node_id: str) -> None:
+        """Forget a failed connection: the next request dials afresh (the node may have restarted)."""
+        conn = self._connections.pop(node_id, None)
+        if conn is not None:
+            conn.close()
+
+    def _call(self, node_id: str, address: str, request: Any) -> Any:
+        return self._wait(node_id, address, self._submit(node_id, address, request))
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections.values():
+                conn.close()
+            self._connections.clear()
+        self.index.close()
+
+    def __enter__(self) -> StoreClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_keys(keys: Sequence[bytes]) -> None:
+    for i, key in enumerate(keys):
+        if not isinstance(key, bytes) or not key:
+            raise ValueError(f"keys must be non-empty bytes (kvstore.keys.chain_keys); key #{i} is {key!r}")
+
+
+def _assign(
+    keys: Sequence[bytes], holdings: list[Holding], preferred: str | None
+) -> dict[str, tuple[str, list[int]]]:
+    """``{node_id: (address, positions of the keys to fetch there)}``: the preferred node when it
+    holds a key, else the first live holder. Raises ``KeyError`` for the first key nobody holds."""
+    holdings = sorted(holdings, key=lambda h: h.node_id != preferred)
+    plan: dict[str, tuple[str, list[int]]] = {}
+    for i, key in enumerate(keys):
+        holder = next((h for h in holdings if h.held[i]), None)
+        if holder is None:
+            raise KeyError(f"key {key_hex(key)} (#{i}) is not held by any live store node")
+        plan.setdefault(holder.node_id, (holder.address, []))[1].append(i)
+    return plan
+
+
+def _batches(sizes: list[int], max_bytes: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of ``sizes`` each summing to at most ``max_bytes`` (or one item)."""
+    ranges, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > max_bytes:
+            ranges.append((start, i))
+            start, total = i, 0
+        total += size
+    if start < len(sizes):
+        ranges.append((start, len(sizes)))
+    return ranges

@@ -1,0 +1,60 @@
+"""Configuration of a store node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvstore.index import DEFAULT_PREFIX
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoreNodeConfig:
+    """Everything a store node needs; validated on construction.
+
+    ``listen`` is the address to bind (``tcp://HOST:0`` picks a free port); ``advertise`` is the
+    address other processes use to reach the node, by default the bound one (required when
+    binding a wildcard host). ``slot_bytes`` 0 sizes the slots to the first chunk stored.
+    The node's lease lapses ``heartbeat_ttl_s`` after its last heartbeat; it heartbeats three
+    times per TTL. A chunk being sent stays pinned while the reader makes progress; a reader that
+    accepts no bytes for ``read_lease_s`` is disconnected, which releases its pins.
+    """
+
+    node_id: str
+    listen: str
+    redis_url: str
+    capacity_bytes: int
+    slot_bytes: int = 0
+    advertise: str | None = None
+    heartbeat_ttl_s: float = 5.0
+    evict_watermark: float = 0.9
+    read_lease_s: float = 30.0
+    max_frame_bytes: int = 256 * MiB
+    index_prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.node_id or any(c.isspace() for c in self.node_id):
+            raise ValueError(f"node_id must be a non-empty word, got {self.node_id!r}")
+        if not self.listen.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(
+                f"listen must be a ZeroMQ address like tcp://127.0.0.1:5600, got {self.listen!r}"
+            )
+        if self.advertise is None and any(h in self.listen for h in ("//0.0.0.0:", "//*:")):
+            raise ValueError(f"listening on {self.listen} needs advertise=tcp://<reachable host>:<port>")
+        if self.capacity_bytes <= 0:
+            raise ValueError(f"capacity_bytes must be positive, got {self.capacity_bytes}")
+        if not 0 <= self.slot_bytes <= self.capacity_bytes:
+            raise ValueError(f"slot_bytes must be in [0, capacity_bytes], got {self.slot_bytes}")
+        if self.slot_bytes > self.max_frame_bytes:
+            raise ValueError(f"slot_bytes {self.slot_bytes} exceeds max_frame_bytes {self.max_frame_bytes}")
+        if self.heartbeat_ttl_s <= 0:
+            raise ValueError(f"heartbeat_ttl_s must be positive, got {self.heartbeat_ttl_s}")
+        if self.read_lease_s <= 0:
+            raise ValueError(f"read_lease_s must be positive, got {self.read_lease_s}")
+        if not 0 < self.evict_watermark <= 1:
+            raise ValueError(f"evict_watermark must be in (0, 1], got {self.evict_watermark}")
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.heartbeat_ttl_s / 3

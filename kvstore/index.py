@@ -1,0 +1,200 @@
+"""The cluster-wide index of the store, in Redis: which node holds which key, and who is alive.
+
+Layout, under ``prefix`` (default ``tandem:kv:``)::
+
+    {prefix}nodes         set     ids of registered nodes
+    {prefix}node:{id}     hash    address, capacity_bytes, bytes_used, num_chunks, hits, misses, num_evicted
+    {prefix}alive:{id}    string  present while the node heartbeats (TTL = heartbeat TTL)
+    {prefix}held:{id}     set     keys the node holds
+
+Contract: a node's ``held`` set is exact whenever it is alive and has published (the node
+updates it before it answers each put or delete, and republishes in full when it (re)registers).
+Readers only see live nodes; a lapsed node's entries are removed by ``reap``. Multi-key updates
+are transactions or Lua scripts, so no reader sees half of one. Every Redis failure is raised as
+``IndexUnavailable``. Torch-free: the router reads the index through this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from kvstore.types import IndexUnavailable, NodeInfo
+
+DEFAULT_PREFIX = "tandem:kv:"
+_STAT_FIELDS = ("capacity_bytes", "bytes_used", "num_chunks", "hits", "misses", "num_evicted")
+_BATCH = 4096  # keys per Redis command (Lua's unpack() is limited to a few thousand arguments)
+
+# ARGV: prefix, key...  ->  flat [id, address, [0|1 per key], ...] for every live node.
+_LOCATE = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', ARGV[1] .. 'nodes')) do
+  if redis.call('EXISTS', ARGV[1] .. 'alive:' .. id) == 1 then
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HGET', ARGV[1] .. 'node:' .. id, 'address') or ''
+    out[#out + 1] = redis.call('SMISMEMBER', ARGV[1] .. 'held:' .. id, unpack(ARGV, 2))
+  end
+end
+return out
+"""
+# ARGV: prefix  ->  flat [id, [field, value, ...], ...] for every live node.
+_LIVE_NODES = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', ARGV[1] .. 'nodes')) do
+  if redis.call('EXISTS', ARGV[1] .. 'alive:' .. id) == 1 then
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HGETALL', ARGV[1] .. 'node:' .. id)
+  end
+end
+return out
+"""
+# ARGV: prefix  ->  ids of lapsed nodes, whose entries are deleted (atomically with the check).
+_REAP = """
+local reaped = {}
+for _, id in ipairs(redis.call('SMEMBERS', ARGV[1] .. 'nodes')) do
+  if redis.call('EXISTS', ARGV[1] .. 'alive:' .. id) == 0 then
+    redis.call('DEL', ARGV[1] .. 'held:' .. id, ARGV[1] .. 'node:' .. id)
+    redis.call('SREM', ARGV[1] .. 'nodes', id)
+    reaped[#reaped + 1] = id
+  end
+end
+return reaped
+"""
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A live node and, for each key asked about, whether it holds it."""
+
+    node_id: str
+    address: str
+    held: tuple[bool, ...]
+
+
+@contextlib.contextmanager
+def _redis_errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as e:
+        raise IndexUnavailable(f"store index at {url} unavailable: {e}") from e
+
+
+class StoreIndex:
+    """Reads and writes of the index. Thread-safe (redis-py's connection pool)."""
+
+    def __init__(self, redis_url: str, *, prefix: str = DEFAULT_PREFIX, timeout_s: float = 2.0) -> None:
+        self.url = redis_url
+        self.prefix = prefix
+        self._redis = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),  # one retry re-dials a connection a Redis restart broke
+        )
+        self._locate = self._redis.register_script(_LOCATE)
+        self._live_nodes = self._redis.register_script(_LIVE_NODES)
+        self._reap = self._redis.register_script(_REAP)
+
+    def _key(self, kind: str, node_id: str) -> str:
+        return f"{self.prefix}{kind}:{node_id}"
+
+    # ---- node side -------------------------------------------------------------------------
+
+    def register(
+        self, node_id: str, address: str, ttl_s: float, keys: Iterable[bytes], stats: dict[str, int]
+    ) -> None:
+        """(Re)publish a node in full: alive, described, and holding exactly ``keys``."""
+        held = self._key("held", node_id)
+        with _redis_errors(self.url), self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key("alive", node_id), b"1", px=int(ttl_s * 1000))
+            pipe.sadd(f"{self.prefix}nodes", node_id)
+            pipe.hset(self._key("node", node_id), mapping={"address": address, **stats})
+            pipe.delete(held)
+            keys = list(keys)
+            for start in range(0, len(keys), _BATCH):
+                pipe.sadd(held, *keys[start : start + _BATCH])
+            pipe.execute()
+
+    def heartbeat(self, node_id: str, ttl_s: float, stats: dict[str, int]) -> bool:
+        """Extend a node's lease and publish its counters. False if the lease had lapsed (or Redis
+        lost it): the node must ``register`` again, since its entries may have been reaped."""
+        with _redis_errors(self.url), self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._key("alive", node_id), b"1", px=int(ttl_s * 1000), xx=True)
+            pipe.hset(self._key("node", node_id), mapping=stats)
+            renewed, _ = pipe.execute()
+        return bool(renewed)
+
+    def publish(self, node_id: str, added: list[bytes], removed: list[bytes], stats: dict[str, int]) -> None:
+        """Record keys a node gained and lost, and its new counters, in one transaction."""
+        held = self._key("held", node_id)
+        with _redis_errors(self.url), self._redis.pipeline(transaction=True) as pipe:
+            for start in range(0, len(removed), _BATCH):
+                pipe.srem(held, *removed[start : start + _BATCH])
+            for start in range(0, len(added), _BATCH):
+                pipe.sadd(held, *added[start : start + _BATCH])
+            pipe.hset(self._key("node", node_id), mapping=stats)
+            pipe.execute()
+
+    def deregister(self, node_id: str) -> None:
+        """Remove a node and everything it published (a clean shutdown)."""
+        with _redis_errors(self.url), self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key("alive", node_id), self._key("held", node_id), self._key("node", node_id))
+            pipe.srem(f"{self.prefix}nodes", node_id)
+            pipe.execute()
+
+    def reap(self) -> list[str]:
+        """Delete the entries of every node whose lease lapsed; returns their ids."""
+        with _redis_errors(self.url):
+            return [i.decode() for i in self._reap(args=[self.prefix])]
+
+    # ---- reader side -------------------------------------------------------------------------
+
+    def locate(self, keys: list[bytes]) -> list[Holding]:
+        """For every live node, which of ``keys`` it holds. One round trip per 4096 keys."""
+        if not keys:
+            return []
+        holdings: dict[str, tuple[str, list[bool]]] = {}
+        for start in range(0, len(keys), _BATCH):
+            for node_id, address, held in self._locate_batch(keys[start : start + _BATCH]):
+                entry = holdings.setdefault(node_id, (address, [False] * start))
+                entry[1].extend(held)
+        # A node that registered between two batches is missing the earlier ones: pad with misses.
+        return [
+            Holding(node_id, address, tuple(held + [False] * (len(keys) - len(held))))
+            for node_id, (address, held) in sorted(holdings.items())
+        ]
+
+    def _locate_batch(self, keys: list[bytes]) -> Iterator[tuple[str, str, list[bool]]]:
+        with _redis_errors(self.url):
+            flat = self._locate(args=[self.prefix, *keys])
+        for i in range(0, len(flat), 3):
+            yield flat[i].decode(), flat[i + 1].decode(), [bool(x) for x in flat[i + 2]]
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every live node, sorted by id."""
+        with _redis_errors(self.url):
+            flat = self._live_nodes(args=[self.prefix])
+        infos = []
+        for i in range(0, len(flat), 2):
+            fields = dict(zip(flat[i + 1][::2], flat[i + 1][1::2]))
+            infos.append(
+                NodeInfo(
+                    node_id=flat[i].decode(),
+                    address=fields.get(b"address", b"").decode(),
+                    **{name: int(fields.get(name.encode(), 0)) for name in _STAT_FIELDS},
+                )
+            )
+        return sorted(infos, key=lambda n: n.node_id)
+
+    def held_keys(self, node_id: str) -> set[bytes]:
+        """Every key the index says ``node_id`` holds (for checks and tools, not the hot path)."""
+        with _redis_errors(self.url):
+            return set(self._redis.smembers(self._key("held", node_id)))
+
+    def close(self) -> None:
+        self._redis.close()

@@ -1,0 +1,101 @@
+"""``tandem serve store``: run one store node until SIGTERM / SIGINT.
+
+    python -m kvstore.node_main --redis-url redis://127.0.0.1:6379 \\
+        --listen tcp://127.0.0.1:5600 --capacity-bytes 4GiB [--node-id store-0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import threading
+
+from kvstore.config import StoreNodeConfig
+from kvstore.node import StoreNode
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_bytes(text: str) -> int:
+    """``"4GiB"`` → 4294967296; plain integers and KB/MB/GB/KiB/MiB/GiB suffixes are accepted."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if match is None or match.group(2).upper() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1073741824, 512MiB, 4GiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tandem serve store",
+        description="Run a KV store node: a host-memory arena of chunk slots, served over ZeroMQ "
+        "and published in the Redis index.",
+    )
+    parser.add_argument("--redis-url", required=True, help="the index, e.g. redis://127.0.0.1:6379")
+    parser.add_argument(
+        "--listen", required=True, help="address to bind, e.g. tcp://127.0.0.1:5600 (port 0: any)"
+    )
+    parser.add_argument("--capacity-bytes", required=True, type=parse_bytes, help="arena size, e.g. 4GiB")
+    parser.add_argument(
+        "--node-id", help="unique, stable name (default: store@HOST:PORT of the advertised address)"
+    )
+    parser.add_argument(
+        "--advertise", help="address clients use to reach this node (default: the bound address)"
+    )
+    parser.add_argument(
+        "--slot-bytes",
+        type=parse_bytes,
+        default=0,
+        help="slot size; 0 (default) sizes slots to the first chunk",
+    )
+    parser.add_argument("--heartbeat-ttl-s", type=float, default=5.0, help="lease TTL in seconds (default 5)")
+    parser.add_argument(
+        "--evict-watermark", type=float, default=0.9, help="evict LRU chunks above this use fraction (0.9)"
+    )
+    parser.add_argument(
+        "--read-lease-s", type=float, default=30.0, help="drop a reader that accepts no bytes this long (30)"
+    )
+    parser.add_argument(
+        "--max-frame-bytes", type=parse_bytes, default="256MiB", help="largest frame accepted (256MiB)"
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    reach = args.advertise or args.listen
+    if args.node_id is None and reach.endswith((":0", ":*")):
+        parser.error("--node-id is required when the port is chosen at bind time (port 0)")
+    node_id = args.node_id or "store@" + reach.split("://", 1)[-1]
+    try:
+        config = StoreNodeConfig(
+            node_id=node_id,
+            listen=args.listen,
+            redis_url=args.redis_url,
+            capacity_bytes=args.capacity_bytes,
+            slot_bytes=args.slot_bytes,
+            advertise=args.advertise,
+            heartbeat_ttl_s=args.heartbeat_ttl_s,
+            evict_watermark=args.evict_watermark,
+            read_lease_s=args.read_lease_s,
+            max_frame_bytes=args.max_frame_bytes,
+        )
+        node = StoreNode(config)
+    except ValueError as e:
+        parser.error(str(e))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    logging.getLogger(__name__).info("store node %s serving at %s", config.node_id, node.address)
+    node.serve(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

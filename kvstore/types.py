@@ -1,0 +1,41 @@
+"""Plain domain types of the store: node descriptions and the errors callers act on (no heavy imports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class StoreError(RuntimeError):
+    """The store could not serve a request; for a reader this means "recompute instead"."""
+
+
+class NodeUnavailable(StoreError):
+    """A node the index lists as live did not answer (dead, unreachable or stalled)."""
+
+
+class IndexUnavailable(StoreError):
+    """The Redis index could not be reached."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A live store node as published in the index. ``bytes_used`` counts whole arena slots;
+    ``hits`` / ``misses`` count keys asked of it by ``get`` (published with each heartbeat)."""
+
+    node_id: str
+    address: str
+    capacity_bytes: int
+    bytes_used: int
+    num_chunks: int
+    hits: int
+    misses: int
+    num_evicted: int
+
+    @property
+    def free_bytes(self) -> int:
+        return self.capacity_bytes - self.bytes_used
+
+
+def key_hex(key: bytes) -> str:
+    """How a key is written in messages and logs."""
+    return key.hex()

@@ -1,0 +1,206 @@
+"""Every message that crosses a socket, as typed, frozen structs: the whole protocol in one file.
+
+A message class names its ``kind`` tag and ``version`` at definition
+(``class GetRequest(Message, kind="get_request")``) and registers itself in ``MESSAGE_TYPES``.
+Its fields are plain values that MessagePack carries (int, float, str, bytes, bool, tuples and
+str-keyed dicts of those, ``X | None``). Bulk data goes in a field named ``buffers`` holding
+``Buffer`` s: each travels as its own raw frame, zero-copy, described in the header by dtype and
+shape. ``transfer.wire`` checks every field against these annotations on decode, and each class's
+``__post_init__`` checks what the types cannot (lengths that must agree).
+
+Changing a message's fields means bumping its ``version``: peers reject versions they don't know.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+# Item size of every dtype a buffer may be described with (names as torch and numpy spell them).
+DTYPE_ITEMSIZE: dict[str, int] = {
+    "bool": 1,
+    "uint8": 1,
+    "int8": 1,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "uint16": 2,
+    "int16": 2,
+    "float16": 2,
+    "bfloat16": 2,
+    "uint32": 4,
+    "int32": 4,
+    "float32": 4,
+    "uint64": 8,
+    "int64": 8,
+    "float64": 8,
+}
+
+MESSAGE_TYPES: dict[str, type[Message]] = {}
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A C-contiguous byte buffer (anything exposing the buffer protocol) described as an array.
+
+    Invariant: ``nbytes == prod(shape) * itemsize(dtype)``. ``data`` is never copied by
+    ``transfer``: the sender must not modify it until the request it belongs to has been answered.
+    """
+
+    data: Any
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_ITEMSIZE:
+            raise ValueError(f"unknown buffer dtype {self.dtype!r}; known: {sorted(DTYPE_ITEMSIZE)}")
+        if any(not isinstance(d, int) or d < 0 for d in self.shape):
+            raise ValueError(f"buffer shape must be non-negative ints, got {self.shape!r}")
+        view = memoryview(self.data)
+        if not view.c_contiguous:
+            raise ValueError("buffer data must be C-contiguous; pass a contiguous copy")
+        expected = math.prod(self.shape) * DTYPE_ITEMSIZE[self.dtype]
+        if view.nbytes != expected:
+            raise ValueError(
+                f"buffer holds {view.nbytes} bytes but {self.dtype}{list(self.shape)} needs {expected}"
+            )
+
+    @classmethod
+    def raw(cls, data: Any) -> Buffer:
+        """Untyped bytes: a flat uint8 buffer."""
+        return cls(data, "uint8", (memoryview(data).nbytes,))
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_ITEMSIZE[self.dtype]
+
+
+class Message:
+    """Base of all wire messages; subclasses are frozen dataclasses registered by ``kind``."""
+
+    KIND: ClassVar[str]
+    VERSION: ClassVar[int]
+
+    def __init_subclass__(cls, *, kind: str, version: int = 1, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind in MESSAGE_TYPES:
+            raise ValueError(f"message kind {kind!r} is defined twice")
+        cls.KIND = kind
+        cls.VERSION = version
+        MESSAGE_TYPES[kind] = cls
+
+
+def _check_same_length(kind: str, name_a: str, a: tuple, name_b: str, b: tuple) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{kind}: {len(a)} {name_a} but {len(b)} {name_b}")
+
+
+# ---- generic -----------------------------------------------------------------------------------
+
+BAD_REQUEST = "bad_request"  # the request could not be decoded or is invalid: fix the sender
+UNAVAILABLE = "unavailable"  # a dependency of the server (e.g. the Redis index) is down: retry later
+INTERNAL = "internal"  # the server hit a bug; it is shutting down
+
+
+@dataclass(frozen=True)
+class ErrorReply(Message, kind="error"):
+    """The answer to a request that failed. ``code`` is one of the constants above."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StreamEnd(Message, kind="stream_end"):
+    """Last message of a stream; ``num_items`` lets the receiver check nothing was lost."""
+
+    num_items: int
+
+
+@dataclass(frozen=True)
+class StreamAbort(Message, kind="stream_abort"):
+    """The sender gives up on a stream; the receiver raises ``StreamAborted`` with ``reason``."""
+
+    reason: str
+
+
+# ---- store node ----------------------------------------------------------------------------------
+# Keys are chunk keys (``kvstore.keys``). Every request is batched; replies answer key by key, in
+# request order.
+
+
+@dataclass(frozen=True)
+class PutRequest(Message, kind="store_put"):
+    """Store ``buffers[i]`` under ``keys[i]``. A key already held is only touched (keys name content)."""
+
+    keys: tuple[bytes, ...]
+    buffers: tuple[Buffer, ...]
+
+    def __post_init__(self) -> None:
+        _check_same_length(self.KIND, "keys", self.keys, "buffers", self.buffers)
+
+
+@dataclass(frozen=True)
+class PutReply(Message, kind="store_put_reply"):
+    """``stored[i]`` is False when the node had no room for ``keys[i]`` (every slot pinned)."""
+
+    stored: tuple[bool, ...]
+    num_evicted: int
+
+
+@dataclass(frozen=True)
+class GetRequest(Message, kind="store_get"):
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class GetReply(Message, kind="store_get_reply"):
+    """``buffers`` holds one buffer per True in ``found``, in key order (dtype and shape as put)."""
+
+    found: tuple[bool, ...]
+    buffers: tuple[Buffer, ...]
+
+    def __post_init__(self) -> None:
+        if sum(self.found) != len(self.buffers):
+            raise ValueError(f"{self.KIND}: {sum(self.found)} keys found but {len(self.buffers)} buffers")
+
+
+@dataclass(frozen=True)
+class ExistsRequest(Message, kind="store_exists"):
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class ExistsReply(Message, kind="store_exists_reply"):
+    present: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class DeleteRequest(Message, kind="store_delete"):
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class DeleteReply(Message, kind="store_delete_reply"):
+    deleted: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class StatsRequest(Message, kind="store_stats"):
+    pass
+
+
+@dataclass(frozen=True)
+class StatsReply(Message, kind="store_stats_reply"):
+    """A node's state. ``bytes_used`` counts whole slots; ``slot_bytes`` is 0 until the first put."""
+
+    node_id: str
+    capacity_bytes: int
+    slot_bytes: int
+    num_slots: int
+    num_chunks: int
+    num_pinned: int
+    bytes_used: int
+    hits: int
+    misses: int
+    num_evicted: int

@@ -1,0 +1,193 @@
+"""Message ⇄ frames: a MessagePack header frame followed by one raw frame per buffer.
+
+Header (a MessagePack map)::
+
+    {"kind": str, "version": int, "id": int | None, "seq": int | None,
+     "fields": {name: value, ...},
+     "buffers": [[dtype, shape, frame_index], ...]}
+
+``id`` correlates a reply with its request and ``seq`` orders the items of a stream; both belong
+to the socket pattern, not to the message. Buffer ``i`` travels in frame ``i + 1``. Nothing is
+pickled, and ``decode`` trusts nothing: every deviation raises ``WireError`` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from transfer.errors import WireError
+from transfer.messages import DTYPE_ITEMSIZE, MESSAGE_TYPES, Buffer, Message
+
+_HEADER_KEYS = frozenset({"kind", "version", "id", "seq", "fields", "buffers"})
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded message with the pattern-level ids that travelled with it."""
+
+    message: Message
+    msg_id: int | None = None
+    seq: int | None = None
+
+
+def encode(message: Message, *, msg_id: int | None = None, seq: int | None = None) -> list[Any]:
+    """Frames for ``message``: the header bytes, then each buffer's data object (not copied)."""
+    buffers: tuple[Buffer, ...] = getattr(message, "buffers", ())
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message) if f.name != "buffers"}
+    header = {
+        "kind": message.KIND,
+        "version": message.VERSION,
+        "id": msg_id,
+        "seq": seq,
+        "fields": fields,
+        "buffers": [[b.dtype, list(b.shape), i + 1] for i, b in enumerate(buffers)],
+    }
+    return [msgpack.packb(header, use_bin_type=True), *(b.data for b in buffers)]
+
+
+def decode(frames: Sequence[Any]) -> Envelope:
+    """Rebuild a message from frames (bytes or ``zmq.Frame``); buffers are views, not copies.
+
+    Raises ``WireError`` for: no frames, a header that is not a MessagePack map with exactly the
+    expected keys, an unknown kind, a version other than the one this process speaks, missing or
+    unexpected fields, a field of the wrong type, a frame count that differs from the header's
+    buffer list, a buffer whose frame size does not match its dtype and shape, or a violated
+    message invariant.
+    """
+    if not frames:
+        raise WireError("empty message: expected a header frame")
+    try:
+        header = msgpack.unpackb(memoryview(frames[0]), raw=False)
+    except Exception as e:  # msgpack raises several unrelated types for garbage input
+        raise WireError(f"header frame is not valid MessagePack: {e}") from None
+    if not isinstance(header, dict):
+        raise WireError(f"header must be a map, got {type(header).__name__}")
+    msg_id = header.get("id") if isinstance(header.get("id"), int) else None
+    try:
+        return _decode_header(header, frames, msg_id)
+    except WireError as e:
+        raise WireError(str(e), msg_id) from None
+
+
+def _decode_header(header: dict, frames: Sequence[Any], msg_id: int | None) -> Envelope:
+    if set(header) != _HEADER_KEYS:
+        missing, extra = sorted(_HEADER_KEYS - set(header)), sorted(set(header) - _HEADER_KEYS)
+        raise WireError(f"header keys wrong: missing {missing}, unexpected {extra}")
+    kind = header["kind"]
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise WireError(f"unknown message kind {kind!r}")
+    if header["version"] != cls.VERSION:
+        raise WireError(
+            f"{kind}: version {header['version']!r} not supported (this peer speaks {cls.VERSION})"
+        )
+    for name in ("id", "seq"):
+        _coerce(header[name], int | None, f"header.{name}")
+
+    hints = _field_types(cls)
+    fields = header["fields"]
+    if not isinstance(fields, dict):
+        raise WireError(f"{kind}: fields must be a map, got {type(fields).__name__}")
+    expected = set(hints) - {"buffers"}
+    if set(fields) != expected:
+        missing, extra = sorted(expected - set(fields)), sorted(set(fields) - expected)
+        raise WireError(f"{kind}: missing fields {missing}, unexpected fields {extra}")
+    values = {name: _coerce(fields[name], hints[name], f"{kind}.{name}") for name in expected}
+
+    descriptors = header["buffers"]
+    if not isinstance(descriptors, list):
+        raise WireError(f"{kind}: buffers must be a list, got {type(descriptors).__name__}")
+    if len(frames) != 1 + len(descriptors):
+        raise WireError(
+            f"{kind}: frame count mismatch: header describes {len(descriptors)} buffer frames, "
+            f"got {len(frames) - 1}"
+        )
+    if descriptors and "buffers" not in hints:
+        raise WireError(f"{kind}: carries no buffers, got {len(descriptors)}")
+    if "buffers" in hints:
+        values["buffers"] = tuple(_buffer(kind, i, d, frames[i + 1]) for i, d in enumerate(descriptors))
+    try:
+        message = cls(**values)
+    except ValueError as e:
+        raise WireError(str(e)) from None
+    return Envelope(message, header["id"], header["seq"])
+
+
+def _buffer(kind: str, i: int, descriptor: Any, frame: Any) -> Buffer:
+    where = f"{kind}.buffers[{i}]"
+    if not (isinstance(descriptor, list) and len(descriptor) == 3):
+        raise WireError(f"{where}: descriptor must be [dtype, shape, frame_index], got {descriptor!r}")
+    dtype, shape, frame_index = descriptor
+    if dtype not in DTYPE_ITEMSIZE:
+        raise WireError(f"{where}: unknown dtype {dtype!r}")
+    shape = _coerce(shape, tuple[int, ...], f"{where}.shape")
+    if frame_index != i + 1:
+        raise WireError(f"{where}: frame index {frame_index!r}, expected {i + 1}")
+    data = memoryview(frame)
+    expected = math.prod(shape) * DTYPE_ITEMSIZE[dtype]
+    if data.nbytes != expected:
+        raise WireError(f"{where}: frame holds {data.nbytes} bytes, {dtype}{list(shape)} needs {expected}")
+    try:
+        return Buffer(data, dtype, shape)
+    except ValueError as e:
+        raise WireError(f"{where}: {e}") from None
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _field_types(cls: type[Message]) -> dict[str, Any]:
+    if cls not in _HINTS:
+        hints = typing.get_type_hints(cls)
+        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return _HINTS[cls]
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against annotation ``tp``, with MessagePack's lists turned into tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except WireError:
+                continue
+    elif origin is tuple:
+        item_type, ellipsis = typing.get_args(tp)
+        assert ellipsis is Ellipsis, f"only tuple[X, ...] is supported, got {tp}"
+        if isinstance(value, (list, tuple)):
+            return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+    elif origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if isinstance(value, dict):
+            return {
+                _coerce(k, key_type, f"{where} key"): _coerce(v, value_type, f"{where}[{k!r}]")
+                for k, v in value.items()
+            }
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (str, bytes, bool):
+        if isinstance(value, tp):
+            return value
+    else:
+        raise AssertionError(f"{where}: unsupported field annotation {tp!r}")
+    raise WireError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__}")
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp)

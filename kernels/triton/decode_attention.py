@@ -1,0 +1,273 @@
+"""Paged decode attention, Flash-Decoding style: split-K over each sequence's KV, then a reduction.
+
+Grid ``(batch, num_kv_heads, num_splits)``. A program owns one KV head and all ``group`` query heads
+that share it (GQA/MQA), so each K/V tile is read from memory once per head group. A sequence's
+attended range ``[lo, context_len)`` (``lo > 0`` only with a sliding window) is cut into
+``num_splits`` equal runs of whole ``BLOCK_N`` tiles. Each program walks its run with an online
+softmax and writes an unnormalized partial ``(acc, max, sum)``; the reduction kernel rescales the
+partials onto a common maximum and normalizes. With one split the first kernel writes the output.
+
+Tiles are gathered token by token through the block table, so ``BLOCK_N`` is independent of the page
+size and a tile may straddle pages. Scores use base-2 exponentials with ``log2(e)`` folded into the
+scale; all softmax arithmetic is float32 whatever the cache dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton.checks import (
+    as_index,
+    check_cache_pair,
+    check_float,
+    check_same_device,
+    check_same_dtype,
+    dot_precision,
+    next_pow2,
+)
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    context_lens_ptr,
+    out_ptr,
+    part_acc_ptr,
+    part_max_ptr,
+    part_sum_ptr,
+    qk_scale,
+    window,
+    q_batch_stride,
+    q_head_stride,
+    cache_head_stride,
+    cache_page_stride,
+    cache_tok_stride,
+    block_table_stride,
+    num_heads,
+    group,
+    head_dim,
+    page_size,
+    num_splits,
+    HAS_WINDOW: tl.constexpr,
+    ONE_SPLIT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0).to(tl.int64)
+    kv_head = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
+
+    ctx = tl.load(context_lens_ptr + seq).to(tl.int32)
+    seq_lo = 0
+    if HAS_WINDOW:
+        seq_lo = tl.maximum(ctx - window, 0)
+    run = tl.cdiv(tl.cdiv(ctx - seq_lo, num_splits), BLOCK_N) * BLOCK_N
+    lo = seq_lo + split * run
+    hi = tl.minimum(lo + run, ctx)
+
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    heads = kv_head * group + g  # query heads of this group
+    g_mask = g < group
+    d_mask = d < head_dim
+    q = tl.load(
+        q_ptr + seq * q_batch_stride + heads[:, None] * q_head_stride + d[None, :],
+        mask=g_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+
+    # Running maxima start finite: a row masked out of a whole tile then gets exp2(-inf - m) = 0,
+    # never exp2(-inf - -inf) = NaN.
+    m_i = tl.full([BLOCK_G], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    head_base = kv_head * cache_head_stride
+    for start in tl.range(lo, hi, BLOCK_N):
+        tok = start + n
+        n_mask = tok < hi
+        page = tl.load(block_tables_ptr + seq * block_table_stride + tok // page_size, mask=n_mask, other=0)
+        row = head_base + page.to(tl.int64) * cache_page_stride + (tok % page_size) * cache_tok_stride
+        kv_offs = row[:, None] + d[None, :]
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
+
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    out_mask = g_mask[:, None] & d_mask[None, :]
+    if ONE_SPLIT:
+        out = acc / l_i[:, None]
+        out_offs = (seq * num_heads + heads[:, None]) * head_dim + d[None, :]
+        tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        part = (seq * num_heads + heads) * num_splits + split  # [B, Hq, S] row of each query head
+        tl.store(part_acc_ptr + part[:, None] * head_dim + d[None, :], acc, mask=out_mask)
+        tl.store(part_max_ptr + part, m_i, mask=g_mask)
+        tl.store(part_sum_ptr + part, l_i, mask=g_mask)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    part_acc_ptr,
+    part_max_ptr,
+    part_sum_ptr,
+    out_ptr,
+    head_dim,
+    num_splits,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # seq * num_heads + head
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    s_mask = s < num_splits
+    maxes = tl.load(part_max_ptr + row * num_splits + s, mask=s_mask, other=float("-inf"))
+    sums = tl.load(part_sum_ptr + row * num_splits + s, mask=s_mask, other=0.0)
+    acc = tl.load(
+        part_acc_ptr + (row * num_splits + s[:, None]) * head_dim + d[None, :],
+        mask=s_mask[:, None] & (d[None, :] < head_dim),
+        other=0.0,
+    )
+    w = tl.exp2(maxes - tl.max(maxes, axis=0))  # rescale every split onto the common maximum
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(sums * w, axis=0)
+    tl.store(out_ptr + row * head_dim + d, out.to(out_ptr.dtype.element_ty), mask=d < head_dim)
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def default_num_splits(
+    batch: int, num_kv_heads: int, max_tokens: int, block_n: int, device: torch.device
+) -> int:
+    """Enough splits that ``batch * num_kv_heads * splits`` programs fill the GPU about twice over."""
+    sms = (
+        _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        if device.type == "cuda"
+        else 1
+    )
+    wanted = triton.cdiv(2 * sms, max(1, batch * num_kv_heads))
+    return max(1, min(wanted, triton.cdiv(max_tokens, block_n), 64))
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    *,
+    num_splits: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """Same contract as :func:`kernels.reference.paged_decode_attention`.
+
+    ``num_splits`` / ``block_n`` override the launch configuration (tests and tuning). Every
+    ``context_lens[b]`` must be at least 1 and covered by ``block_tables[b]``; that is not checked
+    (it would need a device sync).
+    """
+    check_float("q", q, 3)
+    check_cache_pair(k_cache, v_cache)
+    check_same_dtype("q and the caches", q, k_cache)
+    check_same_device("q and the caches", q, k_cache)
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads, _, page_size, cache_head_dim = k_cache.shape
+    if cache_head_dim != head_dim:
+        raise ValueError(f"q's head_dim {head_dim} differs from the cache's {cache_head_dim}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads {num_heads} must be a multiple of num_kv_heads {num_kv_heads}")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be None or >= 1, got {sliding_window}")
+    block_tables = as_index("block_tables", block_tables, 2, q.device)
+    context_lens = as_index("context_lens", context_lens, 1, q.device)
+    if block_tables.shape[0] != batch or context_lens.shape[0] != batch:
+        raise ValueError(
+            f"block_tables {tuple(block_tables.shape)} and context_lens {tuple(context_lens.shape)} "
+            f"need one row per sequence ({batch})"
+        )
+    out = torch.empty((batch, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    if batch == 0:
+        return out
+
+    group = num_heads // num_kv_heads
+    block_n = block_n or 64
+    max_tokens = block_tables.shape[1] * page_size
+    if sliding_window is not None:
+        max_tokens = min(max_tokens, sliding_window)
+    if num_splits is None:
+        num_splits = default_num_splits(batch, num_kv_heads, max_tokens, block_n, q.device)
+    block_d = next_pow2(head_dim, 16)  # tl.dot needs every dimension >= 16
+    one_split = num_splits == 1
+    if one_split:
+        part_acc = part_max = part_sum = out  # unused
+    else:
+        part_acc = torch.empty((batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+        part_max = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
+        part_sum = torch.empty_like(part_max)
+    _decode_split_kernel[(batch, num_kv_heads, num_splits)](
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        out,
+        part_acc,
+        part_max,
+        part_sum,
+        scale * LOG2E,
+        sliding_window or 0,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        block_tables.stride(0),
+        num_heads,
+        group,
+        head_dim,
+        page_size,
+        num_splits,
+        HAS_WINDOW=sliding_window is not None,
+        ONE_SPLIT=one_split,
+        DOT_PRECISION=dot_precision(q.dtype),
+        BLOCK_G=next_pow2(group, 16),
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        num_warps=4,
+        num_stages=2,
+    )
+    if not one_split:
+        _decode_reduce_kernel[(batch * num_heads,)](
+            part_acc,
+            part_max,
+            part_sum,
+            out,
+            head_dim,
+            num_splits,
+            BLOCK_S=next_pow2(num_splits),
+            BLOCK_D=block_d,
+            num_warps=4,
+        )
+    return out

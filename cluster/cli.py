@@ -13,9 +13,11 @@ DESCRIPTION = """\
 Tandem: disaggregated LLM serving (separate prefill and decode pools around a shared KV store).
 
 Commands:
-  generate   run the engine offline on a prompt and print the answer (streams nothing; one shot)
+  up         start a local cluster (Redis, store nodes, prefill + decode workers, router) and serve
+             the OpenAI API on http://127.0.0.1:8000 until Ctrl-C
+  serve      run one cluster role: store, prefill, decode or router (what compose.yaml runs)
+  generate   run the engine offline on a prompt and print the answer
   convert    turn a GGUF file into an HF safetensors directory (the default model, or --gguf FILE)
-  serve      run one cluster role (store node)
 """
 
 
@@ -42,14 +44,36 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = sub.add_parser("serve", help="run one cluster role", add_help=False)
     serve.add_argument(
-        "role", choices=["store"], help="which role to run; pass --help after it for its flags"
+        "role", choices=sorted(ROLES), help="which role to run; `tandem serve ROLE --help` for its flags"
     )
     serve.add_argument("rest", nargs=argparse.REMAINDER)
+
+    up = sub.add_parser("up", help="start a local cluster and serve until Ctrl-C")
+    up.add_argument("--model", help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
+    up.add_argument(
+        "--prefill", type=int, default=1, help="prefill workers (colocated mode: workers) (default 1)"
+    )
+    up.add_argument("--decode", type=int, default=1, help="decode workers (default 1)")
+    up.add_argument("--mode", choices=["disaggregated", "colocated"], default="disaggregated")
+    up.add_argument(
+        "--policy", default="cache_aware", choices=["cache_aware", "round_robin", "least_loaded", "prefix"]
+    )
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument(
+        "--redis-url", default=env.REDIS_URL, help="external Redis (default: $REDIS_URL, else embedded)"
+    )
+    up.add_argument(
+        "--store-capacity", type=int, default=1 << 30, help="bytes per store node (default 1 GiB)"
+    )
+    up.add_argument(
+        "--num-pages", type=int, default=None, help="KV pages per worker (default: from free memory)"
+    )
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=env.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"generate": _generate, "convert": _convert, "serve": _serve}[args.command](args)
+        return {"generate": _generate, "convert": _convert, "serve": _serve, "up": _up}[args.command](args)
     except ValueError as e:
         print(f"tandem: error: {e}", file=sys.stderr)
         return 2
@@ -95,12 +119,57 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    if args.role == "store":
-        from kvstore.node_main import main as store_main
+ROLES = {
+    "store": "kvstore.node_main",
+    "prefill": "prefill.main",
+    "decode": "decode.main",
+    "router": "router.main",
+}
 
-        return store_main(args.rest)
-    raise AssertionError(args.role)
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib
+
+    return importlib.import_module(ROLES[args.role]).main(args.rest)
+
+
+def _up(args: argparse.Namespace) -> int:
+    import signal
+
+    from cluster.launcher import ClusterConfig, LocalCluster
+    from cluster.models import resolve_model
+
+    config = ClusterConfig(
+        model_dir=resolve_model(args.model), num_prefill=args.prefill, num_decode=args.decode, mode=args.mode,
+        policy=args.policy, host=args.host, port=args.port, redis_url=args.redis_url,
+        store_capacity_bytes=args.store_capacity, num_pages=args.num_pages,
+    )  # fmt: skip
+    stop = {"now": False}
+
+    def request_stop(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    cluster = LocalCluster(config)
+    reported: set[str] = set()
+    try:
+        cluster.start()
+        print(
+            f"Tandem is serving {config.model_dir.name} at {cluster.url}/v1 (dashboard: {cluster.url}/dashboard)"
+        )
+        print("Ctrl-C stops the cluster.", flush=True)
+        while not stop["now"]:
+            time.sleep(0.5)
+            for p in cluster.procs:
+                if p.popen.poll() is not None and p.name not in reported:
+                    reported.add(p.name)
+                    logging.getLogger("tandem.up").error(
+                        "%s (pid %d) exited with code %s", p.name, p.pid, p.popen.returncode
+                    )
+    finally:
+        cluster.stop()
+    return 0
 
 
 if __name__ == "__main__":

@@ -50,6 +50,18 @@ class KVCacheManager:
         seq.num_committed_pages = len(cached_pages)
         return True
 
+    def admit_prefilled(self, seq: Sequence) -> bool:
+        """Pages for a sequence whose prompt KV arrives with it (``seq.pending_kv``) plus its next
+        token; the prompt counts as computed. False (nothing taken) when the pool is short."""
+        assert not seq.block_table and seq.pending_kv is not None
+        pages = self.pool.allocate(-(-seq.num_tokens // self.page_size))
+        if pages is None:
+            return False
+        seq.block_table = pages
+        seq.num_computed_tokens = seq.num_prompt_tokens
+        seq.num_committed_pages = 0
+        return True
+
     def grow(self, seq: Sequence, num_new_tokens: int) -> bool:
         """Extend a running sequence's pages to hold ``num_new_tokens`` more; False if no room."""
         needed = self.pages_needed(seq, num_new_tokens)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -17,7 +19,7 @@ from engine.sampler import sample
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.types import SamplingParams
-from kvstore.keys import model_fingerprint
+from kvstore.keys import chain_keys, model_fingerprint
 
 log = logging.getLogger("tandem.engine")
 
@@ -35,6 +37,7 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.model_cfg = ModelConfig.from_dir(config.model)
+        self.model_name = Path(config.model).resolve().name
         max_len = config.max_model_len or self.model_cfg.max_position_embeddings
         self.max_model_len = max_len
         page_bytes = kv_bytes_per_page(self.model_cfg, config.page_size, config.torch_dtype)
@@ -50,6 +53,7 @@ class LLMEngine:
         self.kv = KVCacheManager(self.pool, self.fingerprint, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
         self._ids = itertools.count()
+        self.step_ms = 0.0  # exponential moving average of busy steps
         log.info(
             "engine ready: %s (%s) on %s, %d pages x %d tokens (%.1f MiB KV), max_model_len %d",
             self.model_cfg.architecture, config.dtype, config.device, num_pages, config.page_size,
@@ -61,13 +65,92 @@ class LLMEngine:
         return self.pool.num_pages * self.pool.page_size
 
     def add_request(
-        self, prompt: list[int], params: SamplingParams, request_id: str | None = None
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        prefill_only: bool = False,
     ) -> Sequence:
-        """Queue a tokenized prompt. Raises ValueError if it can never be served."""
+        """Queue a tokenized prompt. Raises ValueError if it can never be served.
+
+        ``prefill_only``: stop after the first token (finish reason "prefilled" unless a real stop
+        applies) and keep the prompt's pages; export them with :meth:`export_kv`, then :meth:`release`.
+        """
         self.validate(prompt, params)
         seq = Sequence(request_id if request_id is not None else str(next(self._ids)), prompt, params)
+        seq.prefill_only = prefill_only
         self.scheduler.add(seq)
         return seq
+
+    def add_prefilled(
+        self, prompt: list[int], first_token: int, params: SamplingParams, kv: torch.Tensor, request_id: str
+    ) -> Sequence:
+        """Queue a request whose prompt was prefilled elsewhere: ``kv`` holds the prompt's pages
+        (as :meth:`export_kv` returns them) and ``first_token`` is the token prefill sampled."""
+        self.validate(prompt, params)
+        num_pages = -(-len(prompt) // self.pool.page_size)
+        if kv.shape[3] != num_pages:
+            raise ValueError(
+                f"KV for a {len(prompt)}-token prompt needs {num_pages} pages, got {kv.shape[3]}"
+            )
+        seq = Sequence(request_id, prompt, params)
+        seq.token_ids.append(first_token)
+        seq.pending_kv = kv
+        seq.num_cached_tokens = 0
+        self.scheduler.add(seq)
+        return seq
+
+    def export_kv(self, seq: Sequence) -> torch.Tensor:
+        """The computed prompt KV of a finished prefill-only sequence, packed (a copy)."""
+        assert seq.prefill_only and seq.block_table, "only held prefill-only sequences can be exported"
+        return self.pack_pages(seq, 0, -(-seq.num_prompt_tokens // self.pool.page_size))
+
+    def pack_pages(self, seq: Sequence, first_page: int, num_pages: int) -> torch.Tensor:
+        """KV of ``num_pages`` of a held sequence's pages from ``first_page`` on, packed (a copy)."""
+        return self.runner.pack_pages(seq.block_table[first_page : first_page + num_pages])
+
+    def release(self, seq: Sequence) -> None:
+        """Free the pages a prefill-only sequence kept after finishing."""
+        self.kv.free(seq)
+
+    def cached_prefix_tokens(self, token_ids: list[int]) -> int:
+        """How many leading tokens of ``token_ids`` this engine holds in its prefix cache now."""
+        ps = self.pool.page_size
+        keys = chain_keys(token_ids, ps, self.fingerprint)
+        return len(self.pool.lookup(keys, [token_ids[i * ps : (i + 1) * ps] for i in range(len(keys))])) * ps
+
+    def import_prefix(self, token_ids: list[int], chunks: list[torch.Tensor], start_token: int = 0) -> int:
+        """Load KV computed elsewhere (store chunks, in prefix order from ``start_token``, each a
+        whole number of pages) into the local prefix cache so the next request with this prefix
+        hits it. Returns how many leading tokens are now cached locally; stops early when pages run
+        out (never preempts). The prefix before ``start_token`` must be cached here already."""
+        ps = self.pool.page_size
+        if start_token % ps:
+            raise ValueError(f"start_token must be a multiple of the page size {ps}, got {start_token}")
+        num_pages = start_token // ps + sum(c.shape[3] for c in chunks)
+        keys = chain_keys(token_ids[: num_pages * ps], ps, self.fingerprint)
+        blocks = [token_ids[i * ps : (i + 1) * ps] for i in range(num_pages)]
+        held = self.pool.lookup(keys, blocks)
+        if len(held) < start_token // ps:
+            return len(held) * ps  # the part before start_token is gone: nothing to attach to
+        self.pool.acquire(held)  # held until the end, so that allocating cannot evict the chain's head
+        try:
+            first = start_token // ps
+            for chunk in chunks:
+                n = chunk.shape[3]
+                skip = min(n, max(0, len(held) - first))  # pages of this chunk already cached here
+                if skip < n:
+                    pages = self.pool.allocate(n - skip)
+                    if pages is None:
+                        return first * ps
+                    self.runner.unpack_pages(pages, chunk[:, :, :, skip:])
+                    for i, page in enumerate(pages):
+                        self.pool.register(page, keys[first + skip + i], blocks[first + skip + i])
+                    held += pages
+                first += n
+            return first * ps
+        finally:
+            self.pool.release(held)
 
     def validate(self, prompt: list[int], params: SamplingParams) -> None:
         if not isinstance(params, SamplingParams):
@@ -97,10 +180,22 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def step(self) -> StepResult:
+        start = time.perf_counter()
+        result = self._step()
+        if result.num_tokens:
+            ms = (time.perf_counter() - start) * 1e3
+            self.step_ms = ms if self.step_ms == 0 else 0.8 * self.step_ms + 0.2 * ms
+        return result
+
+    def _step(self) -> StepResult:
         batch = self.scheduler.schedule()
         result = StepResult(num_tokens=batch.num_tokens)
         if not batch:
             return result
+        for seq in batch.seqs:
+            if seq.pending_kv is not None:  # just admitted with its prompt's KV: put it in its pages
+                self.runner.unpack_pages(seq.block_table[: seq.pending_kv.shape[3]], seq.pending_kv)
+                seq.pending_kv = None
         sample_rows = [
             i
             for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens))
@@ -114,7 +209,7 @@ class LLMEngine:
             return result
         sampled_seqs = [batch.seqs[i] for i in sample_rows]
         tokens, logprobs = sample(
-            logits, [s.params for s in sampled_seqs], [s.generator for s in sampled_seqs]
+            logits, [s.params for s in sampled_seqs], [s.token_seed() for s in sampled_seqs]
         )
         for seq, token, lp in zip(sampled_seqs, tokens, logprobs):
             seq.token_ids.append(token)
@@ -135,10 +230,23 @@ class LLMEngine:
             return "stop"
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
+        if seq.prefill_only:
+            return "prefilled"
         return None
 
-    def kv_usage(self) -> float:
-        return self.pool.num_used_pages / self.pool.num_pages
+    def load_report(self) -> dict[str, int | float]:
+        """What a worker tells the router about its load (fields of ``kvstore.workers.WorkerLoad``)."""
+        sched = self.scheduler
+        queued = sum(s.num_uncomputed_tokens for s in sched.waiting)
+        queued += sum(s.num_uncomputed_tokens for s in sched.running if s.num_uncomputed_tokens > 1)
+        return {
+            "num_running": len(sched.running),
+            "num_waiting": len(sched.waiting),
+            "queued_prefill_tokens": queued,
+            "free_pages": self.pool.num_free_pages,
+            "total_pages": self.pool.num_pages,
+            "step_ms": self.step_ms,
+        }
 
 
 def default_device() -> str:

@@ -8,6 +8,7 @@ from engine.attention import AttentionMetadata
 from engine.config import EngineConfig, ModelConfig
 from engine.loader import load_model
 from engine.scheduler import ScheduledBatch
+from kernels import backend_for
 
 
 def kv_bytes_per_page(cfg: ModelConfig, page_size: int, dtype: torch.dtype) -> int:
@@ -28,6 +29,18 @@ class ModelRunner:
             model_cfg.num_layers, 2, model_cfg.num_kv_heads, num_pages, config.page_size, model_cfg.head_dim,
             dtype=config.torch_dtype, device=self.device,
         )  # fmt: skip
+        self.ops = backend_for(self.device)
+
+    def pack_pages(self, pages: list[int]) -> torch.Tensor:
+        """KV of ``pages`` as one contiguous buffer [layers, 2, kv_heads, len(pages), page_size, head_dim]."""
+        return self.ops.pack_pages(self.kv_cache, torch.tensor(pages, device=self.device))
+
+    def unpack_pages(self, pages: list[int], chunk: torch.Tensor) -> None:
+        """Write a packed buffer (as :meth:`pack_pages` returns) into ``pages``."""
+        expect = (*self.kv_cache.shape[:3], len(pages), *self.kv_cache.shape[4:])
+        if tuple(chunk.shape) != expect:
+            raise ValueError(f"KV buffer has shape {tuple(chunk.shape)}, this engine's pages need {expect}")
+        self.ops.unpack_pages(self.kv_cache, torch.tensor(pages, device=self.device), chunk.to(self.device))
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, sample_rows: list[int]) -> torch.Tensor:

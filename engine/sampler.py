@@ -1,8 +1,8 @@
 """Token sampling: greedy, temperature, top-k, top-p, per-request seeds, logprobs.
 
 Random rows draw with the exponential-race trick (``argmax(p / E)`` with ``E ~ Exp(1)``), which
-samples exactly from ``p`` and lets each seeded request draw its noise from its own generator, so
-its tokens do not depend on what else is in the batch.
+samples exactly from ``p`` and lets each seeded row draw its noise from a generator seeded by
+(request seed, token index), so its tokens depend neither on the batch nor on the process.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from engine.types import SamplingParams, TokenLogprobs
 def sample(
     logits: torch.Tensor,
     params: list[SamplingParams],
-    generators: list[torch.Generator | None],
+    seeds: list[int | None],
 ) -> tuple[list[int], list[TokenLogprobs | None]]:
-    """logits: [B, V] float32 → (token per row, logprobs per row or None where not asked)."""
+    """logits: [B, V] float32 → (token per row, logprobs per row or None where not asked).
+    ``seeds[i]`` seeds row i's draw (None: the global generator)."""
     tokens = logits.argmax(dim=-1)
     random_rows = [i for i, p in enumerate(params) if not p.greedy]
     if random_rows:
         rows = torch.tensor(random_rows, device=logits.device)
         probs = _filtered_probs(logits[rows], [params[i] for i in random_rows])
-        noise = torch.stack([_exponential(probs.shape[-1], generators[i], probs.device) for i in random_rows])
+        noise = torch.stack([_exponential(probs.shape[-1], seeds[i], probs.device) for i in random_rows])
         tokens[rows] = (probs / noise).argmax(dim=-1)
     token_list = tokens.tolist()
     return token_list, _logprobs(logits, token_list, params)
@@ -56,8 +57,9 @@ def _apply_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
-def _exponential(size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    # Seeded generators live on the CPU so one seed reproduces on every device.
+def _exponential(size: int, seed: int | None, device: torch.device) -> torch.Tensor:
+    # Seeded draws happen on the CPU so one seed reproduces on every device.
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
     noise = torch.empty(size, dtype=torch.float32).exponential_(generator=generator)
     return noise.to(device)
 

@@ -72,10 +72,15 @@ class Scheduler:
         # and is already at the head of the queue.
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            cached = self.kv.match_prefix(seq)
-            n = min(seq.num_tokens - len(cached) * self.kv.page_size, budget)
-            if not self.kv.admit(seq, cached, n):
-                break
+            if seq.pending_kv is not None:
+                n = seq.num_tokens - seq.num_prompt_tokens  # the token prefill sampled
+                if not self.kv.admit_prefilled(seq):
+                    break
+            else:
+                cached = self.kv.match_prefix(seq)
+                n = min(seq.num_tokens - len(cached) * self.kv.page_size, budget)
+                if not self.kv.admit(seq, cached, n):
+                    break
             if seq.num_cached_tokens is None:
                 seq.num_cached_tokens = seq.num_computed_tokens
             self.waiting.popleft()
@@ -92,9 +97,12 @@ class Scheduler:
         return batch
 
     def finish(self, seq: Sequence, reason: str) -> None:
+        """Retire a running sequence. A prefill-only one keeps its pages for export (the caller
+        releases them with ``kv.free``)."""
         seq.status = Status.FINISHED
         seq.finish_reason = reason
-        self.kv.free(seq)
+        if not seq.prefill_only:
+            self.kv.free(seq)
         self.running.remove(seq)
 
     def abort(self, request_id: str) -> Sequence | None:

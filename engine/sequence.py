@@ -40,10 +40,18 @@ class Sequence:
         self.num_cached_tokens: int | None = None  # prefix-cache hit at first admission
         self.finish_reason: str | None = None
         self.logprobs: list[TokenLogprobs] | None = [] if params.logprobs is not None else None
-        self.generator: torch.Generator | None = None
-        if params.seed is not None:
-            self.generator = torch.Generator().manual_seed(params.seed)
+        # Disaggregation: a prefill-only sequence stops after its first token and keeps its pages
+        # until the worker has exported them; a prefilled one arrives with its prompt's KV.
+        self.prefill_only = False
+        self.pending_kv: torch.Tensor | None = None
         self._keys: list[bytes] = []
+
+    def token_seed(self) -> int | None:
+        """Seed for the next sampled token: a function of (seed, output index) only, so a request
+        samples the same tokens whichever process or batch it runs in."""
+        if self.params.seed is None:
+            return None
+        return (self.params.seed * 1_000_003 + self.num_output_tokens) & 0x7FFF_FFFF_FFFF_FFFF
 
     @property
     def num_tokens(self) -> int:

@@ -204,3 +204,78 @@ class StatsReply(Message, kind="store_stats_reply"):
     hits: int
     misses: int
     num_evicted: int
+
+
+# ---- serving: router ⇄ prefill / decode workers ------------------------------------------------
+# Every message names its request. Sampling travels as a dict of SamplingParams' fields (the router
+# validated them; workers rebuild SamplingParams and so re-validate). Workers never see text.
+
+SamplingFields = dict[str, int | float | bool | None | tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class GenerateTask(Message, kind="generate_task"):
+    """Router → prefill worker: prefill ``token_ids`` and sample the first token.
+
+    ``decode_address`` is the chosen decode worker's inbox; the prefill worker hands the KV over
+    there. None means decode here too (a colocated worker). Events go to ``reply_to``.
+    """
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    sampling: SamplingFields
+    reply_to: str
+    decode_address: str | None
+
+
+@dataclass(frozen=True)
+class DecodeTask(Message, kind="decode_task"):
+    """Prefill → decode worker: continue a prefilled request.
+
+    ``buffers[0]`` holds the KV of the first ``len(token_ids)`` tokens as packed pages
+    ``[layers, 2, kv_heads, pages, page_size, head_dim]``; ``first_token`` was sampled by prefill.
+    """
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    first_token: int
+    sampling: SamplingFields
+    reply_to: str
+    buffers: tuple[Buffer, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.buffers) != 1:
+            raise ValueError(f"{self.KIND}: expected exactly one KV buffer, got {len(self.buffers)}")
+
+
+@dataclass(frozen=True)
+class AbortTask(Message, kind="abort_task"):
+    """Router → worker: drop this request wherever it is and free its pages."""
+
+    request_id: str
+
+
+@dataclass(frozen=True)
+class TokenEvent(Message, kind="token_event"):
+    """Worker → router: new tokens of a request; ``finish_reason`` set on the last event.
+
+    The prefill worker's event carries the first token and the prompt's cache hits
+    (``num_cached_local`` from its own pages, ``num_cached_store`` fetched from a store node).
+    """
+
+    request_id: str
+    worker_id: str
+    token_ids: tuple[int, ...]
+    finish_reason: str | None
+    num_cached_local: int = 0
+    num_cached_store: int = 0
+
+
+@dataclass(frozen=True)
+class RequestFailed(Message, kind="request_failed"):
+    """Worker → router: the request cannot complete. ``code`` is BAD_REQUEST, UNAVAILABLE or INTERNAL."""
+
+    request_id: str
+    worker_id: str
+    code: str
+    message: str

@@ -1,0 +1,183 @@
+"""A whole Tandem cluster on one machine, every server a direct child process of this one.
+
+Start order: Redis (embedded unless a URL is given) → one store node per prefill worker → the
+workers → the router. ``stop()`` terminates in reverse order, by PID, and kills what does not exit
+in time, so nothing is orphaned. Each worker gets a share of the CPU cores as torch threads so
+that the processes together do not oversubscribe the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvstore.embedded_redis import EmbeddedRedis
+from kvstore.workers import WorkerRegistry
+
+log = logging.getLogger("tandem.up")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    model_dir: Path
+    num_prefill: int = 1
+    num_decode: int = 1
+    mode: str = "disaggregated"  # or "colocated": num_prefill workers that do both
+    policy: str = "cache_aware"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str | None = None
+    store_capacity_bytes: int = 1 << 30
+    chunk_tokens: int = 64
+    num_pages: int | None = None
+    extra_worker_args: tuple[str, ...] = ()
+    extra_router_args: tuple[str, ...] = ()
+    startup_timeout_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("disaggregated", "colocated"):
+            raise ValueError(f"mode must be 'disaggregated' or 'colocated', got {self.mode!r}")
+        if self.num_prefill < 1 or (self.mode == "disaggregated" and self.num_decode < 1):
+            raise ValueError("need at least one prefill and one decode worker (or one colocated worker)")
+
+    @property
+    def num_engines(self) -> int:
+        return self.num_prefill + (self.num_decode if self.mode == "disaggregated" else 0)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+@dataclass
+class LocalCluster:
+    config: ClusterConfig
+    procs: list[Proc] = field(default_factory=list)
+    redis: EmbeddedRedis | None = None
+    redis_url: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    def start(self) -> LocalCluster:
+        cfg = self.config
+        try:
+            if cfg.redis_url:
+                self.redis_url = cfg.redis_url
+            else:
+                self.redis = EmbeddedRedis().start()
+                self.redis_url = self.redis.url
+            log.info("redis at %s", self.redis_url)
+            threads = max(1, (os.cpu_count() or 1) // cfg.num_engines)
+            common = ["--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--threads", str(threads)]
+            if cfg.num_pages:
+                common += ["--num-pages", str(cfg.num_pages)]
+            common += list(cfg.extra_worker_args)
+            if cfg.mode == "colocated":
+                for i in range(cfg.num_prefill):
+                    self._spawn(
+                        f"colocated-{i}",
+                        "decode.main",
+                        [*common, "--mode", "colocated", "--worker-id", f"colocated-{i}"],
+                    )
+            else:
+                for i in range(cfg.num_prefill):
+                    node = f"store-{i}"
+                    self._spawn(node, "kvstore.node_main", [
+                        "--redis-url", self.redis_url, "--listen", "tcp://127.0.0.1:0", "--node-id", node,
+                        "--capacity-bytes", str(cfg.store_capacity_bytes),
+                    ])  # fmt: skip
+                    self._spawn(f"prefill-{i}", "prefill.main", [
+                        *common, "--worker-id", f"prefill-{i}", "--store-node", node,
+                        "--chunk-tokens", str(cfg.chunk_tokens),
+                    ])  # fmt: skip
+                for i in range(cfg.num_decode):
+                    self._spawn(f"decode-{i}", "decode.main", [*common, "--worker-id", f"decode-{i}"])
+            self._wait_for_workers()
+            self._spawn("router", "router.main", [
+                "--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--host", cfg.host,
+                "--port", str(cfg.port), "--policy", cfg.policy, *cfg.extra_router_args,
+            ])  # fmt: skip
+            self._wait_for_router()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str, module: str, args: list[str]) -> Proc:
+        popen = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL)
+        proc = Proc(name, popen)
+        self.procs.append(proc)
+        log.info("started %s (pid %d)", name, popen.pid)
+        return proc
+
+    def proc(self, name: str) -> Proc:
+        return next(p for p in self.procs if p.name == name)
+
+    def _check_alive(self) -> None:
+        for p in self.procs:
+            if p.popen.poll() is not None:
+                raise RuntimeError(f"{p.name} exited with code {p.popen.returncode} during startup")
+
+    def _wait_for_workers(self) -> None:
+        registry = WorkerRegistry(self.redis_url)
+        expected = self.config.num_engines if self.config.mode == "disaggregated" else self.config.num_prefill
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while len(registry.live()) < expected:
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers not ready after {self.config.startup_timeout_s}s")
+            time.sleep(0.2)
+        registry.close()
+
+    def _wait_for_router(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while True:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"router not healthy after {self.config.startup_timeout_s}s")
+            time.sleep(0.2)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Terminate every child (newest first) by PID; kill the ones that outlive ``timeout_s``."""
+        for p in reversed(self.procs):
+            if p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for p in reversed(self.procs):
+            try:
+                p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) ignored SIGTERM; killing it", p.name, p.pid)
+                p.popen.kill()
+                p.popen.wait()
+        self.procs.clear()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,66 @@
+"""``tandem serve decode``: one decode worker, or with ``--mode colocated`` a worker that does both."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from decode.worker import DecodeWorker
+from engine.args import add_engine_args, engine_config
+from engine.llm_engine import LLMEngine, default_device
+from engine.memory import tune_host_allocator
+from kvstore.serve import setup_logging, stop_on_signals
+from kvstore.workers import WorkerInfo, WorkerRegistry
+from kvstore.workers_loop import run_worker_loop
+from transfer.channel import Inbox
+
+log = logging.getLogger("tandem.decode")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tandem serve decode",
+        description="Run a decode worker: prefilled requests (with their KV) in, tokens streamed to the "
+        "router. With --mode colocated it also prefills prompts itself (the non-disaggregated baseline).",
+    )
+    p.add_argument("--model", required=True, help="HF model directory")
+    p.add_argument("--redis-url", required=True, help="the cluster's Redis (membership, store index)")
+    p.add_argument("--listen", default="tcp://127.0.0.1:0", help="inbox address (port 0: pick a free one)")
+    p.add_argument("--worker-id", default=None, help="unique id (default <role>@<inbox address>)")
+    p.add_argument("--mode", choices=["disaggregated", "colocated"], default="disaggregated")
+    p.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
+    add_engine_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tune_host_allocator()
+    engine = LLMEngine(engine_config(args, args.model, default_device()))
+    inbox = Inbox(args.listen)
+    role = "colocated" if args.mode == "colocated" else "decode"
+    info = WorkerInfo(
+        worker_id=args.worker_id or f"{role}@{inbox.address.removeprefix('tcp://')}",
+        role=role, address=inbox.address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
+        page_size=engine.pool.page_size, chunk_tokens=engine.pool.page_size, max_model_len=engine.max_model_len,
+    )  # fmt: skip
+    worker = DecodeWorker(engine, info)
+    log.info("%s ready: inbox %s", info.worker_id, inbox.address)
+    run_worker_loop(
+        info, inbox, WorkerRegistry(args.redis_url), handle=worker.handle, step=worker.step,
+        has_work=worker.has_work, report=engine.load_report, stop=stop_on_signals(),
+    )  # fmt: skip
+    worker.close()
+    log.info("%s stopped", info.worker_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

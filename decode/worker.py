@@ -1,0 +1,113 @@
+"""The decode worker: takes prefilled requests (KV included) and streams their tokens.
+
+A ``DecodeTask`` arrives from a prefill worker with the prompt's KV; the request joins the
+continuous batch as soon as pages allow, and every step's new tokens go to the router as
+``TokenEvent``s. In colocated mode the same worker also takes ``GenerateTask``s and prefills them
+itself (local prefix cache only): the baseline disaggregation is measured against.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from engine import SamplingParams
+from engine.llm_engine import LLMEngine
+from engine.sequence import Sequence
+from kvstore.tensors import to_tensor
+from kvstore.workers import WorkerInfo
+from transfer.channel import OutboxPool
+from transfer.errors import TransferError
+from transfer.messages import (
+    BAD_REQUEST,
+    AbortTask,
+    DecodeTask,
+    GenerateTask,
+    Message,
+    RequestFailed,
+    TokenEvent,
+)
+
+log = logging.getLogger("tandem.decode")
+
+
+@dataclass
+class _Stream:
+    reply_to: str
+    report_hits: bool  # colocated: the first event carries the prompt's cache hits
+
+
+class DecodeWorker:
+    def __init__(self, engine: LLMEngine, info: WorkerInfo) -> None:
+        self.engine = engine
+        self.info = info
+        self.colocated = info.role == "colocated"
+        self.outboxes = OutboxPool()
+        self._streams: dict[str, _Stream] = {}
+
+    def handle(self, message: Message) -> None:
+        if isinstance(message, DecodeTask):
+            self._admit(message, message.request_id, message.reply_to)
+        elif isinstance(message, GenerateTask):
+            if not self.colocated or message.decode_address is not None:
+                self._fail(
+                    message.reply_to, message.request_id, BAD_REQUEST, "this decode worker takes no prompts"
+                )
+                return
+            self._admit(message, message.request_id, message.reply_to)
+        elif isinstance(message, AbortTask):
+            if self._streams.pop(message.request_id, None) is not None:
+                self.engine.abort(message.request_id)
+        else:
+            log.warning("decode worker ignores a %s message", message.KIND)
+
+    def _admit(self, task: DecodeTask | GenerateTask, request_id: str, reply_to: str) -> None:
+        try:
+            params = SamplingParams(**task.sampling)
+            if isinstance(task, DecodeTask):
+                kv = to_tensor(task.buffers[0])
+                self.engine.add_prefilled(list(task.token_ids), task.first_token, params, kv, request_id)
+            else:
+                self.engine.add_request(list(task.token_ids), params, request_id=request_id)
+        except (TypeError, ValueError) as e:
+            self._fail(reply_to, request_id, BAD_REQUEST, str(e))
+            return
+        self._streams[request_id] = _Stream(reply_to, report_hits=isinstance(task, GenerateTask))
+
+    def step(self) -> None:
+        result = self.engine.step()
+        finished = {id(s) for s in result.finished}
+        for seq in result.sampled:
+            stream = self._streams.get(seq.request_id)
+            if stream is None:
+                continue
+            self._emit(seq, stream, done=id(seq) in finished)
+        for seq in result.finished:
+            self._streams.pop(seq.request_id, None)
+
+    def _emit(self, seq: Sequence, stream: _Stream, done: bool) -> None:
+        hits = (seq.num_cached_tokens or 0) if stream.report_hits else 0
+        stream.report_hits = False
+        event = TokenEvent(
+            request_id=seq.request_id, worker_id=self.info.worker_id, token_ids=(seq.token_ids[-1],),
+            finish_reason=seq.finish_reason if done else None, num_cached_local=hits,
+        )  # fmt: skip
+        try:
+            self.outboxes.send(stream.reply_to, event)
+        except TransferError as e:
+            log.error("router at %s unreachable, dropping request %s: %s", stream.reply_to, seq.request_id, e)
+            self._streams.pop(seq.request_id, None)
+            self.engine.abort(seq.request_id)
+
+    def _fail(self, reply_to: str, request_id: str, code: str, text: str) -> None:
+        log.info("request %s failed: %s", request_id, text)
+        try:
+            self.outboxes.send(reply_to, RequestFailed(request_id, self.info.worker_id, code, text))
+        except TransferError as e:
+            log.error("router at %s unreachable: %s", reply_to, e)
+
+    def has_work(self) -> bool:
+        return self.engine.has_unfinished()
+
+    def close(self) -> None:
+        self.outboxes.close()

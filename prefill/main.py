@@ -1,0 +1,74 @@
+"""``tandem serve prefill``: one prefill worker (its store node runs as its own process)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from engine.args import add_engine_args, engine_config
+from engine.llm_engine import LLMEngine, default_device
+from engine.memory import tune_host_allocator
+from kvstore.serve import setup_logging, stop_on_signals
+from kvstore.workers import WorkerInfo, WorkerRegistry
+from kvstore.workers_loop import run_worker_loop
+from prefill.worker import PrefillWorker
+from transfer.channel import Inbox
+
+log = logging.getLogger("tandem.prefill")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tandem serve prefill",
+        description="Run a prefill worker: prompts in, first token out, KV handed to decode workers "
+        "and written to the KV store.",
+    )
+    p.add_argument("--model", required=True, help="HF model directory")
+    p.add_argument("--redis-url", required=True, help="the cluster's Redis (membership, store index)")
+    p.add_argument("--listen", default="tcp://127.0.0.1:0", help="inbox address (port 0: pick a free one)")
+    p.add_argument("--worker-id", default=None, help="unique id (default prefill@<inbox address>)")
+    p.add_argument("--store-node", default="", help="id of this worker's store node ('' = no KV store)")
+    p.add_argument(
+        "--chunk-tokens", type=int, default=64, help="tokens per store chunk (multiple of page size)"
+    )
+    p.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
+    add_engine_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tune_host_allocator()
+    engine = LLMEngine(engine_config(args, args.model, default_device()))
+    inbox = Inbox(args.listen)
+    info = WorkerInfo(
+        worker_id=args.worker_id or f"prefill@{inbox.address.removeprefix('tcp://')}",
+        role="prefill", address=inbox.address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
+        page_size=engine.pool.page_size, chunk_tokens=args.chunk_tokens, max_model_len=engine.max_model_len,
+        store_node_id=args.store_node,
+    )  # fmt: skip
+    store = None
+    if args.store_node:
+        from kvstore.client import StoreClient
+
+        store = StoreClient(args.redis_url, node_id=args.store_node)
+    worker = PrefillWorker(engine, info, store)
+    log.info("%s ready: inbox %s, store node %s", info.worker_id, inbox.address, args.store_node or "none")
+    run_worker_loop(
+        info, inbox, WorkerRegistry(args.redis_url), handle=worker.handle, step=worker.step,
+        has_work=worker.has_work, report=engine.load_report, stop=stop_on_signals(),
+    )  # fmt: skip
+    worker.close()
+    log.info("%s stopped", info.worker_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

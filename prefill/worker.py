@@ -1,0 +1,175 @@
+"""The prefill worker: prompts in, first token and KV out.
+
+For each ``GenerateTask``: reuse the pages it already holds, fetch the longest prefix cached on
+another store node into its pages (a fetch over loopback or the network is far cheaper than
+recomputing), prefill the rest in chunks (continuous batching with other prompts), sample the
+first token, write the prompt's new full chunks to its own store node, and hand the prompt's KV
+(the last partial page included) to the chosen decode worker. The router hears the first token
+from here, the rest from the decode worker.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from engine import SamplingParams
+from engine.llm_engine import LLMEngine
+from engine.sequence import Sequence
+from kvstore.keys import chain_keys
+from kvstore.tensors import to_buffer
+from kvstore.types import StoreError
+from kvstore.workers import WorkerInfo
+from transfer.channel import OutboxPool
+from transfer.errors import TransferError
+from transfer.messages import (
+    BAD_REQUEST,
+    UNAVAILABLE,
+    AbortTask,
+    DecodeTask,
+    GenerateTask,
+    Message,
+    RequestFailed,
+    TokenEvent,
+)
+
+log = logging.getLogger("tandem.prefill")
+
+
+class PrefillWorker:
+    def __init__(self, engine: LLMEngine, info: WorkerInfo, store=None) -> None:
+        if info.chunk_tokens % engine.pool.page_size:
+            raise ValueError(
+                f"chunk_tokens {info.chunk_tokens} must be a multiple of page_size {engine.pool.page_size}"
+            )
+        self.engine = engine
+        self.info = info
+        self.store = store  # kvstore.StoreClient bound to this worker's node, or None
+        self.outboxes = OutboxPool()
+        self._tasks: dict[str, GenerateTask] = {}
+        self._store_hits: dict[str, int] = {}  # tokens fetched from the store, per request
+        self._stored_chunks: dict[str, int] = {}  # leading chunks already in the store, per request
+
+    # -- inbox ------------------------------------------------------------------------------------
+
+    def handle(self, message: Message) -> None:
+        if isinstance(message, GenerateTask):
+            self._start(message)
+        elif isinstance(message, AbortTask):
+            if self._tasks.pop(message.request_id, None) is not None:
+                seq = self.engine.abort(message.request_id)
+                if seq is not None and seq.block_table:
+                    self.engine.release(seq)
+        else:
+            log.warning("prefill worker ignores a %s message", message.KIND)
+
+    def _start(self, task: GenerateTask) -> None:
+        try:
+            params = SamplingParams(**task.sampling)
+            prompt = list(task.token_ids)
+            self.engine.validate(prompt, params)
+        except (TypeError, ValueError) as e:
+            self._fail(task, BAD_REQUEST, str(e))
+            return
+        self._store_hits[task.request_id] = self._fetch_prefix(task.request_id, prompt)
+        self.engine.add_request(prompt, params, request_id=task.request_id, prefill_only=True)
+        self._tasks[task.request_id] = task
+
+    def _fetch_prefix(self, request_id: str, prompt: list[int]) -> int:
+        """Import the longest prefix some store node holds beyond what this engine has; returns the
+        tokens that came from the store. Store trouble is logged and means recompute, never failure."""
+        self._stored_chunks[request_id] = 0
+        if self.store is None:
+            return 0
+        ct = self.info.chunk_tokens
+        keys = chain_keys(prompt[:-1], ct, self.engine.fingerprint)  # the last token is always run
+        if not keys:
+            return 0
+        local = self.engine.cached_prefix_tokens(prompt[:-1]) // ct
+        try:
+            counts = self.store.match_prefix(keys)
+            best = max(counts.values(), default=0)
+            self._stored_chunks[request_id] = best
+            if best <= local:
+                return 0
+            chunks = self.store.get(keys[local:best])
+        except (StoreError, KeyError, TransferError) as e:
+            log.warning("request %s: store fetch failed, recomputing: %s", request_id, e)
+            return 0
+        imported = self.engine.import_prefix(prompt, chunks, start_token=local * ct)
+        return max(0, imported - local * ct)
+
+    # -- engine -----------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        for seq in self.engine.step().finished:
+            task = self._tasks.pop(seq.request_id, None)
+            try:
+                if task is not None and seq.finish_reason != "abort":
+                    self._hand_off(task, seq)
+            finally:
+                if seq.block_table:
+                    self.engine.release(seq)
+
+    def _hand_off(self, task: GenerateTask, seq: Sequence) -> None:
+        first = seq.output_token_ids[0]
+        store_hits = min(self._store_hits.pop(task.request_id, 0), seq.num_cached_tokens or 0)
+        local_hits = (seq.num_cached_tokens or 0) - store_hits
+        done = seq.finish_reason != "prefilled"
+        kv = None if done else self.engine.export_kv(seq)
+        self._write_back(task.request_id, seq)
+        self._send(
+            task.reply_to,
+            TokenEvent(
+                request_id=task.request_id, worker_id=self.info.worker_id, token_ids=(first,),
+                finish_reason=seq.finish_reason if done else None,
+                num_cached_local=local_hits, num_cached_store=store_hits,
+            ),
+        )  # fmt: skip
+        if done:
+            return
+        if task.decode_address is None:
+            self._fail(task, BAD_REQUEST, "a prefill worker needs a decode_address")
+            return
+        handoff = DecodeTask(
+            request_id=task.request_id, token_ids=task.token_ids, first_token=first,
+            sampling=task.sampling, reply_to=task.reply_to, buffers=(to_buffer(kv),),
+        )  # fmt: skip
+        try:
+            self.outboxes.send(task.decode_address, handoff)
+        except TransferError as e:
+            self._fail(task, UNAVAILABLE, f"decode worker at {task.decode_address} did not take the KV: {e}")
+
+    def _write_back(self, request_id: str, seq: Sequence) -> None:
+        """Put the prompt's full chunks that no store node holds yet to this worker's node."""
+        already = self._stored_chunks.pop(request_id, 0)
+        if self.store is None:
+            return
+        ct, ps = self.info.chunk_tokens, self.engine.pool.page_size
+        keys = chain_keys(seq.token_ids[: seq.num_prompt_tokens], ct, self.engine.fingerprint)
+        if len(keys) <= already:
+            return
+        pages_per_chunk = ct // ps
+        chunks = [
+            self.engine.pack_pages(seq, i * pages_per_chunk, pages_per_chunk)
+            for i in range(already, len(keys))
+        ]
+        try:
+            self.store.put(keys[already:], chunks)
+        except (StoreError, TransferError) as e:
+            log.warning("request %s: could not write %d chunks to the store: %s", request_id, len(chunks), e)
+
+    def _send(self, address: str, message: Message) -> None:
+        try:
+            self.outboxes.send(address, message)
+        except TransferError as e:
+            log.error("cannot reach the router at %s: %s", address, e)
+
+    def _fail(self, task: GenerateTask, code: str, text: str) -> None:
+        log.info("request %s failed: %s", task.request_id, text)
+        self._send(task.reply_to, RequestFailed(task.request_id, self.info.worker_id, code, text))
+
+    def has_work(self) -> bool:
+        return self.engine.has_unfinished()
+
+    def close(self) -> None:
+        self.outboxes.close()

@@ -1,0 +1,133 @@
+"""Prefill and decode workers as real processes, driven over real ZeroMQ by the test acting as
+the router: the split across processes (KV through the wire and the store) changes no token."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine import LLM, SamplingParams
+from kvstore.embedded_redis import EmbeddedRedis
+from tests.e2e.procs import spawn, stop, wait_for_workers
+from tests.engine.conftest import build_tiny
+from tests.engine.reference import mixed_prompts
+from transfer.channel import Inbox, Outbox
+from transfer.messages import GenerateTask, RequestFailed, TokenEvent
+
+GREEDY = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_tiny("llama", tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def cluster(model):
+    """Redis, two store nodes, two prefill workers, one decode worker: all child processes."""
+    redis = EmbeddedRedis().start()
+    procs = []
+    try:
+        common = [
+            "--model",
+            str(model),
+            "--redis-url",
+            redis.url,
+            "--threads",
+            "1",
+            "--page-size",
+            "8",
+            "--num-pages",
+            "256",
+        ]
+        for i in range(2):
+            procs.append(spawn("kvstore.node_main", "--redis-url", redis.url, "--listen", "tcp://127.0.0.1:0",
+                               "--node-id", f"store-{i}", "--capacity-bytes", str(64 << 20)))  # fmt: skip
+            procs.append(spawn("prefill.main", *common, "--worker-id", f"prefill-{i}", "--store-node", f"store-{i}",
+                               "--chunk-tokens", "16"))  # fmt: skip
+        procs.append(spawn("decode.main", *common, "--worker-id", "decode-0"))
+        live = wait_for_workers(redis.url, {"prefill-0", "prefill-1", "decode-0"}, procs)
+        yield {wid: w.info.address for wid, w in live.items()}, procs
+    finally:
+        stop(procs)
+        redis.stop()
+
+
+class Router:
+    """The test's stand-in for the router: sends tasks, collects events per request."""
+
+    def __init__(self) -> None:
+        self.inbox = Inbox("tcp://127.0.0.1:0")
+        self.outboxes: dict[str, Outbox] = {}
+
+    def run(self, address: str, prompt: list[int], sampling: dict, decode: str | None, rid: str) -> list:
+        box = self.outboxes.setdefault(address, Outbox(address))
+        box.send(GenerateTask(rid, tuple(prompt), sampling, self.inbox.address, decode))
+        events = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = self.inbox.recv(1.0)
+            if msg is None:
+                continue
+            assert msg.request_id == rid
+            events.append(msg)
+            if isinstance(msg, RequestFailed) or msg.finish_reason is not None:
+                return events
+        raise AssertionError(f"request {rid} did not finish")
+
+
+@pytest.fixture(scope="module")
+def router():
+    r = Router()
+    yield r
+    r.inbox.close()
+    for box in r.outboxes.values():
+        box.close()
+
+
+def tokens(events: list) -> list[int]:
+    return [t for e in events for t in e.token_ids]
+
+
+def test_prefill_then_decode_equals_single_process(model, cluster, router):
+    addresses, _ = cluster
+    offline = LLM(str(model), page_size=8, num_pages=256)
+    for i, prompt in enumerate(mixed_prompts(250, seed=20)[:5]):
+        events = router.run(addresses["prefill-0"], prompt, GREEDY, addresses["decode-0"], f"r{i}")
+        assert [e.worker_id for e in events[:2]] == ["prefill-0", "decode-0"]
+        assert events[-1].finish_reason == "length"
+        expect = offline.generate([prompt], SamplingParams(**GREEDY))[0].token_ids
+        assert tokens(events) == expect
+
+
+def test_seeded_sampling_survives_the_split(model, cluster, router):
+    addresses, _ = cluster
+    sampling = {"temperature": 0.8, "top_p": 0.9, "max_tokens": 10, "seed": 5, "ignore_eos": True}
+    prompt = mixed_prompts(250, seed=21)[1]
+    events = router.run(addresses["prefill-1"], prompt, sampling, addresses["decode-0"], "seeded")
+    offline = LLM(str(model), page_size=8, num_pages=64)
+    assert tokens(events) == offline.generate([prompt], SamplingParams(**sampling))[0].token_ids
+
+
+def test_second_request_hits_locally_then_through_the_store(model, cluster, router):
+    addresses, _ = cluster
+    base = mixed_prompts(250, seed=22)[4]  # 70 tokens: 4 full 16-token chunks
+    first = router.run(addresses["prefill-0"], base, GREEDY, addresses["decode-0"], "h0")
+    assert first[0].num_cached_local == 0 and first[0].num_cached_store == 0
+    again = base[:66] + [7, 8, 9]
+    local = router.run(addresses["prefill-0"], again, GREEDY, addresses["decode-0"], "h1")
+    assert local[0].num_cached_local >= 64 and local[0].num_cached_store == 0
+    remote = router.run(addresses["prefill-1"], again, GREEDY, addresses["decode-0"], "h2")
+    assert remote[0].num_cached_store == 64 and remote[0].num_cached_local == 0
+    assert tokens(local) == tokens(remote)
+
+
+def test_bad_sampling_fails_the_request_and_the_worker_keeps_serving(cluster, router):
+    addresses, _ = cluster
+    events = router.run(
+        addresses["prefill-0"], [5, 6, 7], {"temperature": -1.0}, addresses["decode-0"], "bad"
+    )
+    assert isinstance(events[-1], RequestFailed) and "temperature" in events[-1].message
+    ok = router.run(addresses["prefill-0"], [5, 6, 7], GREEDY, addresses["decode-0"], "ok")
+    assert isinstance(ok[-1], TokenEvent) and len(tokens(ok)) == 12

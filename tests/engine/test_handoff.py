@@ -1,0 +1,64 @@
+"""The engine hooks disaggregation stands on: prefill in one engine, decode in another, prefixes
+imported from packed pages. The split must not change a single token."""
+
+from __future__ import annotations
+
+from engine import LLM, SamplingParams
+from tests.engine.reference import mixed_prompts
+
+
+def drain(llm: LLM) -> None:
+    while llm.engine.has_unfinished():
+        llm.engine.step()
+
+
+def split_generate(prefill: LLM, decode: LLM, prompt: list[int], params: SamplingParams) -> list[int]:
+    seq = prefill.engine.add_request(prompt, params, request_id="p", prefill_only=True)
+    drain(prefill)
+    assert seq.finish_reason == "prefilled"
+    kv = prefill.engine.export_kv(seq)
+    prefill.engine.release(seq)
+    first = seq.output_token_ids[0]
+    out = decode.engine.add_prefilled(prompt, first, params, kv, request_id="d")
+    drain(decode)
+    return out.output_token_ids
+
+
+def test_prefill_here_decode_there_equals_one_engine(tiny_model):
+    prefill = LLM(str(tiny_model), page_size=8, num_pages=64)
+    decode = LLM(str(tiny_model), page_size=8, num_pages=64)
+    for params in (
+        SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True),
+        SamplingParams(temperature=0.9, top_p=0.9, max_tokens=12, seed=11, ignore_eos=True),
+    ):
+        for prompt in mixed_prompts(250, seed=12)[:4]:
+            whole = prefill.generate([prompt], params)[0].token_ids
+            assert split_generate(prefill, decode, prompt, params) == whole
+    assert prefill.engine.pool.num_used_pages == 0 and decode.engine.pool.num_used_pages == 0
+
+
+def test_imported_prefix_is_a_local_hit_with_identical_output(tiny_model):
+    source = LLM(str(tiny_model), page_size=8, num_pages=64)
+    target = LLM(str(tiny_model), page_size=8, num_pages=64)
+    prompt = mixed_prompts(250, seed=13)[4]  # 70 tokens
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    seq = source.engine.add_request(prompt, params, request_id="s", prefill_only=True)
+    drain(source)
+    chunks = [source.engine.pack_pages(seq, first, 4) for first in (0, 4)]  # two 32-token chunks
+    source.engine.release(seq)
+    assert target.engine.import_prefix(prompt, chunks) == 64
+    assert target.engine.import_prefix(prompt, chunks) == 64  # idempotent: already cached
+    out = target.generate([prompt], params)[0]
+    assert out.num_cached_tokens == 64
+    assert out.token_ids == source.generate([prompt], params)[0].token_ids
+
+
+def test_import_stops_when_pages_run_out(tiny_model):
+    source = LLM(str(tiny_model), page_size=8, num_pages=64)
+    target = LLM(str(tiny_model), page_size=8, num_pages=5)
+    prompt = mixed_prompts(250, seed=14)[4]
+    seq = source.engine.add_request(prompt, SamplingParams(max_tokens=1), request_id="s", prefill_only=True)
+    drain(source)
+    chunks = [source.engine.pack_pages(seq, first, 4) for first in (0, 4)]
+    source.engine.release(seq)
+    assert target.engine.import_prefix(prompt, chunks) == 32

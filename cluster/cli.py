@@ -130,7 +130,17 @@ ROLES = {
 def _serve(args: argparse.Namespace) -> int:
     import importlib
 
-    return importlib.import_module(ROLES[args.role]).main(args.rest)
+    rest = list(args.rest)
+    wants_help = "-h" in rest or "--help" in rest
+    if (
+        args.role != "store"
+        and not wants_help
+        and not any(a == "--model" or a.startswith("--model=") for a in rest)
+    ):
+        from cluster.models import resolve_model
+
+        rest = ["--model", str(resolve_model(None)), *rest]  # the roles themselves cannot import cluster/
+    return importlib.import_module(ROLES[args.role]).main(rest)
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -1,0 +1,127 @@
+"""The FastAPI app: the OpenAI-compatible endpoints, ``/health`` and ``/metrics``.
+
+``create_app(config)`` loads the tokenizer at once (a bad model directory fails here, not on the
+first request); the lifespan binds the inbox, starts the event thread and the registry refresh,
+and stops them on shutdown. Every error leaves as an OpenAI-shaped body: FastAPI's own 422s and
+404/405s included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kvstore.client import StoreClient
+from kvstore.workers import WorkerRegistry, WorkerState
+from router.cluster import ClusterView
+from router.config import RouterConfig
+from router.dispatch import Dispatcher
+from router.metrics import RouterMetrics
+from router.serving import Router, error_response
+from router.tokenizer import TextTokenizer
+from router.types import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: RouterConfig) -> FastAPI:
+    """The router app. Raises ``ValueError`` if ``config.model_dir`` has no usable tokenizer."""
+    tokenizer = TextTokenizer(config.model_dir)
+    metrics = RouterMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = WorkerRegistry(config.redis_url)
+        store = StoreClient(config.redis_url)
+        dispatcher = Dispatcher(
+            config.inbox,
+            advertise=config.advertise_inbox,
+            send_timeout_s=config.send_timeout_s,
+            lost_grace_s=config.lost_grace_s,
+        )
+        dispatcher.start()
+
+        def on_refresh(workers: tuple[WorkerState, ...]) -> None:
+            dispatcher.fail_lost({w.info.worker_id for w in workers})
+            dispatcher.prune({w.info.address for w in workers})
+
+        cluster = ClusterView(
+            registry, store, refresh_interval_s=config.refresh_interval_s,
+            stale_after_s=config.stale_after_s, on_refresh=on_refresh,
+        )  # fmt: skip
+        await cluster.refresh()
+        refresher = asyncio.create_task(cluster.run(), name="router-registry-refresh")
+        app.state.router = Router(config, tokenizer, dispatcher, cluster, metrics)
+        log.info("router serving %s; worker events to %s", config.model_name, dispatcher.reply_to)
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+            dispatcher.stop()
+            registry.close()
+            store.close()
+
+    app = FastAPI(title="Tandem router", lifespan=lifespan)
+    app.state.metrics = metrics
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(ApiError(400, f"invalid request: {exc.errors()}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else None
+        return error_response(ApiError(exc.status_code, str(exc.detail), code=code))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal"))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await request.app.state.router.serve(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await request.app.state.router.serve(request, chat=True)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        card = {"id": config.model_name, "object": "model", "created": 0, "owned_by": "tandem"}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        """200 when a request could be routed now (fresh cluster view, a prefill or colocated
+        worker, and a decode worker for any prefill-role one); 503 otherwise. Counts workers by role."""
+        cluster: ClusterView = request.app.state.router.cluster
+        snapshot = cluster.snapshot
+        counts = {role: len(snapshot.by_role(role)) for role in ("prefill", "decode", "colocated")}
+        ready = cluster.fresh and (
+            counts["colocated"] > 0 or (counts["prefill"] > 0 and counts["decode"] > 0)
+        )
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "registry_fresh": cluster.fresh,
+            "workers": counts,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app

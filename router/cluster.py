@@ -1,0 +1,149 @@
+"""The router's view of the cluster: live workers from the registry, refreshed in the background,
+and the cached prefix of a prompt on each prefill candidate, from the store's index.
+
+A view not refreshed for ``stale_after_s`` (Redis down) is unusable: requests get 503 rather than
+being routed to workers that may be gone. Every refresh reports the live workers to
+``on_refresh`` (the dispatcher fails requests whose workers lapsed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kvstore.client import StoreClient
+from kvstore.keys import chain_keys
+from kvstore.types import IndexUnavailable
+from kvstore.workers import WorkerRegistry, WorkerState
+from router.types import ApiError, PrefillCandidate
+
+log = logging.getLogger(__name__)
+
+SERVING_ROLES = ("prefill", "decode", "colocated")
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    workers: tuple[WorkerState, ...]
+    taken_at: float  # time.monotonic() of the refresh
+
+    def by_role(self, *roles: str) -> tuple[WorkerState, ...]:
+        return tuple(w for w in self.workers if w.info.role in roles)
+
+
+class ClusterView:
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        store: StoreClient,
+        *,
+        refresh_interval_s: float,
+        stale_after_s: float,
+        on_refresh: Callable[[tuple[WorkerState, ...]], None] | None = None,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self.refresh_interval_s = refresh_interval_s
+        self.stale_after_s = stale_after_s
+        self._on_refresh = on_refresh
+        self._snapshot = ClusterSnapshot((), float("-inf"))
+        self._last_error: str | None = None
+
+    async def refresh(self) -> None:
+        """Read the registry once; on failure keep the old snapshot (it goes stale) and log once."""
+        try:
+            workers = tuple(await asyncio.to_thread(self._registry.live))
+        except IndexUnavailable as e:
+            if self._last_error is None:
+                log.warning("cannot read the worker registry (will keep trying): %s", e)
+            self._last_error = str(e)
+            return
+        if self._last_error is not None:
+            log.info("worker registry readable again")
+            self._last_error = None
+        self._snapshot = ClusterSnapshot(workers, time.monotonic())
+        if self._on_refresh is not None:
+            self._on_refresh(workers)
+
+    async def run(self) -> None:
+        """Refresh forever (a background task; cancel it to stop)."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # a bug or a malformed registry entry: keep refreshing (the view goes stale)
+                log.exception("refreshing the cluster view failed")
+            await asyncio.sleep(self.refresh_interval_s)
+
+    @property
+    def snapshot(self) -> ClusterSnapshot:
+        return self._snapshot
+
+    @property
+    def fresh(self) -> bool:
+        return time.monotonic() - self._snapshot.taken_at <= self.stale_after_s
+
+    def current(self) -> ClusterSnapshot:
+        """The snapshot to route by; 503 if it is stale or holds no worker."""
+        if not self.fresh:
+            reason = self._last_error or "no registry read yet"
+            raise ApiError(
+                503,
+                f"cluster state unavailable ({reason}); retry later",
+                code="cluster_unavailable",
+                retry_after_s=1,
+            )
+        if not self._snapshot.by_role(*SERVING_ROLES):
+            raise ApiError(
+                503, "no worker is live; retry when one has registered", code="no_workers", retry_after_s=1
+            )
+        return self._snapshot
+
+    async def prefill_candidates(
+        self, snapshot: ClusterSnapshot, token_ids: Sequence[int], with_prefix: bool
+    ) -> tuple[PrefillCandidate, ...]:
+        """Prefill and colocated workers, each with the prompt's cached prefix on it (zeros
+        unless ``with_prefix``; also zeros if the index cannot be read: routing goes on)."""
+        workers = snapshot.by_role("prefill", "colocated")
+        if not with_prefix:
+            return tuple(PrefillCandidate(w) for w in workers)
+        try:
+            # the last prompt token is always computed (its logits give the first output token), so
+            # only chunks before it can be reused: the prefill worker looks up the same keys
+            matches = await asyncio.to_thread(self._match_all, workers, list(token_ids[:-1]))
+        except IndexUnavailable as e:
+            log.warning("prefix lookup failed, routing without it: %s", e)
+            return tuple(PrefillCandidate(w) for w in workers)
+        return tuple(_candidate(w, matches[_group(w)]) for w in workers)
+
+    def _match_all(
+        self, workers: Sequence[WorkerState], token_ids: list[int]
+    ) -> dict[tuple[int, str], Counter[str]]:
+        # workers with equal chunk size and fingerprint share keys: one index lookup per group
+        matches = {}
+        for group in {_group(w) for w in workers}:
+            chunk_tokens, fingerprint = group
+            try:
+                keys = chain_keys(token_ids, chunk_tokens, bytes.fromhex(fingerprint))
+            except ValueError:  # a worker published no usable fingerprint: no cache to find
+                matches[group] = Counter()
+                continue
+            matches[group] = self._store.match_prefix(keys) if keys else Counter()
+        return matches
+
+
+def _group(worker: WorkerState) -> tuple[int, str]:
+    return worker.info.chunk_tokens, worker.info.fingerprint
+
+
+def _candidate(worker: WorkerState, matched: Counter[str]) -> PrefillCandidate:
+    """Chunks on the worker's own store node are local; the longest run on another node, beyond
+    the local ones, is what it would fetch."""
+    own = worker.info.store_node_id
+    local = matched[own] if own else 0
+    remote = max((n for node, n in matched.items() if node != own), default=0)
+    chunk = worker.info.chunk_tokens
+    return PrefillCandidate(worker, local * chunk, max(0, remote - local) * chunk)

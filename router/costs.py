@@ -1,0 +1,58 @@
+"""Latency predictions the conductor decides by: pure functions of a worker's load and a ``CostModel``.
+
+TTFT on a prefill candidate = the prefill work queued ahead of the request + prefilling the
+tokens nobody has cached + getting the tokens another node has cached (fetched, or recomputed
+when that is cheaper: the worker makes the same choice). A request always computes at least its
+last prompt token (the first output token needs its logits), so cached counts are capped below
+the prompt length.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kvstore.workers import WorkerLoad, WorkerState
+from router.config import CostModel
+from router.types import PrefillCandidate
+
+
+def prefill_time_s(costs: CostModel, num_tokens: int) -> float:
+    """One prefill of ``num_tokens`` uncached tokens."""
+    return costs.prefill_fixed_s + costs.prefill_per_token_s * num_tokens
+
+
+def fetch_time_s(costs: CostModel, num_tokens: int) -> float:
+    """Fetching ``num_tokens`` tokens of KV from another store node (0 for none)."""
+    if num_tokens <= 0:
+        return 0.0
+    return costs.fetch_fixed_s + costs.fetch_per_byte_s * num_tokens * costs.kv_bytes_per_token
+
+
+def queue_wait_s(costs: CostModel, load: WorkerLoad) -> float:
+    """Time until a new request starts prefilling: the queued prefill tokens ahead of it."""
+    return costs.prefill_per_token_s * load.queued_prefill_tokens + costs.prefill_fixed_s * load.num_waiting
+
+
+def cached_split(candidate: PrefillCandidate, num_prompt_tokens: int) -> tuple[int, int, int]:
+    """``(local, store, uncached)`` prompt tokens on this candidate; they sum to the prompt length."""
+    limit = max(0, num_prompt_tokens - 1)
+    local = min(candidate.cached_local_tokens, limit)
+    store = min(candidate.cached_store_tokens, limit - local)
+    return local, store, num_prompt_tokens - local - store
+
+
+def predicted_ttft_s(costs: CostModel, candidate: PrefillCandidate, num_prompt_tokens: int) -> float:
+    _, store, uncached = cached_split(candidate, num_prompt_tokens)
+    remote = min(fetch_time_s(costs, store), costs.prefill_per_token_s * store)
+    return queue_wait_s(costs, candidate.worker.load) + prefill_time_s(costs, uncached) + remote
+
+
+def predicted_tbt_s(costs: CostModel, load: WorkerLoad) -> float:
+    """Time between tokens on a decode worker once this request joins its batch: its current step
+    time (or the base step when idle or unreported) plus the cost of the sequences it adds."""
+    step_s = max(load.step_ms / 1000.0, costs.decode_base_s)
+    return step_s + costs.decode_per_seq_s * (1 + load.num_waiting)
+
+
+def pages_needed(worker: WorkerState, num_tokens: int) -> int:
+    return math.ceil(num_tokens / max(1, worker.info.page_size))

@@ -1,0 +1,137 @@
+"""``tandem serve router``: the OpenAI-compatible front end and conductor, on uvicorn, until
+SIGTERM / SIGINT.
+
+    python -m router.main --model DIR --redis-url redis://127.0.0.1:6379 [--port 8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from router.config import POLICY_NAMES, CostModel, RouterConfig, Slo, kv_bytes_per_token
+
+DESCRIPTION = """\
+Run the router: OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models,
+/health, /metrics). It tokenizes with the model directory's tokenizer and chat template, picks a
+prefill and a decode worker (or one colocated worker) for every request from the workers
+registered in Redis, and streams their tokens back. Requests that would break the TTFT or TBT
+SLO are rejected early with 429 and Retry-After (policy cache_aware only)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tandem serve router",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", required=True, type=Path, help="HF model directory (tokenizer, chat template, config)"
+    )
+    p.add_argument(
+        "--redis-url", required=True, help="worker registry and KV index, e.g. redis://127.0.0.1:6379"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument(
+        "--served-model-name", default="", help="the model name clients use (default: the directory name)"
+    )
+    p.add_argument(
+        "--policy", default="cache_aware", choices=POLICY_NAMES,
+        help="routing policy (default cache_aware: min predicted TTFT from cache locality, load and cost models)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ttft-slo-ms", type=float, default=30_000, help="time-to-first-token SLO (default 30000)"
+    )
+    p.add_argument("--tbt-slo-ms", type=float, default=5_000, help="time-between-tokens SLO (default 5000)")
+    p.add_argument(
+        "--inbox", default="tcp://127.0.0.1:0", help="ZeroMQ address for worker events (default: any port)"
+    )
+    p.add_argument("--advertise-inbox", help="address workers send events to (default: the bound inbox)")
+    p.add_argument(
+        "--request-timeout-s", type=float, default=120.0,
+        help="fail a request that receives no worker event for this long (default 120)",
+    )  # fmt: skip
+    p.add_argument(
+        "--default-max-tokens", type=int, default=256,
+        help="max_tokens of chat requests that set none (default 256; completions: 16, as OpenAI)",
+    )  # fmt: skip
+    costs = p.add_argument_group("cost model (what the conductor predicts TTFT and TBT from)")
+    d = CostModel()
+    for flag, default, what in (
+        ("--prefill-fixed-ms", d.prefill_fixed_s * 1e3, "per prefill"),
+        ("--prefill-per-token-ms", d.prefill_per_token_s * 1e3, "per uncached prompt token"),
+        (
+            "--fetch-fixed-ms",
+            d.fetch_fixed_s * 1e3,
+            "per fetch from a store node (fitted: bench/results/transfer.json)",
+        ),
+        ("--fetch-per-byte-ns", d.fetch_per_byte_s * 1e9, "per fetched KV byte (fitted likewise)"),
+        ("--decode-base-ms", d.decode_base_s * 1e3, "floor of a decode step's time"),
+        ("--decode-per-seq-ms", d.decode_per_seq_s * 1e3, "added per sequence joining a decode batch"),
+    ):
+        costs.add_argument(flag, type=float, default=default, help=f"{what} (default %(default)g)")
+    costs.add_argument(
+        "--kv-bytes-per-token", type=int, default=None,
+        help="KV bytes per token (default: from the model's config.json: layers*2*kv_heads*head_dim*dtype size)",
+    )  # fmt: skip
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RouterConfig:
+    """Raises ``ValueError`` naming the bad value."""
+    kv_bytes = (
+        args.kv_bytes_per_token if args.kv_bytes_per_token is not None else kv_bytes_per_token(args.model)
+    )
+    costs = CostModel(
+        prefill_fixed_s=args.prefill_fixed_ms / 1e3,
+        prefill_per_token_s=args.prefill_per_token_ms / 1e3,
+        fetch_fixed_s=args.fetch_fixed_ms / 1e3,
+        fetch_per_byte_s=args.fetch_per_byte_ns / 1e9,
+        decode_base_s=args.decode_base_ms / 1e3,
+        decode_per_seq_s=args.decode_per_seq_ms / 1e3,
+        kv_bytes_per_token=kv_bytes,
+    )
+    return RouterConfig(
+        model_dir=args.model,
+        redis_url=args.redis_url,
+        served_model_name=args.served_model_name,
+        policy=args.policy,
+        slo=Slo(ttft_s=args.ttft_slo_ms / 1e3, tbt_s=args.tbt_slo_ms / 1e3),
+        costs=costs,
+        inbox=args.inbox,
+        advertise_inbox=args.advertise_inbox,
+        request_timeout_s=args.request_timeout_s,
+        default_max_tokens=args.default_max_tokens,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    from router.app import create_app
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not args.model.is_dir():
+        parser.error(f"--model {args.model} is not a directory")
+    try:
+        app = create_app(config_from_args(args))
+    except ValueError as e:
+        parser.error(str(e))
+    logging.getLogger(__name__).info("router on http://%s:%d (policy %s)", args.host, args.port, args.policy)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1  # not started: the port was taken or startup failed (logged)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""OpenAI requests → what the router sends a worker: parsed, validated, sampling fixed.
+
+Two steps, because the context check needs the prompt's token count and the cluster's context
+length: ``parse_completion`` / ``parse_chat`` read a body into a ``ParsedRequest`` (400s for
+shape, type and range errors, 404 for an unknown model); ``sampling_fields`` then fixes
+``max_tokens`` against the context and returns ``GenerateTask.sampling``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.types import ApiError
+from router.validation import (
+    bad,
+    get_bool,
+    get_int,
+    get_number,
+    get_stop,
+    get_str,
+    get_token_ids,
+    reject_unsupported,
+)
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
+ROLES = ("system", "developer", "user", "assistant", "tool")
+_INT64 = 2**63
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A valid request. Exactly one of ``prompt`` (completions: text or token ids) and ``messages``
+    (chat) is set. ``max_tokens`` None means "the default" (see ``sampling_fields``)."""
+
+    model: str
+    stream: bool
+    include_usage: bool
+    stop: tuple[str, ...]
+    max_tokens: int | None
+    max_tokens_param: str
+    sampling: dict[str, Any]  # SamplingParams fields except max_tokens
+    prompt: str | list[int] | None = None
+    messages: list[dict[str, Any]] | None = field(default=None)
+
+    @property
+    def chat(self) -> bool:
+        return self.messages is not None
+
+
+def _common(body: dict, served_model: str, vocab_size: int, *, chat: bool) -> dict[str, Any]:
+    model = get_str(body, "model")
+    if model != served_model:
+        raise ApiError(
+            404, f"the model '{model}' does not exist; this server serves '{served_model}'",
+            param="model", code="model_not_found",
+        )  # fmt: skip
+    reject_unsupported(body, chat=chat)
+    stream = get_bool(body, "stream", False)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad("stream_options", "'stream_options' must be an object")
+    if options and not stream:
+        raise bad("stream_options", "'stream_options' is only allowed when 'stream' is true")
+    max_tokens = get_int(body, "max_tokens", lo=1)
+    param = "max_tokens"
+    if chat and max_tokens is None:
+        max_tokens, param = get_int(body, "max_completion_tokens", lo=1), "max_completion_tokens"
+    seed = get_int(body, "seed", lo=-_INT64, hi=_INT64 - 1)
+    stop_ids = body.get("stop_token_ids")
+    sampling = {
+        "temperature": get_number(body, "temperature", 1.0, 0.0, 2.0),
+        "top_p": get_number(body, "top_p", 1.0, 0.0, 1.0, open_lo=True),
+        "top_k": get_int(body, "top_k", lo=-1) or 0,
+        "seed": seed,
+        "stop_token_ids": tuple(get_token_ids(stop_ids, "stop_token_ids", vocab_size)) if stop_ids else (),
+        "ignore_eos": get_bool(body, "ignore_eos", False),
+    }
+    return {
+        "model": model,
+        "stream": stream,
+        "include_usage": bool(options and get_bool(options, "include_usage", False)),
+        "stop": get_stop(body),
+        "max_tokens": max_tokens,
+        "max_tokens_param": param,
+        "sampling": sampling,
+    }
+
+
+def parse_completion(body: dict, served_model: str, vocab_size: int) -> ParsedRequest:
+    common = _common(body, served_model, vocab_size, chat=False)
+    if "prompt" not in body or body["prompt"] is None:
+        raise bad("prompt", "'prompt' is a required field")
+    prompt = body["prompt"]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        if len(prompt) > 1:
+            raise bad("prompt", "batched prompts are not supported: send one prompt per request")
+        prompt = prompt[0]
+    if isinstance(prompt, list):
+        prompt = get_token_ids(prompt, "prompt", vocab_size)
+    elif not isinstance(prompt, str):
+        raise bad("prompt", "'prompt' must be a string or an array of token ids")
+    if not prompt:
+        raise bad("prompt", "'prompt' must not be empty")
+    return ParsedRequest(prompt=prompt, **common)
+
+
+def _message(index: int, message: Any) -> dict[str, Any]:
+    param = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise bad(param, f"'{param}' must be an object with 'role' and 'content'")
+    role = get_str(message, "role")
+    if role not in ROLES:
+        raise bad(f"{param}.role", f"'{param}.role' must be one of {', '.join(ROLES)}, got '{role}'")
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: text only
+        if not all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content
+        ):
+            raise bad(
+                f"{param}.content", "only text content parts ({'type': 'text', 'text': ...}) are supported"
+            )
+        content = "".join(p["text"] for p in content)
+    if content is None and role != "assistant":
+        raise bad(f"{param}.content", f"'{param}.content' is a required field")
+    if content is not None and not isinstance(content, str):
+        raise bad(f"{param}.content", f"'{param}.content' must be a string or an array of text parts")
+    out: dict[str, Any] = {"role": role, "content": content}
+    if isinstance(message.get("name"), str):
+        out["name"] = message["name"]
+    return out
+
+
+def parse_chat(body: dict, served_model: str, vocab_size: int) -> ParsedRequest:
+    common = _common(body, served_model, vocab_size, chat=True)
+    messages = body.get("messages")
+    if messages is None:
+        raise bad("messages", "'messages' is a required field")
+    if not isinstance(messages, list):
+        raise bad("messages", "'messages' must be an array of messages")
+    if not messages:
+        raise bad("messages", "'messages' must not be empty")
+    return ParsedRequest(messages=[_message(i, m) for i, m in enumerate(messages)], **common)
+
+
+def sampling_fields(
+    request: ParsedRequest, num_prompt_tokens: int, max_model_len: int, default_max_tokens: int
+) -> dict[str, Any]:
+    """``GenerateTask.sampling``: the request's sampling with ``max_tokens`` fixed.
+
+    400 (code ``context_length_exceeded``) if the prompt leaves no room in the context, or if an
+    explicit ``max_tokens`` does not fit after the prompt. Without one, chat completions get
+    ``min(default_max_tokens, room)``, completions ``min(16, room)``.
+    """
+    room = max_model_len - num_prompt_tokens
+    if room < 1:
+        raise ApiError(
+            400,
+            f"this model's maximum context length is {max_model_len} tokens, but the prompt has "
+            f"{num_prompt_tokens} tokens (at least one must be left to generate); shorten the prompt",
+            param="messages" if request.chat else "prompt",
+            code="context_length_exceeded",
+        )
+    if request.max_tokens is None:
+        default = default_max_tokens if request.chat else COMPLETION_DEFAULT_MAX_TOKENS
+        max_tokens = min(default, room)
+    elif request.max_tokens > room:
+        raise ApiError(
+            400,
+            f"this model's maximum context length is {max_model_len} tokens; you requested "
+            f"{num_prompt_tokens + request.max_tokens} tokens ({num_prompt_tokens} in the prompt, "
+            f"{request.max_tokens} for the completion): lower {request.max_tokens_param} to at most {room}",
+            param=request.max_tokens_param,
+            code="context_length_exceeded",
+        )
+    else:
+        max_tokens = request.max_tokens
+    return {**request.sampling, "max_tokens": max_tokens}

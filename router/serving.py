@@ -1,0 +1,235 @@
+"""Serving one OpenAI request: parse → tokenize → route (conductor) → generate → respond.
+
+Every failure before the first token is an HTTP error with its status (the response waits for the
+first token before it commits to 200, streaming or not); a failure after it, in a stream, is an
+SSE error event followed by ``[DONE]``. A client that goes away cancels the request on the
+workers. Which workers served a request is in the ``x-tandem-prefill`` / ``x-tandem-decode``
+headers (the same worker twice in colocated mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from router.cluster import SERVING_ROLES, ClusterSnapshot, ClusterView
+from router.config import RouterConfig
+from router.dispatch import Dispatcher
+from router.generation import Delta, Generation
+from router.metrics import RouterMetrics
+from router.policies import POLICIES, USES_PREFIX
+from router.protocol import ParsedRequest, parse_chat, parse_completion, sampling_fields
+from router.responses import SSE_DONE, ResponseHead, sse, usage
+from router.tokenizer import TextTokenizer
+from router.types import ApiError, Rejection, Route, RoutingProblem
+from router.validation import parse_body
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_REJECTED_CODES = {"no_workers", "no_decode", "cluster_unavailable", "ttft_slo", "tbt_slo"}
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before the response was complete."""
+
+
+def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if error.retry_after_s is not None:
+        headers["retry-after"] = str(error.retry_after_s)
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+class Router:
+    def __init__(
+        self,
+        config: RouterConfig,
+        tokenizer: TextTokenizer,
+        dispatcher: Dispatcher,
+        cluster: ClusterView,
+        metrics: RouterMetrics,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.dispatcher = dispatcher
+        self.cluster = cluster
+        self.metrics = metrics
+        self._policy = POLICIES[config.policy]
+        self._turn = 0
+
+    async def serve(self, request: Request, *, chat: bool) -> Response:
+        arrived_at = time.monotonic()
+        try:
+            parsed, token_ids, route, sampling = await self._admit(request, chat=chat)
+        except ApiError as e:
+            self._count_refusal(e)
+            return error_response(e)
+        prefix = "chatcmpl-" if chat else "cmpl-"
+        request_id = prefix + uuid.uuid4().hex
+        gen = Generation(
+            self.dispatcher, route, request_id, token_ids, sampling,
+            decoder=self.tokenizer, stop=parsed.stop, timeout_s=self.config.request_timeout_s, arrived_at=arrived_at,
+        )  # fmt: skip
+        head = ResponseHead(request_id, int(time.time()), self.config.model_name, chat)
+        headers = {
+            "x-tandem-prefill": gen.prefill_id,
+            "x-tandem-decode": gen.decode_id,
+            "x-request-id": request_id,
+        }
+        self.metrics.in_flight.inc()
+        streaming = False
+        try:
+            await gen.start()
+            deltas = gen.deltas()
+            first = await _until_disconnected(request, anext(deltas))
+            if parsed.stream:
+                streaming = True
+                stream = self._stream(gen, head, parsed, first, deltas)
+                sse_headers = {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+                return StreamingResponse(stream, media_type="text/event-stream", headers=sse_headers)
+            text = [first.text]
+            if first.finish_reason is None:
+                text += await _until_disconnected(request, _collect(deltas))
+            body = head.complete("".join(text), gen.finish_reason, self._usage(gen))
+            self._finish(gen, "ok")
+            return JSONResponse(body, headers=headers)
+        except ApiError as e:
+            self._finish(gen, "failed")
+            log.warning("request %s failed: %s", request_id, e.message)
+            return error_response(e, headers)
+        except ClientGone:
+            self._finish(gen, "cancelled")
+            return Response(status_code=499)
+        finally:
+            if not streaming:
+                gen.close()
+
+    async def _admit(self, request: Request, *, chat: bool) -> tuple[ParsedRequest, list[int], Route, dict]:
+        body = parse_body(await request.body())
+        parse = parse_chat if chat else parse_completion
+        parsed = parse(body, self.config.model_name, self.tokenizer.vocab_size)
+        try:
+            if parsed.messages is not None:
+                token_ids = self.tokenizer.apply_chat_template(parsed.messages)
+            else:
+                token_ids = (
+                    self.tokenizer.encode(parsed.prompt) if isinstance(parsed.prompt, str) else parsed.prompt
+                )
+        except ValueError as e:
+            raise ApiError(400, str(e), param="messages" if chat else "prompt") from e
+        if not token_ids:
+            raise ApiError(400, "the prompt tokenizes to nothing", param="messages" if chat else "prompt")
+        snapshot = self.cluster.current()
+        sampling = sampling_fields(
+            parsed, len(token_ids), _max_model_len(snapshot), self.config.default_max_tokens
+        )
+        route = await self._route(snapshot, token_ids, sampling["max_tokens"])
+        return parsed, token_ids, route, sampling
+
+    async def _route(self, snapshot: ClusterSnapshot, token_ids: list[int], max_tokens: int) -> Route:
+        with_prefix = self.config.policy in USES_PREFIX
+        candidates = await self.cluster.prefill_candidates(snapshot, token_ids, with_prefix)
+        problem = RoutingProblem(
+            len(token_ids), max_tokens, candidates, snapshot.by_role("decode"), self._turn
+        )
+        self._turn += 1
+        decision = self._policy(problem, self.config.costs, self.config.slo)
+        if isinstance(decision, Rejection):
+            status = 429 if decision.reason in ("ttft_slo", "tbt_slo") else 503
+            raise ApiError(
+                status, decision.message, code=decision.reason, retry_after_s=decision.retry_after_s
+            )
+        self.metrics.predicted_cached_tokens.labels("local").inc(decision.prefill.cached_local_tokens)
+        self.metrics.predicted_cached_tokens.labels("store").inc(decision.prefill.cached_store_tokens)
+        return decision
+
+    async def _stream(
+        self,
+        gen: Generation,
+        head: ResponseHead,
+        parsed: ParsedRequest,
+        first: Delta,
+        rest: AsyncIterator[Delta],
+    ) -> AsyncIterator[bytes]:
+        outcome = "cancelled"  # unless it gets to the end: Starlette cancels us when the client leaves
+        try:
+            with_usage = parsed.include_usage
+            yield sse(head.chunk(first.text, first.finish_reason, first=True, with_usage_field=with_usage))
+            if first.finish_reason is None:
+                async for delta in rest:
+                    if delta.text or delta.finish_reason is not None:
+                        yield sse(head.chunk(delta.text, delta.finish_reason, with_usage_field=with_usage))
+            if with_usage:
+                yield sse(head.usage_chunk(self._usage(gen)))
+            outcome = "ok"
+            yield SSE_DONE
+        except ApiError as e:
+            outcome = "failed"
+            log.warning("request %s failed mid-stream: %s", gen.request_id, e.message)
+            yield sse(e.body())
+            yield SSE_DONE
+        finally:
+            gen.close()
+            self._finish(gen, outcome)
+
+    def _usage(self, gen: Generation) -> dict[str, Any]:
+        cached = gen.num_cached_local + gen.num_cached_store
+        return usage(len(gen.token_ids), gen.num_output_tokens, cached)
+
+    def _count_refusal(self, error: ApiError) -> None:
+        if error.code in _REJECTED_CODES:
+            self.metrics.requests.labels("rejected").inc()
+            self.metrics.rejections.labels(error.code).inc()
+        else:
+            self.metrics.requests.labels("invalid" if error.status < 500 else "failed").inc()
+
+    def _finish(self, gen: Generation, outcome: str) -> None:
+        m = self.metrics
+        m.in_flight.dec()
+        m.requests.labels(outcome).inc()
+        m.prompt_tokens.inc(len(gen.token_ids))
+        m.generation_tokens.inc(gen.num_output_tokens)
+        if gen.first_token_at is None:
+            return
+        m.cached_tokens.labels("local").inc(gen.num_cached_local)
+        m.cached_tokens.labels("store").inc(gen.num_cached_store)
+        m.ttft.observe(gen.first_token_at - gen.started_at)
+        for before, after in zip(gen.token_times, gen.token_times[1:]):
+            m.itl.observe(after - before)
+        if outcome == "ok":
+            m.e2e.observe(time.monotonic() - gen.started_at)
+
+
+def _max_model_len(snapshot: ClusterSnapshot) -> int:
+    """The context every worker can hold (workers may differ: take the smallest)."""
+    return min(w.info.max_model_len for w in snapshot.by_role(*SERVING_ROLES))
+
+
+async def _collect(deltas: AsyncIterator[Delta]) -> list[str]:
+    return [d.text async for d in deltas]
+
+
+async def _until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` unless the client disconnects first (then cancel it, raise ``ClientGone``).
+
+    Only valid once the request body has been read: every later ASGI message is a disconnect.
+    """
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone()
+    finally:
+        if not watch.done():
+            watch.cancel()

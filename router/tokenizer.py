@@ -1,0 +1,127 @@
+"""Text ⇄ token ids without torch: the model's ``tokenizer.json`` (``tokenizers``) and its chat
+template (``jinja2``, in the sandboxed environment transformers renders templates in).
+
+Contract: ``encode(text)`` equals ``transformers.AutoTokenizer.encode(text)`` and
+``apply_chat_template(messages)`` equals ``AutoTokenizer.apply_chat_template(messages,
+add_generation_prompt=True, tokenize=True)`` for the same model directory (tests check both).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+_SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+class _GenerationBlock(jinja2.ext.Extension):
+    """``{% generation %}…{% endgeneration %}`` (transformers' assistant-mask marker) renders its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller: Any) -> str:
+        return caller()
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(
+    x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys=False
+) -> str:
+    # transformers overrides jinja's tojson, which would HTML-escape
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _compile(template: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class TextTokenizer:
+    """Encode prompts, render chats, decode outputs for one model directory.
+
+    Raises ``ValueError`` at construction if the directory has no ``tokenizer.json``.
+    """
+
+    def __init__(self, model_dir: str | Path) -> None:
+        model_dir = Path(model_dir)
+        path = model_dir / "tokenizer.json"
+        if not path.is_file():
+            raise ValueError(f"{model_dir} has no tokenizer.json; pass --model with an HF model directory")
+        self._tok = Tokenizer.from_file(str(path))
+        config_path = model_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        self.special_tokens = {
+            name: text for name in _SPECIAL_TOKEN_NAMES if (text := _token_text(config.get(name))) is not None
+        }
+        self.chat_template = self._find_template(model_dir, config)
+        self._template = _compile(self.chat_template) if self.chat_template else None
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+
+    @staticmethod
+    def _find_template(model_dir: Path, config: dict) -> str | None:
+        path = model_dir / "chat_template.jinja"
+        if path.is_file():
+            return path.read_text()
+        template = config.get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        return template if isinstance(template, str) else None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a plain prompt, with the special tokens the tokenizer adds (e.g. BOS)."""
+        return self._tok.encode(text, add_special_tokens=True).ids
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The chat as the template writes it, ending with the assistant's generation prompt.
+
+        Raises ``ValueError`` if the model has no template or the template rejects the chat.
+        """
+        if self._template is None:
+            raise ValueError("this model has no chat template; use /v1/completions with a plain prompt")
+        # like transformers: keys set to None are dropped (templates test presence, not value)
+        messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        try:
+            return self._template.render(
+                messages=messages,
+                tools=None,
+                documents=None,
+                add_generation_prompt=True,
+                **self.special_tokens,
+            )
+        except jinja2.exceptions.TemplateError as e:
+            raise ValueError(f"the chat template rejected these messages: {e}") from e
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> list[int]:
+        # the template writes the special tokens itself: none are added on top
+        return self._tok.encode(self.render_chat(messages), add_special_tokens=False).ids
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self._tok.decode(token_ids, skip_special_tokens=True)

@@ -1,0 +1,164 @@
+"""Bad requests get OpenAI-shaped 4xx errors with the right status, and the router keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+import requests
+
+from router.config import RouterConfig
+from tests.router.conftest import RouterServer
+from tests.router.fake_worker import FakeWorker
+
+MAX_MODEL_LEN = 64
+
+
+@pytest.fixture(scope="module")
+def model_name(default_model) -> str:
+    return default_model.name
+
+
+@pytest.fixture(scope="module")
+def router(redis_server, default_model):
+    """One router and one colocated worker for the whole module (the requests here leave no state)."""
+    redis.Redis.from_url(redis_server.url).flushall()
+    worker = FakeWorker(redis_server.url, "c0", "colocated", max_model_len=MAX_MODEL_LEN)
+    worker.behaviour.reply = [28, 29, 30]
+    server = RouterServer(
+        RouterConfig(model_dir=default_model, redis_url=redis_server.url, refresh_interval_s=0.05)
+    )
+    server.wait_ready(colocated=1)
+    yield server
+    server.stop()
+    worker.stop()
+
+
+def post(router, path: str, body=None, *, data: bytes | None = None) -> requests.Response:
+    if data is not None:
+        return requests.post(
+            router.url + path, data=data, headers={"content-type": "application/json"}, timeout=10
+        )
+    return requests.post(router.url + path, json=body, timeout=10)
+
+
+def assert_error(
+    r: requests.Response, status: int, param: str | None = None, code: str | None = None
+) -> dict:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["type"] == (
+        "invalid_request_error" if status < 429 else "server_error" if status >= 500 else "rate_limit_error"
+    )
+    if param is not None:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+def test_malformed_bodies(router):
+    assert_error(post(router, COMPLETIONS, data=b'{"model": "x", "prompt": '), 400)
+    assert_error(post(router, COMPLETIONS, data=b"[1, 2]"), 400)
+    assert_error(post(router, CHAT, data=b"\xff\xfe"), 400)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (COMPLETIONS, {"prompt": "hi"}, "model"),
+        (COMPLETIONS, {}, "model"),
+        (COMPLETIONS, {"model": "M"}, "prompt"),
+        (CHAT, {"model": "M"}, "messages"),
+        (COMPLETIONS, {"model": "M", "prompt": ""}, "prompt"),
+        (COMPLETIONS, {"model": "M", "prompt": []}, "prompt"),
+        (CHAT, {"model": "M", "messages": []}, "messages"),
+        (COMPLETIONS, {"model": 5, "prompt": "hi"}, "model"),
+        (COMPLETIONS, {"model": "M", "prompt": 5}, "prompt"),
+        (COMPLETIONS, {"model": "M", "prompt": ["a", "b"]}, "prompt"),
+        (COMPLETIONS, {"model": "M", "prompt": [1, -2]}, "prompt"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "max_tokens": "10"}, "max_tokens"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "max_tokens": -1}, "max_tokens"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "max_tokens": 1.5}, "max_tokens"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "temperature": "hot"}, "temperature"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "temperature": 2.5}, "temperature"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "temperature": -0.1}, "temperature"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "top_p": 0}, "top_p"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "top_p": 1.01}, "top_p"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "top_k": -5}, "top_k"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "stream": "yes"}, "stream"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "seed": "1"}, "seed"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "stop": 3}, "stop"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "stop": [""]}, "stop"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "n": 2}, "n"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "n": 0}, "n"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "logprobs": 2}, "logprobs"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "logprobs": 0}, "logprobs"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "echo": True}, "echo"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
+        (CHAT, {"model": "M", "messages": "hi"}, "messages"),
+        (CHAT, {"model": "M", "messages": ["hi"]}, "messages[0]"),
+        (CHAT, {"model": "M", "messages": [{"content": "hi"}]}, "role"),
+        (CHAT, {"model": "M", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        (CHAT, {"model": "M", "messages": [{"role": "user"}]}, "messages[0].content"),
+        (CHAT, {"model": "M", "messages": [{"role": "user", "content": 7}]}, "messages[0].content"),
+        (CHAT, {"model": "M", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
+        (CHAT, {"model": "M", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
+        (CHAT, {"model": "M", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
+        (CHAT, {"model": "M", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": -3}, "max_completion_tokens"),
+    ],
+)  # fmt: skip
+def test_invalid_requests_are_400(router, model_name, path, body, param):
+    body = {k: (model_name if v == "M" else v) for k, v in body.items()}
+    assert_error(post(router, path, body), 400, param=param)
+
+
+def test_unknown_model_is_404(router):
+    assert_error(
+        post(router, COMPLETIONS, {"model": "gpt-5", "prompt": "hi"}), 404, "model", "model_not_found"
+    )
+
+
+def test_context_length(router, model_name):
+    long_prompt = "word " * (MAX_MODEL_LEN + 10)
+    assert_error(
+        post(router, COMPLETIONS, {"model": model_name, "prompt": long_prompt}),
+        400,
+        "prompt",
+        "context_length_exceeded",
+    )
+    messages = [{"role": "user", "content": long_prompt}]
+    assert_error(
+        post(router, CHAT, {"model": model_name, "messages": messages}),
+        400,
+        "messages",
+        "context_length_exceeded",
+    )
+    huge = {"model": model_name, "prompt": "hi", "max_tokens": 10**12}
+    assert_error(post(router, COMPLETIONS, huge), 400, "max_tokens", "context_length_exceeded")
+    just_fits = {"model": model_name, "prompt": [5] * (MAX_MODEL_LEN - 3), "max_tokens": 3}
+    assert post(router, COMPLETIONS, just_fits).status_code == 200
+    # no max_tokens: capped by the room left
+    r = post(router, COMPLETIONS, {"model": model_name, "prompt": [5] * (MAX_MODEL_LEN - 2)})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+
+
+def test_http_level_errors_are_openai_shaped(router):
+    r = requests.get(router.url + "/v1/nothing", timeout=5)
+    assert_error(r, 404)
+    r = requests.get(router.url + "/v1/completions", timeout=5)
+    assert r.status_code == 405 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_still_serving_after_bad_requests(router, model_name):
+    for body in ({"model": model_name}, {"model": model_name, "prompt": "hi", "n": 3}):
+        post(router, COMPLETIONS, body)
+    ok = post(
+        router, CHAT, {"model": model_name, "messages": [{"role": "user", "content": "hi"}], "stop": ["zz"]}
+    )
+    assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "stop"

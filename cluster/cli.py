@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--num-pages", type=int, default=None, help="KV pages per worker (default: from free memory)"
     )
+    up.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=512,
+        help="token budget of one engine step per worker (default 512)",
+    )
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=env.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -153,6 +159,7 @@ def _up(args: argparse.Namespace) -> int:
         model_dir=resolve_model(args.model), num_prefill=args.prefill, num_decode=args.decode, mode=args.mode,
         policy=args.policy, host=args.host, port=args.port, redis_url=args.redis_url,
         store_capacity_bytes=args.store_capacity, num_pages=args.num_pages,
+        max_num_batched_tokens=args.max_num_batched_tokens,
     )  # fmt: skip
     stop = {"now": False}
 

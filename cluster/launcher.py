@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cluster import env
 from kvstore.embedded_redis import EmbeddedRedis
 from kvstore.workers import WorkerRegistry
 
@@ -37,6 +38,9 @@ class ClusterConfig:
     store_capacity_bytes: int = 1 << 30
     chunk_tokens: int = 64
     num_pages: int | None = None
+    # Short steps keep a CPU worker responsive (decode tokens wait behind a prefill chunk in
+    # colocated mode); a GPU deployment would raise this.
+    max_num_batched_tokens: int = 512
     extra_worker_args: tuple[str, ...] = ()
     extra_router_args: tuple[str, ...] = ()
     startup_timeout_s: float = 180.0
@@ -83,7 +87,9 @@ class LocalCluster:
                 self.redis_url = self.redis.url
             log.info("redis at %s", self.redis_url)
             threads = max(1, (os.cpu_count() or 1) // cfg.num_engines)
-            common = ["--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--threads", str(threads)]
+            common = ["--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--threads", str(threads),
+                      "--log-level", env.LOG_LEVEL]  # fmt: skip
+            common += ["--max-num-batched-tokens", str(cfg.max_num_batched_tokens)]
             if cfg.num_pages:
                 common += ["--num-pages", str(cfg.num_pages)]
             common += list(cfg.extra_worker_args)
@@ -110,7 +116,7 @@ class LocalCluster:
             self._wait_for_workers()
             self._spawn("router", "router.main", [
                 "--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--host", cfg.host,
-                "--port", str(cfg.port), "--policy", cfg.policy, *cfg.extra_router_args,
+                "--port", str(cfg.port), "--policy", cfg.policy, "--log-level", env.LOG_LEVEL, *cfg.extra_router_args,
             ])  # fmt: skip
             self._wait_for_router()
         except BaseException:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import torch
@@ -13,7 +12,7 @@ from decode.worker import DecodeWorker
 from engine.args import add_engine_args, engine_config
 from engine.llm_engine import LLMEngine, default_device
 from engine.memory import tune_host_allocator
-from kvstore.serve import setup_logging, stop_on_signals
+from kvstore.serve import add_worker_args, default_worker_id, setup_logging, stop_on_signals
 from kvstore.workers import WorkerInfo, WorkerRegistry
 from kvstore.workers_loop import run_worker_loop
 from transfer.channel import Inbox
@@ -27,12 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a decode worker: prefilled requests (with their KV) in, tokens streamed to the "
         "router. With --mode colocated it also prefills prompts itself (the non-disaggregated baseline).",
     )
-    p.add_argument("--model", required=True, help="HF model directory")
-    p.add_argument("--redis-url", required=True, help="the cluster's Redis (membership, store index)")
-    p.add_argument("--listen", default="tcp://127.0.0.1:0", help="inbox address (port 0: pick a free one)")
-    p.add_argument("--worker-id", default=None, help="unique id (default <role>@<inbox address>)")
+    add_worker_args(p, "decode")
     p.add_argument("--mode", choices=["disaggregated", "colocated"], default="disaggregated")
-    p.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
     add_engine_args(p)
     return p
 
@@ -47,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     inbox = Inbox(args.listen)
     role = "colocated" if args.mode == "colocated" else "decode"
     info = WorkerInfo(
-        worker_id=args.worker_id or f"{role}@{inbox.address.removeprefix('tcp://')}",
+        worker_id=args.worker_id or default_worker_id(role, inbox.address),
         role=role, address=inbox.address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
         page_size=engine.pool.page_size, chunk_tokens=engine.pool.page_size, max_model_len=engine.max_model_len,
     )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import threading
@@ -17,3 +18,18 @@ def stop_on_signals() -> threading.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+def add_worker_args(parser: argparse.ArgumentParser, role: str) -> None:
+    """The flags every worker role takes (the engine's own come from ``engine.args``)."""
+    parser.add_argument("--model", required=True, help="HF model directory")
+    parser.add_argument("--redis-url", required=True, help="the cluster's Redis (membership, store index)")
+    parser.add_argument(
+        "--listen", default="tcp://127.0.0.1:0", help="inbox address (port 0: pick a free one)"
+    )
+    parser.add_argument("--worker-id", default=None, help=f"unique id (default {role}@<inbox address>)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+
+
+def default_worker_id(role: str, inbox_address: str) -> str:
+    return f"{role}@{inbox_address.removeprefix('tcp://')}"

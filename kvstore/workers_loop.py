@@ -3,8 +3,13 @@
 Pure control flow over duck-typed parts, so prefill and decode workers (which may not import each
 other) share it: ``handle(message)`` acts on one inbox message, ``step()`` runs one engine step,
 ``has_work()`` says whether a step would do anything, ``report()`` returns the current
-``WorkerLoad`` fields. A failure to publish (Redis down) is logged and retried next beat: the
-worker keeps serving what it has, and re-registers as soon as Redis is back.
+``WorkerLoad`` fields.
+
+Heartbeats go out from a thread of their own: one engine step can take seconds on a CPU (a long
+prompt chunk), and a worker that is busy computing must not look dead to the router. The loop
+thread takes a load snapshot after every step (engine state is only touched by that thread); the
+heartbeat thread publishes the latest snapshot. A failure to publish (Redis down) is logged and
+retried on the next beat: the worker keeps serving and re-registers as soon as Redis is back.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from kvstore.types import IndexUnavailable
@@ -37,7 +41,11 @@ def run_worker_loop(
     stop: threading.Event,
     heartbeat_s: float = 0.5,
 ) -> None:
-    next_beat = 0.0
+    snapshot = [WorkerLoad(**report())]  # replaced whole, never mutated: safe to read from the beater
+    beater = threading.Thread(
+        target=_beat, args=(info, registry, snapshot, stop, heartbeat_s), name="heartbeat", daemon=True
+    )
+    beater.start()
     try:
         while not stop.is_set():
             message = inbox.recv(0 if has_work() else IDLE_POLL_S)
@@ -46,13 +54,25 @@ def run_worker_loop(
                 message = inbox.recv(0)
             if has_work():
                 step()
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + heartbeat_s
-                try:
-                    registry.publish(info, WorkerLoad(**report()))
-                except IndexUnavailable as e:
-                    log.warning("%s: cannot report to Redis (%s); retrying", info.worker_id, e)
+            snapshot[0] = WorkerLoad(**report())
     finally:
+        stop.set()
+        beater.join(timeout=5)
         with contextlib.suppress(IndexUnavailable):  # if Redis is down the TTL retires us anyway
             registry.remove(info.worker_id)
+
+
+def _beat(
+    info: WorkerInfo,
+    registry: WorkerRegistry,
+    snapshot: list[WorkerLoad],
+    stop: threading.Event,
+    period_s: float,
+) -> None:
+    while True:
+        try:
+            registry.publish(info, snapshot[0])
+        except IndexUnavailable as e:
+            log.warning("%s: cannot report to Redis (%s); retrying", info.worker_id, e)
+        if stop.wait(period_s):
+            return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import torch
@@ -12,7 +11,7 @@ import torch
 from engine.args import add_engine_args, engine_config
 from engine.llm_engine import LLMEngine, default_device
 from engine.memory import tune_host_allocator
-from kvstore.serve import setup_logging, stop_on_signals
+from kvstore.serve import add_worker_args, default_worker_id, setup_logging, stop_on_signals
 from kvstore.workers import WorkerInfo, WorkerRegistry
 from kvstore.workers_loop import run_worker_loop
 from prefill.worker import PrefillWorker
@@ -27,15 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a prefill worker: prompts in, first token out, KV handed to decode workers "
         "and written to the KV store.",
     )
-    p.add_argument("--model", required=True, help="HF model directory")
-    p.add_argument("--redis-url", required=True, help="the cluster's Redis (membership, store index)")
-    p.add_argument("--listen", default="tcp://127.0.0.1:0", help="inbox address (port 0: pick a free one)")
-    p.add_argument("--worker-id", default=None, help="unique id (default prefill@<inbox address>)")
+    add_worker_args(p, "prefill")
     p.add_argument("--store-node", default="", help="id of this worker's store node ('' = no KV store)")
     p.add_argument(
         "--chunk-tokens", type=int, default=64, help="tokens per store chunk (multiple of page size)"
     )
-    p.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
     add_engine_args(p)
     return p
 
@@ -49,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = LLMEngine(engine_config(args, args.model, default_device()))
     inbox = Inbox(args.listen)
     info = WorkerInfo(
-        worker_id=args.worker_id or f"prefill@{inbox.address.removeprefix('tcp://')}",
+        worker_id=args.worker_id or default_worker_id("prefill", inbox.address),
         role="prefill", address=inbox.address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
         page_size=engine.pool.page_size, chunk_tokens=args.chunk_tokens, max_model_len=engine.max_model_len,
         store_node_id=args.store_node,

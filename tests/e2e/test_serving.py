@@ -118,3 +118,20 @@ def test_colocated_equals_disaggregated(default_model, disagg):
     model = client(disagg).models.list().data[0].id
     b = client(disagg).chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0)
     assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_one_prefill_one_decode_matches_offline(default_model, offline):
+    small = start(default_model, num_prefill=1, num_decode=1)  # the default policy: cache_aware
+    try:
+        c = client(small)
+        model = c.models.list().data[0].id
+        messages = [{"role": "user", "content": QUESTION}]
+        expect = expected_chat(offline, messages, 20)
+        resp = c.chat.completions.create(model=model, messages=messages, max_tokens=20, temperature=0)
+        assert resp.choices[0].message.content == expect
+        stream = c.chat.completions.create(
+            model=model, messages=messages, max_tokens=20, temperature=0, stream=True
+        )
+        assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == expect
+    finally:
+        small.stop()

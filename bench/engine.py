@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,21 +33,11 @@ if not __package__:  # run as `python bench/engine.py`
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench.cluster_proc import default_model_dir  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
-
-
-def default_model_dir() -> str:
-    """Ask the CLI (which owns model resolution and the cache) for the default model's directory."""
-    out = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "convert", "--default"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
 
 
 def gemm_peak_flops(seconds: float = 3.0) -> float:

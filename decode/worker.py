@@ -9,6 +9,7 @@ itself (local prefix cache only): the baseline disaggregation is measured agains
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from engine import SamplingParams
@@ -30,6 +31,8 @@ from transfer.messages import (
 
 log = logging.getLogger("tandem.decode")
 
+ABORT_MEMORY_S = 60.0
+
 
 @dataclass
 class _Stream:
@@ -44,9 +47,17 @@ class DecodeWorker:
         self.colocated = info.role == "colocated"
         self.outboxes = OutboxPool()
         self._streams: dict[str, _Stream] = {}
+        # An abort can overtake the hand-off it cancels (router → decode is faster than prefill →
+        # decode): remember it for a while and drop the KV when it arrives.
+        self._aborted: dict[str, float] = {}
 
     def handle(self, message: Message) -> None:
         if isinstance(message, DecodeTask):
+            if self._aborted.pop(message.request_id, None) is not None:
+                log.info(
+                    "dropping the KV of request %s: it was aborted before it arrived", message.request_id
+                )
+                return
             self._admit(message, message.request_id, message.reply_to)
         elif isinstance(message, GenerateTask):
             if not self.colocated or message.decode_address is not None:
@@ -58,6 +69,10 @@ class DecodeWorker:
         elif isinstance(message, AbortTask):
             if self._streams.pop(message.request_id, None) is not None:
                 self.engine.abort(message.request_id)
+            else:
+                now = time.monotonic()
+                self._aborted = {r: t for r, t in self._aborted.items() if now - t < ABORT_MEMORY_S}
+                self._aborted[message.request_id] = now
         else:
             log.warning("decode worker ignores a %s message", message.KIND)
 

@@ -13,7 +13,7 @@ from tests.e2e.procs import spawn, stop, wait_for_workers
 from tests.engine.conftest import build_tiny
 from tests.engine.reference import mixed_prompts
 from transfer.channel import Inbox, Outbox
-from transfer.messages import GenerateTask, RequestFailed, TokenEvent
+from transfer.messages import AbortTask, GenerateTask, RequestFailed, TokenEvent
 
 GREEDY = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
 
@@ -131,3 +131,20 @@ def test_bad_sampling_fails_the_request_and_the_worker_keeps_serving(cluster, ro
     assert isinstance(events[-1], RequestFailed) and "temperature" in events[-1].message
     ok = router.run(addresses["prefill-0"], [5, 6, 7], GREEDY, addresses["decode-0"], "ok")
     assert isinstance(ok[-1], TokenEvent) and len(tokens(ok)) == 12
+
+
+def test_an_abort_that_overtakes_the_hand_off_drops_the_kv(cluster, router):
+    addresses, _ = cluster
+    decode = router.outboxes.setdefault(addresses["decode-0"], Outbox(addresses["decode-0"]))
+    decode.send(AbortTask("early-abort"))  # the client hung up before prefill finished
+    prefill = router.outboxes.setdefault(addresses["prefill-0"], Outbox(addresses["prefill-0"]))
+    prefill.send(
+        GenerateTask("early-abort", (5, 6, 7, 8), GREEDY, router.inbox.address, addresses["decode-0"])
+    )
+    events = []
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        msg = router.inbox.recv(0.2)
+        if msg is not None:
+            events.append(msg)
+    assert [e.worker_id for e in events] == ["prefill-0"], "decode must not run an aborted request"

@@ -1,0 +1,111 @@
+"""``tandem up`` as a child process of a benchmark, and the small HTTP helpers around it.
+
+Benchmarks may not import ``cluster`` (nothing does: it is the composition root), so they drive it
+the way a user does: through its command line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    mode: str
+    policy: str
+    num_prefill: int
+    num_decode: int
+
+
+def default_model_dir() -> str:
+    """Ask the CLI (which owns model resolution and the cache) for the default model's directory."""
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "convert", "--default"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout_s: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout_s) as r:
+        return r.read().decode()
+
+
+class Cluster:
+    """``tandem up`` in its own session, its output in ``log_path``; ``stop()`` sends SIGTERM to
+    its PID (it stops its own children), and kills its process group only if it outlives the grace."""
+
+    def __init__(self, spec: ClusterSpec, model_dir: str, num_pages: int, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "cluster.cli", "up", "--model", model_dir, "--port", str(self.port),
+               "--prefill", str(spec.num_prefill), "--mode", spec.mode, "--policy", spec.policy,
+               "--num-pages", str(num_pages)]  # fmt: skip
+        if spec.mode == "disaggregated":
+            cmd += ["--decode", str(spec.num_decode)]
+        self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
+        self.popen = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.popen.poll() is not None:
+                raise RuntimeError(
+                    f"`tandem up` exited with code {self.popen.returncode}; see {self.log_path}"
+                )
+            try:
+                http_get(f"{self.url}/health", timeout_s=1.0)
+                return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster not healthy after {timeout_s:.0f}s; see {self.log_path}")
+            time.sleep(0.5)
+
+    def stop(self, grace_s: float = 60.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)  # its session: it and its children
+                self.popen.wait()
+        self._log.close()
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text → {'name{labels}': value} (samples only)."""
+    out = {}
+    for line in http_get(f"{url}/metrics").splitlines():
+        m = re.match(r"^(tandem_[^\s]+)\s+(\S+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out

@@ -12,20 +12,25 @@ import pytest
 from transfer.errors import WireError
 from transfer.messages import (
     MESSAGE_TYPES,
+    AbortTask,
     Buffer,
+    DecodeTask,
     DeleteReply,
     DeleteRequest,
     ErrorReply,
     ExistsReply,
     ExistsRequest,
+    GenerateTask,
     GetReply,
     GetRequest,
     PutReply,
     PutRequest,
+    RequestFailed,
     StatsReply,
     StatsRequest,
     StreamAbort,
     StreamEnd,
+    TokenEvent,
 )
 from transfer.wire import decode, encode
 
@@ -79,6 +84,17 @@ SAMPLES = [
     DeleteReply((True,)),
     StatsRequest(),
     StatsReply("node", 100, 10, 10, 2, 1, 20, 5, 6, 7),
+    GenerateTask(
+        "r1",
+        (1, 2, 3),
+        {"temperature": 0.7, "max_tokens": 5, "seed": None, "stop_token_ids": (2,)},
+        "tcp://127.0.0.1:5000",
+        None,
+    ),  # fmt: skip
+    DecodeTask("r1", (1, 2, 3), 9, {"ignore_eos": True}, "tcp://127.0.0.1:5000", (Buffer.raw(b"kv"),)),
+    AbortTask("r1"),
+    TokenEvent("r1", "decode-0", (4, 5), "stop", 16, 32),
+    RequestFailed("r1", "prefill-0", "bad_request", "temperature must be >= 0"),
 ]
 
 

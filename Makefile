@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.tandem-installed
 
-.PHONY: setup model run test lint clean-model
+.PHONY: setup model run up chat test lint
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,12 @@ model: setup
 
 run: model
 	$(BIN)/tandem generate "$(if $(PROMPT),$(PROMPT),Write a haiku about paged attention.)"
+
+up: model
+	$(BIN)/tandem up
+
+chat: setup
+	$(BIN)/tandem chat "$(if $(PROMPT),$(PROMPT),Why is the sky blue? Answer in two sentences.)"
 
 test: model
 	$(BIN)/python -m pytest -q tests

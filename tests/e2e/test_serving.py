@@ -135,3 +135,15 @@ def test_one_prefill_one_decode_matches_offline(default_model, offline):
         assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == expect
     finally:
         small.stop()
+
+
+def test_tandem_chat_streams_the_same_answer(disagg, offline):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "chat", QUESTION, "--url", disagg.url, "--max-tokens", "24"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected_chat(offline, [{"role": "user", "content": QUESTION}], 24).strip()

@@ -6,12 +6,8 @@ import argparse
 import logging
 import sys
 
-import torch
-
 from decode.worker import DecodeWorker
-from engine.args import add_engine_args, engine_config
-from engine.llm_engine import LLMEngine, default_device
-from engine.memory import tune_host_allocator
+from engine.args import add_engine_args, build_engine
 from kvstore.serve import add_worker_args, default_worker_id, setup_logging, stop_on_signals
 from kvstore.workers import WorkerInfo, WorkerRegistry
 from kvstore.workers_loop import run_worker_loop
@@ -35,10 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tune_host_allocator()
-    engine = LLMEngine(engine_config(args, args.model, default_device()))
+    engine = build_engine(args, args.model)
     inbox = Inbox(args.listen)
     role = "colocated" if args.mode == "colocated" else "decode"
     info = WorkerInfo(

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from engine.config import DTYPES, EngineConfig
+from engine.llm_engine import LLMEngine, default_device
+from engine.memory import tune_host_allocator
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -34,3 +38,11 @@ def engine_config(args: argparse.Namespace, model_dir: str, device: str) -> Engi
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
     )
+
+
+def build_engine(args: argparse.Namespace, model_dir: str) -> LLMEngine:
+    """An engine for a serving process: thread count and host allocator set first."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tune_host_allocator()
+    return LLMEngine(engine_config(args, model_dir, default_device()))

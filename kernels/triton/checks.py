@@ -65,3 +65,23 @@ def check_cache_pair(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
 def dot_precision(dtype: torch.dtype) -> str:
     # float32 dots default to TF32 on tensor cores; the fp32 path must match PyTorch's fp32 matmul.
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def check_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, sliding_window: int | None
+) -> tuple[int, int, int, int]:
+    """q ``[tokens, num_heads, head_dim]`` against one layer's paged caches, as both attention
+    launchers take them. Returns ``(num_heads, num_kv_heads, page_size, head_dim)``."""
+    check_float("q", q, 3)
+    check_cache_pair(k_cache, v_cache)
+    check_same_dtype("q and the caches", q, k_cache)
+    check_same_device("q and the caches", q, k_cache)
+    _, num_heads, head_dim = q.shape
+    num_kv_heads, _, page_size, cache_head_dim = k_cache.shape
+    if cache_head_dim != head_dim:
+        raise ValueError(f"q's head_dim {head_dim} differs from the cache's {cache_head_dim}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads {num_heads} must be a multiple of num_kv_heads {num_kv_heads}")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be None or >= 1, got {sliding_window}")
+    return num_heads, num_kv_heads, page_size, head_dim

@@ -20,15 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton.checks import (
-    as_index,
-    check_cache_pair,
-    check_float,
-    check_same_device,
-    check_same_dtype,
-    dot_precision,
-    next_pow2,
-)
+from kernels.triton.checks import as_index, check_attention, dot_precision, next_pow2
 
 LOG2E = 1.4426950408889634
 
@@ -188,18 +180,8 @@ def paged_decode_attention(
     ``context_lens[b]`` must be at least 1 and covered by ``block_tables[b]``; that is not checked
     (it would need a device sync).
     """
-    check_float("q", q, 3)
-    check_cache_pair(k_cache, v_cache)
-    check_same_dtype("q and the caches", q, k_cache)
-    check_same_device("q and the caches", q, k_cache)
-    batch, num_heads, head_dim = q.shape
-    num_kv_heads, _, page_size, cache_head_dim = k_cache.shape
-    if cache_head_dim != head_dim:
-        raise ValueError(f"q's head_dim {head_dim} differs from the cache's {cache_head_dim}")
-    if num_heads % num_kv_heads:
-        raise ValueError(f"num_heads {num_heads} must be a multiple of num_kv_heads {num_kv_heads}")
-    if sliding_window is not None and sliding_window < 1:
-        raise ValueError(f"sliding_window must be None or >= 1, got {sliding_window}")
+    num_heads, num_kv_heads, page_size, head_dim = check_attention(q, k_cache, v_cache, sliding_window)
+    batch = q.shape[0]
     block_tables = as_index("block_tables", block_tables, 2, q.device)
     context_lens = as_index("context_lens", context_lens, 1, q.device)
     if block_tables.shape[0] != batch or context_lens.shape[0] != batch:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from decode.worker import DecodeWorker
 from engine.args import add_engine_args, build_engine
-from kvstore.serve import add_worker_args, default_worker_id, setup_logging, stop_on_signals
-from kvstore.workers import WorkerInfo, WorkerRegistry
-from kvstore.workers_loop import run_worker_loop
+from kvstore.serve import add_worker_args, default_worker_id, setup_logging
+from kvstore.workers import WorkerInfo
+from kvstore.workers_loop import serve_worker
 from transfer.channel import Inbox
-
-log = logging.getLogger("tandem.decode")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,13 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         page_size=engine.pool.page_size, chunk_tokens=engine.pool.page_size, max_model_len=engine.max_model_len,
     )  # fmt: skip
     worker = DecodeWorker(engine, info)
-    log.info("%s ready: inbox %s", info.worker_id, inbox.address)
-    run_worker_loop(
-        info, inbox, WorkerRegistry(args.redis_url), handle=worker.handle, step=worker.step,
-        has_work=worker.has_work, report=engine.load_report, stop=stop_on_signals(),
-    )  # fmt: skip
-    worker.close()
-    log.info("%s stopped", info.worker_id)
+    serve_worker(info, inbox, args.redis_url, worker, engine.load_report)
     return 0
 
 

@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from kvstore.serve import stop_on_signals
 from kvstore.types import IndexUnavailable
 from kvstore.workers import WorkerInfo, WorkerLoad, WorkerRegistry
 from transfer.channel import Inbox
@@ -76,3 +77,18 @@ def _beat(
             log.warning("%s: cannot report to Redis (%s); retrying", info.worker_id, e)
         if stop.wait(period_s):
             return
+
+
+def serve_worker(info: WorkerInfo, inbox: Inbox, redis_url: str, worker, report: Callable[[], dict]) -> None:
+    """A worker process's whole life after start-up: ``worker`` (with ``handle``, ``step``,
+    ``has_work`` and ``close``) serves until SIGTERM / SIGINT, then deregisters and closes."""
+    log.info("%s ready: inbox %s", info.worker_id, inbox.address)
+    try:
+        run_worker_loop(
+            info, inbox, WorkerRegistry(redis_url), handle=worker.handle, step=worker.step,
+            has_work=worker.has_work, report=report, stop=stop_on_signals(),
+        )  # fmt: skip
+    finally:
+        worker.close()
+        inbox.close()
+    log.info("%s stopped", info.worker_id)

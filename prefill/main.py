@@ -7,9 +7,9 @@ import logging
 import sys
 
 from engine.args import add_engine_args, build_engine
-from kvstore.serve import add_worker_args, default_worker_id, setup_logging, stop_on_signals
-from kvstore.workers import WorkerInfo, WorkerRegistry
-from kvstore.workers_loop import run_worker_loop
+from kvstore.serve import add_worker_args, default_worker_id, setup_logging
+from kvstore.workers import WorkerInfo
+from kvstore.workers_loop import serve_worker
 from prefill.worker import PrefillWorker
 from transfer.channel import Inbox
 
@@ -48,13 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
         store = StoreClient(args.redis_url, node_id=args.store_node)
     worker = PrefillWorker(engine, info, store)
-    log.info("%s ready: inbox %s, store node %s", info.worker_id, inbox.address, args.store_node or "none")
-    run_worker_loop(
-        info, inbox, WorkerRegistry(args.redis_url), handle=worker.handle, step=worker.step,
-        has_work=worker.has_work, report=engine.load_report, stop=stop_on_signals(),
-    )  # fmt: skip
-    worker.close()
-    log.info("%s stopped", info.worker_id)
+    log.info("%s writes chunks to store node %s", info.worker_id, args.store_node or "(none)")
+    serve_worker(info, inbox, args.redis_url, worker, engine.load_report)
     return 0
 
 

@@ -30,14 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     engine = build_engine(args, args.model)
     inbox = Inbox(args.listen)
+    address = args.advertise or inbox.address  # what the router and peers connect to
     role = "colocated" if args.mode == "colocated" else "decode"
     info = WorkerInfo(
-        worker_id=args.worker_id or default_worker_id(role, inbox.address),
-        role=role, address=inbox.address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
+        worker_id=args.worker_id or default_worker_id(role, address),
+        role=role, address=address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
         page_size=engine.pool.page_size, chunk_tokens=engine.pool.page_size, max_model_len=engine.max_model_len,
     )  # fmt: skip
     worker = DecodeWorker(engine, info)
-    serve_worker(info, inbox, args.redis_url, worker, engine.load_report)
+    serve_worker(info, inbox, args.redis_url, worker)
     return 0
 
 

@@ -16,7 +16,7 @@ from engine import SamplingParams
 from engine.llm_engine import LLMEngine
 from engine.sequence import Sequence
 from kvstore.tensors import to_tensor
-from kvstore.workers import WorkerInfo
+from kvstore.workers import WorkerCounters, WorkerInfo
 from transfer.channel import OutboxPool
 from transfer.errors import TransferError
 from transfer.messages import (
@@ -46,6 +46,7 @@ class DecodeWorker:
         self.info = info
         self.colocated = info.role == "colocated"
         self.outboxes = OutboxPool()
+        self.counters = WorkerCounters()
         self._streams: dict[str, _Stream] = {}
         # An abort can overtake the hand-off it cancels (router → decode is faster than prefill →
         # decode): remember it for a while and drop the KV when it arrives.
@@ -80,8 +81,11 @@ class DecodeWorker:
         try:
             params = SamplingParams(**task.sampling)
             if isinstance(task, DecodeTask):
+                started = time.perf_counter()
                 kv = to_tensor(task.buffers[0])
                 self.engine.add_prefilled(list(task.token_ids), task.first_token, params, kv, request_id)
+                nbytes = kv.numel() * kv.element_size()
+                self.counters.transferred("kv_recv", nbytes, time.perf_counter() - started)
             else:
                 self.engine.add_request(list(task.token_ids), params, request_id=request_id)
         except (TypeError, ValueError) as e:
@@ -101,8 +105,11 @@ class DecodeWorker:
             self._streams.pop(seq.request_id, None)
 
     def _emit(self, seq: Sequence, stream: _Stream, done: bool) -> None:
-        hits = (seq.num_cached_tokens or 0) if stream.report_hits else 0
-        stream.report_hits = False
+        hits = 0
+        if stream.report_hits:
+            hits = seq.num_cached_tokens or 0
+            self.counters.prefilled(seq.num_prompt_tokens, hits, 0)
+            stream.report_hits = False
         event = TokenEvent(
             request_id=seq.request_id, worker_id=self.info.worker_id, token_ids=(seq.token_ids[-1],),
             finish_reason=seq.finish_reason if done else None, num_cached_local=hits,
@@ -120,6 +127,10 @@ class DecodeWorker:
             self.outboxes.send(reply_to, RequestFailed(request_id, self.info.worker_id, code, text))
         except TransferError as e:
             log.error("router at %s unreachable: %s", reply_to, e)
+
+    def report(self) -> dict[str, int | float]:
+        """This worker's ``WorkerLoad`` fields: the engine's load and the worker's counters."""
+        return {**self.engine.load_report(), **self.counters.fields()}
 
     def has_work(self) -> bool:
         return self.engine.has_unfinished()

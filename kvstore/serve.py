@@ -27,6 +27,12 @@ def add_worker_args(parser: argparse.ArgumentParser, role: str) -> None:
     parser.add_argument(
         "--listen", default="tcp://127.0.0.1:0", help="inbox address (port 0: pick a free one)"
     )
+    parser.add_argument(
+        "--advertise",
+        default=None,
+        help="inbox address published for others to reach this worker, e.g. tcp://prefill:7001 when "
+        "binding tcp://0.0.0.0:7001 in a container (default: the bound address)",
+    )
     parser.add_argument("--worker-id", default=None, help=f"unique id (default {role}@<inbox address>)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
 

@@ -54,6 +54,56 @@ class WorkerLoad:
     total_pages: int = 0
     step_ms: float = 0.0  # recent mean engine step time
     updated_at: float = 0.0
+    # Counters since the worker started (a restarted worker starts again from zero).
+    prompt_tokens: int = 0  # prompt tokens of the requests it prefilled (prefill / colocated)
+    cached_local_tokens: int = 0  # of those, served from its own pages
+    cached_store_tokens: int = 0  # of those, fetched from a store node
+    kv_send_bytes: int = 0  # prompt KV handed to decode workers
+    kv_send_s: float = 0.0
+    kv_recv_bytes: int = 0  # prompt KV taken from prefill workers
+    kv_recv_s: float = 0.0
+    store_put_bytes: int = 0  # chunks written to its store node
+    store_put_s: float = 0.0
+    store_fetch_bytes: int = 0  # chunks fetched from store nodes
+    store_fetch_s: float = 0.0
+
+
+TRANSFER_KINDS = ("kv_send", "kv_recv", "store_put", "store_fetch")
+
+
+class WorkerCounters:
+    """What a worker counts for its ``WorkerLoad``: the prompt tokens it prefilled and reused, and
+    the bytes and seconds of each kind of KV transfer. Seconds are the worker's own time in the
+    transfer (packing, the store's round trip, unpacking), not the wire time alone."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.cached_local_tokens = 0
+        self.cached_store_tokens = 0
+        self._transfer = {kind: [0, 0.0] for kind in TRANSFER_KINDS}
+
+    def prefilled(self, prompt_tokens: int, cached_local: int, cached_store: int) -> None:
+        """One request's prefill, as its first ``TokenEvent`` reports it to the router."""
+        self.prompt_tokens += prompt_tokens
+        self.cached_local_tokens += cached_local
+        self.cached_store_tokens += cached_store
+
+    def transferred(self, kind: str, nbytes: int, seconds: float) -> None:
+        total = self._transfer[kind]
+        total[0] += nbytes
+        total[1] += seconds
+
+    def fields(self) -> dict[str, int | float]:
+        """These counters as ``WorkerLoad`` fields."""
+        out: dict[str, int | float] = {
+            "prompt_tokens": self.prompt_tokens,
+            "cached_local_tokens": self.cached_local_tokens,
+            "cached_store_tokens": self.cached_store_tokens,
+        }
+        for kind, (nbytes, seconds) in self._transfer.items():
+            out[f"{kind}_bytes"] = nbytes
+            out[f"{kind}_s"] = seconds
+        return out
 
 
 @dataclass(frozen=True)

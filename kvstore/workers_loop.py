@@ -79,14 +79,14 @@ def _beat(
             return
 
 
-def serve_worker(info: WorkerInfo, inbox: Inbox, redis_url: str, worker, report: Callable[[], dict]) -> None:
+def serve_worker(info: WorkerInfo, inbox: Inbox, redis_url: str, worker) -> None:
     """A worker process's whole life after start-up: ``worker`` (with ``handle``, ``step``,
-    ``has_work`` and ``close``) serves until SIGTERM / SIGINT, then deregisters and closes."""
+    ``has_work``, ``report`` and ``close``) serves until SIGTERM / SIGINT, then deregisters and closes."""
     log.info("%s ready: inbox %s", info.worker_id, inbox.address)
     try:
         run_worker_loop(
             info, inbox, WorkerRegistry(redis_url), handle=worker.handle, step=worker.step,
-            has_work=worker.has_work, report=report, stop=stop_on_signals(),
+            has_work=worker.has_work, report=worker.report, stop=stop_on_signals(),
         )  # fmt: skip
     finally:
         worker.close()

@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     engine = build_engine(args, args.model)
     inbox = Inbox(args.listen)
+    address = args.advertise or inbox.address  # what the router and peers connect to
     info = WorkerInfo(
-        worker_id=args.worker_id or default_worker_id("prefill", inbox.address),
-        role="prefill", address=inbox.address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
+        worker_id=args.worker_id or default_worker_id("prefill", address),
+        role="prefill", address=address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
         page_size=engine.pool.page_size, chunk_tokens=args.chunk_tokens, max_model_len=engine.max_model_len,
         store_node_id=args.store_node,
     )  # fmt: skip
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         store = StoreClient(args.redis_url, node_id=args.store_node)
     worker = PrefillWorker(engine, info, store)
     log.info("%s writes chunks to store node %s", info.worker_id, args.store_node or "(none)")
-    serve_worker(info, inbox, args.redis_url, worker, engine.load_report)
+    serve_worker(info, inbox, args.redis_url, worker)
     return 0
 
 

@@ -11,6 +11,7 @@ from here, the rest from the decode worker.
 from __future__ import annotations
 
 import logging
+import time
 
 from engine import SamplingParams
 from engine.llm_engine import LLMEngine
@@ -18,7 +19,7 @@ from engine.sequence import Sequence
 from kvstore.keys import chain_keys
 from kvstore.tensors import to_buffer
 from kvstore.types import StoreError
-from kvstore.workers import WorkerInfo
+from kvstore.workers import WorkerCounters, WorkerInfo
 from transfer.channel import OutboxPool
 from transfer.errors import TransferError
 from transfer.messages import (
@@ -45,6 +46,7 @@ class PrefillWorker:
         self.info = info
         self.store = store  # kvstore.StoreClient bound to this worker's node, or None
         self.outboxes = OutboxPool()
+        self.counters = WorkerCounters()
         self._tasks: dict[str, GenerateTask] = {}
         self._store_hits: dict[str, int] = {}  # tokens fetched from the store, per request
         self._stored_chunks: dict[str, int] = {}  # leading chunks already in the store, per request
@@ -91,11 +93,13 @@ class PrefillWorker:
             self._stored_chunks[request_id] = best
             if best <= local:
                 return 0
+            started = time.perf_counter()
             chunks = self.store.get(keys[local:best])
         except (StoreError, KeyError, TransferError) as e:
             log.warning("request %s: store fetch failed, recomputing: %s", request_id, e)
             return 0
         imported = self.engine.import_prefix(prompt, chunks, start_token=local * ct)
+        self.counters.transferred("store_fetch", _nbytes(chunks), time.perf_counter() - started)
         return max(0, imported - local * ct)
 
     # -- engine -----------------------------------------------------------------------------------
@@ -115,7 +119,10 @@ class PrefillWorker:
         store_hits = min(self._store_hits.pop(task.request_id, 0), seq.num_cached_tokens or 0)
         local_hits = (seq.num_cached_tokens or 0) - store_hits
         done = seq.finish_reason != "prefilled"
+        self.counters.prefilled(seq.num_prompt_tokens, local_hits, store_hits)
+        started = time.perf_counter()
         kv = None if done else self.engine.export_kv(seq)
+        exported_s = time.perf_counter() - started
         self._write_back(task.request_id, seq)
         self._send(
             task.reply_to,
@@ -130,6 +137,7 @@ class PrefillWorker:
         if task.decode_address is None:
             self._fail(task, BAD_REQUEST, "a prefill worker needs a decode_address")
             return
+        started = time.perf_counter()
         handoff = DecodeTask(
             request_id=task.request_id, token_ids=task.token_ids, first_token=first,
             sampling=task.sampling, reply_to=task.reply_to, buffers=(to_buffer(kv),),
@@ -138,6 +146,8 @@ class PrefillWorker:
             self.outboxes.send(task.decode_address, handoff)
         except TransferError as e:
             self._fail(task, UNAVAILABLE, f"decode worker at {task.decode_address} did not take the KV: {e}")
+            return
+        self.counters.transferred("kv_send", _nbytes([kv]), exported_s + time.perf_counter() - started)
 
     def _write_back(self, request_id: str, seq: Sequence) -> None:
         """Put the prompt's full chunks that no store node holds yet to this worker's node."""
@@ -154,7 +164,9 @@ class PrefillWorker:
             for i in range(already, len(keys))
         ]
         try:
+            started = time.perf_counter()
             self.store.put(keys[already:], chunks)
+            self.counters.transferred("store_put", _nbytes(chunks), time.perf_counter() - started)
         except (StoreError, TransferError) as e:
             log.warning("request %s: could not write %d chunks to the store: %s", request_id, len(chunks), e)
 
@@ -168,8 +180,16 @@ class PrefillWorker:
         log.info("request %s failed: %s", task.request_id, text)
         self._send(task.reply_to, RequestFailed(task.request_id, self.info.worker_id, code, text))
 
+    def report(self) -> dict[str, int | float]:
+        """This worker's ``WorkerLoad`` fields: the engine's load and the worker's counters."""
+        return {**self.engine.load_report(), **self.counters.fields()}
+
     def has_work(self) -> bool:
         return self.engine.has_unfinished()
 
     def close(self) -> None:
         self.outboxes.close()
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)

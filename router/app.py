@@ -35,6 +35,7 @@ def create_app(config: RouterConfig) -> FastAPI:
     """The router app. Raises ``ValueError`` if ``config.model_dir`` has no usable tokenizer."""
     tokenizer = TextTokenizer(config.model_dir)
     metrics = RouterMetrics()
+    metrics.set_slo(config.slo.ttft_s, config.slo.tbt_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,6 +57,7 @@ def create_app(config: RouterConfig) -> FastAPI:
             registry, store, refresh_interval_s=config.refresh_interval_s,
             stale_after_s=config.stale_after_s, on_refresh=on_refresh,
         )  # fmt: skip
+        metrics.watch(lambda: cluster.snapshot.workers, lambda: cluster.snapshot.store_nodes)
         await cluster.refresh()
         refresher = asyncio.create_task(cluster.run(), name="router-registry-refresh")
         app.state.router = Router(config, tokenizer, dispatcher, cluster, metrics)

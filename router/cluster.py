@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from kvstore.client import StoreClient
 from kvstore.keys import chain_keys
-from kvstore.types import IndexUnavailable
+from kvstore.types import IndexUnavailable, NodeInfo
 from kvstore.workers import WorkerRegistry, WorkerState
 from router.types import ApiError, PrefillCandidate
 
@@ -30,6 +30,7 @@ SERVING_ROLES = ("prefill", "decode", "colocated")
 class ClusterSnapshot:
     workers: tuple[WorkerState, ...]
     taken_at: float  # time.monotonic() of the refresh
+    store_nodes: tuple[NodeInfo, ...] = ()  # live store nodes and their usage, for /metrics
 
     def by_role(self, *roles: str) -> tuple[WorkerState, ...]:
         return tuple(w for w in self.workers if w.info.role in roles)
@@ -56,7 +57,7 @@ class ClusterView:
     async def refresh(self) -> None:
         """Read the registry once; on failure keep the old snapshot (it goes stale) and log once."""
         try:
-            workers = tuple(await asyncio.to_thread(self._registry.live))
+            workers, nodes = await asyncio.to_thread(self._read)
         except IndexUnavailable as e:
             if self._last_error is None:
                 log.warning("cannot read the worker registry (will keep trying): %s", e)
@@ -65,9 +66,12 @@ class ClusterView:
         if self._last_error is not None:
             log.info("worker registry readable again")
             self._last_error = None
-        self._snapshot = ClusterSnapshot(workers, time.monotonic())
+        self._snapshot = ClusterSnapshot(workers, time.monotonic(), nodes)
         if self._on_refresh is not None:
             self._on_refresh(workers)
+
+    def _read(self) -> tuple[tuple[WorkerState, ...], tuple[NodeInfo, ...]]:
+        return tuple(self._registry.live()), tuple(self._store.nodes())
 
     async def run(self) -> None:
         """Refresh forever (a background task; cancel it to stop)."""

@@ -23,7 +23,7 @@ from router.cluster import SERVING_ROLES, ClusterSnapshot, ClusterView
 from router.config import RouterConfig
 from router.dispatch import Dispatcher
 from router.generation import Delta, Generation
-from router.metrics import RouterMetrics
+from router.metrics import PrefillReport, RouterMetrics
 from router.policies import POLICIES, USES_PREFIX
 from router.protocol import ParsedRequest, parse_chat, parse_completion, sampling_fields
 from router.responses import SSE_DONE, ResponseHead, sse, usage
@@ -146,8 +146,6 @@ class Router:
             raise ApiError(
                 status, decision.message, code=decision.reason, retry_after_s=decision.retry_after_s
             )
-        self.metrics.predicted_cached_tokens.labels("local").inc(decision.prefill.cached_local_tokens)
-        self.metrics.predicted_cached_tokens.labels("store").inc(decision.prefill.cached_store_tokens)
         return decision
 
     async def _stream(
@@ -194,17 +192,25 @@ class Router:
         m = self.metrics
         m.in_flight.dec()
         m.requests.labels(outcome).inc()
-        m.prompt_tokens.inc(len(gen.token_ids))
         m.generation_tokens.inc(gen.num_output_tokens)
-        if gen.first_token_at is None:
+        if gen.first_token_at is None:  # the prefill worker never reported: nothing was reused
             return
-        m.cached_tokens.labels("local").inc(gen.num_cached_local)
-        m.cached_tokens.labels("store").inc(gen.num_cached_store)
-        m.ttft.observe(gen.first_token_at - gen.started_at)
+        predicted = gen.route.prefill
+        m.prefilled(
+            PrefillReport(
+                gen.prefill_id, len(gen.token_ids), gen.num_cached_local, gen.num_cached_store,
+                predicted.cached_local_tokens, predicted.cached_store_tokens,
+            )
+        )  # fmt: skip
+        ttft = gen.first_token_at - gen.started_at
+        m.ttft.observe(ttft)
         for before, after in zip(gen.token_times, gen.token_times[1:]):
             m.itl.observe(after - before)
         if outcome == "ok":
-            m.e2e.observe(time.monotonic() - gen.started_at)
+            e2e = time.monotonic() - gen.started_at
+            m.e2e.observe(e2e)
+            if gen.num_output_tokens > 1:
+                m.tpot.observe((e2e - ttft) / (gen.num_output_tokens - 1))
 
 
 def _max_model_len(snapshot: ClusterSnapshot) -> int:

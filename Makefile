@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.tandem-installed
 
-.PHONY: setup model run up chat test lint
+.PHONY: setup model run up chat test lint browser
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,3 +35,9 @@ test: model
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Debian's Chromium for the dashboard's browser test (tests/e2e/test_dashboard_browser.py); the
+# recommended packages bring the fonts its screenshot needs. Needs root and apt.
+browser:
+	command -v chromium >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }

@@ -190,6 +190,7 @@ def _up(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         print(f"Tandem is serving {config.model_dir.name} at {cluster.url}/v1")
+        print(f"KV hit-rate dashboard: {cluster.url}/dashboard   Prometheus metrics: {cluster.url}/metrics")
         print("Ctrl-C stops the cluster.", flush=True)
         while not stop["now"]:
             time.sleep(0.5)

@@ -22,6 +22,7 @@ from kvstore.client import StoreClient
 from kvstore.workers import WorkerRegistry, WorkerState
 from router.cluster import ClusterView
 from router.config import RouterConfig
+from router.dashboard import dashboard_router
 from router.dispatch import Dispatcher
 from router.metrics import RouterMetrics
 from router.serving import Router, error_response
@@ -126,4 +127,5 @@ def create_app(config: RouterConfig) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    app.include_router(dashboard_router())
     return app

@@ -107,13 +107,11 @@ class ClusterView:
         return self._snapshot
 
     async def prefill_candidates(
-        self, snapshot: ClusterSnapshot, token_ids: Sequence[int], with_prefix: bool
+        self, snapshot: ClusterSnapshot, token_ids: Sequence[int]
     ) -> tuple[PrefillCandidate, ...]:
-        """Prefill and colocated workers, each with the prompt's cached prefix on it (zeros
-        unless ``with_prefix``; also zeros if the index cannot be read: routing goes on)."""
+        """Prefill and colocated workers, each with the prompt's cached prefix on it (zeros if the
+        index cannot be read: routing goes on)."""
         workers = snapshot.by_role("prefill", "colocated")
-        if not with_prefix:
-            return tuple(PrefillCandidate(w) for w in workers)
         try:
             # the last prompt token is always computed (its logits give the first output token), so
             # only chunks before it can be reused: the prefill worker looks up the same keys
@@ -145,8 +143,11 @@ def _group(worker: WorkerState) -> tuple[int, str]:
 
 def _candidate(worker: WorkerState, matched: Counter[str]) -> PrefillCandidate:
     """Chunks on the worker's own store node are local; the longest run on another node, beyond
-    the local ones, is what it would fetch."""
+    the local ones, is what it would fetch. A worker with no store node (colocated) uses no store:
+    the index says nothing about its own pages."""
     own = worker.info.store_node_id
+    if not own:
+        return PrefillCandidate(worker)
     local = matched[own] if own else 0
     remote = max((n for node, n in matched.items() if node != own), default=0)
     chunk = worker.info.chunk_tokens

@@ -133,5 +133,3 @@ POLICIES: dict[str, Policy] = {
     "least_loaded": least_loaded,
     "prefix": prefix,
 }
-# Policies that look at cached prefixes (the conductor asks the index only for these).
-USES_PREFIX = frozenset({"cache_aware", "prefix"})

@@ -24,7 +24,7 @@ from router.config import RouterConfig
 from router.dispatch import Dispatcher
 from router.generation import Delta, Generation
 from router.metrics import PrefillReport, RouterMetrics
-from router.policies import POLICIES, USES_PREFIX
+from router.policies import POLICIES
 from router.protocol import ParsedRequest, parse_chat, parse_completion, sampling_fields
 from router.responses import SSE_DONE, ResponseHead, sse, usage
 from router.tokenizer import TextTokenizer
@@ -134,8 +134,9 @@ class Router:
         return parsed, token_ids, route, sampling
 
     async def _route(self, snapshot: ClusterSnapshot, token_ids: list[int], max_tokens: int) -> Route:
-        with_prefix = self.config.policy in USES_PREFIX
-        candidates = await self.cluster.prefill_candidates(snapshot, token_ids, with_prefix)
+        # every policy gets the cached prefixes (one index read): those that ignore them still have
+        # their choice's cache predicted, so predicted vs realised hits compare across policies
+        candidates = await self.cluster.prefill_candidates(snapshot, token_ids)
         problem = RoutingProblem(
             len(token_ids), max_tokens, candidates, snapshot.by_role("decode"), self._turn
         )

@@ -3,19 +3,11 @@ is reached by its service name), and without it publishes the bound address."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
-from kvstore.embedded_redis import EmbeddedRedis
+from kvstore.embedded_redis import EmbeddedRedis, free_port
 from tests.e2e.procs import spawn, stop, wait_for_workers
 from tests.engine.conftest import build_tiny
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

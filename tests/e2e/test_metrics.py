@@ -19,7 +19,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.launcher import ClusterConfig, LocalCluster
-from tests.e2e.test_serving import LONG_CONTEXT, free_port
+from kvstore.embedded_redis import free_port
+from tests.e2e.test_serving import LONG_CONTEXT
 
 pytestmark = pytest.mark.slow
 

@@ -3,24 +3,17 @@ talked to with the official ``openai`` client. Greedy answers must equal the off
 
 from __future__ import annotations
 
-import socket
-
 import openai
 import pytest
 
 from cluster.launcher import ClusterConfig, LocalCluster
 from engine import LLM, SamplingParams
+from kvstore.embedded_redis import free_port
 
 pytestmark = pytest.mark.slow
 
 QUESTION = "Name three colors of the rainbow."
 LONG_CONTEXT = "You are a meticulous assistant. " * 12  # ~85 tokens: more than one 64-token chunk
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(default_model, **kw) -> LocalCluster:

@@ -18,6 +18,7 @@ from engine.runner import ModelRunner, kv_bytes_per_page
 from engine.sampler import sample
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.step_cost import StepCostFit
 from engine.types import SamplingParams
 from kvstore.keys import chain_keys, model_fingerprint
 
@@ -54,6 +55,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
         self._ids = itertools.count()
         self.step_ms = 0.0  # exponential moving average of busy steps
+        self.step_cost = StepCostFit()  # seconds = fixed + per_token * tokens, over recent busy steps
         log.info(
             "engine ready: %s (%s) on %s, %d pages x %d tokens (%.1f MiB KV), max_model_len %d",
             self.model_cfg.architecture, config.dtype, config.device, num_pages, config.page_size,
@@ -183,8 +185,10 @@ class LLMEngine:
         start = time.perf_counter()
         result = self._step()
         if result.num_tokens:
-            ms = (time.perf_counter() - start) * 1e3
+            seconds = time.perf_counter() - start
+            ms = seconds * 1e3
             self.step_ms = ms if self.step_ms == 0 else 0.8 * self.step_ms + 0.2 * ms
+            self.step_cost.add(result.num_tokens, seconds)
         return result
 
     def _step(self) -> StepResult:
@@ -246,6 +250,9 @@ class LLMEngine:
             "free_pages": self.pool.num_free_pages,
             "total_pages": self.pool.num_pages,
             "step_ms": self.step_ms,
+            "step_fixed_s": self.step_cost.fixed_s,
+            "step_per_token_s": self.step_cost.per_token_s,
+            "step_samples": self.step_cost.num_steps,
         }
 
 

@@ -53,6 +53,11 @@ class WorkerLoad:
     free_pages: int = 0
     total_pages: int = 0
     step_ms: float = 0.0  # recent mean engine step time
+    # the worker's fitted step time, seconds = step_fixed_s + step_per_token_s * tokens (see
+    # engine.step_cost), over its last ~50 busy steps; step_samples = 0 until it has run one
+    step_fixed_s: float = 0.0
+    step_per_token_s: float = 0.0
+    step_samples: int = 0
     updated_at: float = 0.0
     # Counters since the worker started (a restarted worker starts again from zero).
     prompt_tokens: int = 0  # prompt tokens of the requests it prefilled (prefill / colocated)

@@ -1,7 +1,8 @@
 """The router's configuration: frozen, validated on construction, one per process.
 
 ``CostModel`` holds the coefficients of the conductor's latency predictions (fitted offline:
-``bench/results/transfer.json`` for the fetch line; prefill and decode lines are configured);
+``bench/results/transfer.json`` for the fetch line; the prefill line is each worker's own online
+fit once it reports one, these defaults before; the decode line is configured);
 ``Slo`` the latency targets a request is admitted against; ``RouterConfig`` everything else.
 """
 

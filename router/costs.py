@@ -4,11 +4,13 @@ TTFT on a prefill candidate = the prefill work queued ahead of the request + pre
 tokens nobody has cached + getting the tokens another node has cached (fetched, or recomputed
 when that is cheaper: the worker makes the same choice). A request always computes at least its
 last prompt token (the first output token needs its logits), so cached counts are capped below
-the prompt length.
+the prompt length. Prefill costs are the worker's own fitted step line once it has reported one
+(``WorkerLoad.step_*``, fitted by ``engine.step_cost``), the configured ones before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from kvstore.workers import WorkerLoad, WorkerState
@@ -41,7 +43,21 @@ def cached_split(candidate: PrefillCandidate, num_prompt_tokens: int) -> tuple[i
     return local, store, num_prompt_tokens - local - store
 
 
+# Busy steps a worker must have reported before its own fit replaces the configured prefill costs.
+MIN_FITTED_STEPS = 8
+
+
+def worker_costs(costs: CostModel, load: WorkerLoad) -> CostModel:
+    """``costs`` with the prefill line this worker measured, once it has measured enough steps."""
+    if load.step_samples < MIN_FITTED_STEPS:
+        return costs
+    return dataclasses.replace(
+        costs, prefill_fixed_s=load.step_fixed_s, prefill_per_token_s=load.step_per_token_s
+    )
+
+
 def predicted_ttft_s(costs: CostModel, candidate: PrefillCandidate, num_prompt_tokens: int) -> float:
+    costs = worker_costs(costs, candidate.worker.load)
     _, store, uncached = cached_split(candidate, num_prompt_tokens)
     remote = min(fetch_time_s(costs, store), costs.prefill_per_token_s * store)
     return queue_wait_s(costs, candidate.worker.load) + prefill_time_s(costs, uncached) + remote

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     costs = p.add_argument_group("cost model (what the conductor predicts TTFT and TBT from)")
     d = CostModel()
     for flag, default, what in (
-        ("--prefill-fixed-ms", d.prefill_fixed_s * 1e3, "per prefill"),
-        ("--prefill-per-token-ms", d.prefill_per_token_s * 1e3, "per uncached prompt token"),
+        ("--prefill-fixed-ms", d.prefill_fixed_s * 1e3, "per prefill, until the worker reports its own fit"),
+        ("--prefill-per-token-ms", d.prefill_per_token_s * 1e3, "per uncached prompt token, likewise"),
         (
             "--fetch-fixed-ms",
             d.fetch_fixed_s * 1e3,

@@ -205,6 +205,8 @@ class ClusterCollector(Collector):
             "free_pages": ("tandem_worker_kv_pages_free", "Free KV cache pages on the worker"),
             "total_pages": ("tandem_worker_kv_pages_total", "KV cache pages on the worker"),
             "step_s": ("tandem_worker_step_seconds", "Recent mean engine step time"),
+            "step_fixed_s": ("tandem_worker_step_fixed_seconds", "Fitted step time: the fixed part (conductor input)"),
+            "step_per_token_s": ("tandem_worker_step_seconds_per_token", "Fitted step time: the part per token"),
         }  # fmt: skip
         families = {k: GaugeMetricFamily(name, doc, labels=labels) for k, (name, doc) in gauges.items()}
         prompt = CounterMetricFamily(
@@ -233,6 +235,8 @@ class ClusterCollector(Collector):
                 "free_pages": load.free_pages,
                 "total_pages": load.total_pages,
                 "step_s": load.step_ms / 1000,
+                "step_fixed_s": load.step_fixed_s,
+                "step_per_token_s": load.step_per_token_s,
             }
             for k, family in families.items():
                 family.add_metric(key, values[k])

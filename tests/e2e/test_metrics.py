@@ -198,6 +198,11 @@ def test_counters_equal_what_the_workers_reused(cluster):
         "tandem_worker_running", "instance"
     )
     assert s.value("tandem_slo_seconds", kind="ttft") > 0
+    # the step-time line each prefill worker fitted (the conductor's TTFT input) predicts some time
+    fixed = s.by("tandem_worker_step_fixed_seconds", "instance", role="prefill")
+    per_token = s.by("tandem_worker_step_seconds_per_token", "instance", role="prefill")
+    assert set(fixed) == set(per_token) == prefill_ids
+    assert all(fixed[w] >= 0 and per_token[w] >= 0 and fixed[w] + 100 * per_token[w] > 0 for w in fixed)
 
 
 def test_a_second_replay_keeps_them_equal(cluster):

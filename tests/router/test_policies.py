@@ -6,7 +6,7 @@ import pytest
 
 from kvstore.workers import WorkerInfo, WorkerLoad, WorkerState
 from router.config import CostModel, Slo
-from router.costs import fetch_time_s, predicted_tbt_s, predicted_ttft_s
+from router.costs import MIN_FITTED_STEPS, fetch_time_s, predicted_tbt_s, predicted_ttft_s
 from router.policies import POLICIES, cache_aware, least_loaded, prefix, round_robin
 from router.types import PrefillCandidate, Rejection, Route, RoutingProblem
 
@@ -36,6 +36,20 @@ def test_cost_model_lines():
     assert predicted_ttft_s(COSTS, busy, 1000) == pytest.approx(0.5 + 0.02 + 1.01)
     assert predicted_tbt_s(COSTS, WorkerLoad(step_ms=50, num_waiting=1)) == pytest.approx(0.05 + 0.002)
     assert predicted_tbt_s(COSTS, WorkerLoad()) == pytest.approx(0.02 + 0.001)
+
+
+def test_a_worker_s_own_fitted_line_replaces_the_configured_one():
+    fitted = {"step_fixed_s": 0.05, "step_per_token_s": 0.002}
+    young = PrefillCandidate(worker("p", **fitted, step_samples=MIN_FITTED_STEPS - 1))
+    assert predicted_ttft_s(COSTS, young, 1000) == pytest.approx(0.01 + 1.0)  # too few steps: configured
+    seasoned = PrefillCandidate(
+        worker("p", **fitted, step_samples=MIN_FITTED_STEPS, queued_prefill_tokens=500)
+    )
+    assert predicted_ttft_s(COSTS, seasoned, 1000) == pytest.approx(0.002 * 500 + 0.05 + 2.0)
+    # a slow worker with the hit loses to a fast one without it
+    slow = PrefillCandidate(worker("p0", step_fixed_s=0.05, step_per_token_s=0.01, step_samples=50), 512)
+    fast = PrefillCandidate(worker("p1", step_fixed_s=0.01, step_per_token_s=0.001, step_samples=50))
+    assert cache_aware(problem([slow, fast], [worker("d", "decode")]), COSTS, SLO).prefill.worker_id == "p1"
 
 
 def test_cached_tokens_never_cover_the_last_prompt_token():

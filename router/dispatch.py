@@ -6,7 +6,10 @@ so it needs no lock). Events for requests that are not open (finished, aborted, 
 dropped with a debug log. Outboxes are created on first use and each is guarded by its own lock;
 sends block (up to ``send_timeout_s``) and so run in the dispatcher's own threads, never on the
 loop nor in its default executor (a dead worker must not starve the registry refresh). Aborts go
-only to workers still live: a dead one has nothing to free.
+only to workers still live (sending to a dead one would block a sender thread); the aborts meant
+for a worker that is missing are kept for ``ABORT_MEMORY_S`` and delivered if it comes back (a
+worker that stalled past its heartbeat TTL, or lost Redis for a while, would otherwise go on
+generating for requests the router already failed).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from transfer.errors import PeerTimeout
 from transfer.messages import AbortTask, Message, RequestFailed, TokenEvent
 
 log = logging.getLogger(__name__)
+
+ABORT_MEMORY_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class Dispatcher:
         self._outboxes: dict[str, _Peer] = {}
         self._outboxes_lock = threading.Lock()
         self._live_addresses: set[str] | None = None  # None: not known yet (send aborts anyway)
+        self._deferred_aborts: dict[str, dict[str, float]] = {}  # address -> {request id: when}
+        self._deferred_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="router-send")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -162,11 +169,18 @@ class Dispatcher:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.send, address, message)
 
     def abort_soon(self, addresses: list[str], request_id: str) -> None:
-        """Tell the live ones among these workers to drop the request, in the background."""
+        """Tell the live ones among these workers to drop the request, in the background; the
+        others when they are back (see the module's docstring)."""
         live = self._live_addresses
         targets = [a for a in dict.fromkeys(addresses) if live is None or a in live]
         if targets:
             self._executor.submit(self._abort, targets, request_id)
+        missing = [a for a in dict.fromkeys(addresses) if a not in targets]
+        if missing:
+            now = time.monotonic()
+            with self._deferred_lock:
+                for address in missing:
+                    self._deferred_aborts.setdefault(address, {})[request_id] = now
 
     def _abort(self, addresses: list[str], request_id: str) -> None:
         for address in addresses:
@@ -179,6 +193,7 @@ class Dispatcher:
         """Remember which workers are live; close the outboxes of those that are gone (skipping any
         busy sending right now)."""
         self._live_addresses = set(live_addresses)
+        self._deliver_deferred_aborts(self._live_addresses)
         with self._outboxes_lock:
             for address in [a for a in self._outboxes if a not in live_addresses]:
                 peer = self._outboxes[address]
@@ -188,6 +203,29 @@ class Dispatcher:
                         del self._outboxes[address]
                     finally:
                         peer.lock.release()
+
+    def _deliver_deferred_aborts(self, live_addresses: set[str]) -> None:
+        now = time.monotonic()
+        with self._deferred_lock:
+            back = {
+                a: self._deferred_aborts.pop(a) for a in list(self._deferred_aborts) if a in live_addresses
+            }
+            for address in list(self._deferred_aborts):
+                kept = {r: t for r, t in self._deferred_aborts[address].items() if now - t < ABORT_MEMORY_S}
+                if kept:
+                    self._deferred_aborts[address] = kept
+                else:
+                    del self._deferred_aborts[address]
+        for address, request_ids in back.items():
+            fresh = [r for r, t in request_ids.items() if now - t < ABORT_MEMORY_S]
+            if fresh:
+                log.info(
+                    "worker at %s is back: aborting %d request(s) failed while it was missing",
+                    address,
+                    len(fresh),
+                )
+            for request_id in fresh:
+                self._executor.submit(self._abort, [address], request_id)
 
 
 class _Peer:

@@ -12,7 +12,7 @@ from router.generation import Generation
 from router.types import ApiError, PrefillCandidate, Route
 from tests.router.test_detokenizer import ByteDecoder
 from transfer.channel import Inbox
-from transfer.messages import INTERNAL, GenerateTask, RequestFailed, TokenEvent
+from transfer.messages import INTERNAL, AbortTask, GenerateTask, RequestFailed, TokenEvent
 
 
 def state(wid: str, role: str, address: str) -> WorkerState:
@@ -124,3 +124,20 @@ def test_a_worker_must_stay_missing_for_the_grace_period():
         asyncio.run(scenario())
     finally:
         dispatcher.stop()
+
+
+def test_aborts_for_a_missing_worker_wait_until_it_is_back():
+    worker = Inbox("tcp://127.0.0.1:0")
+    dispatcher = Dispatcher("tcp://127.0.0.1:0", send_timeout_s=1.0)
+    try:
+        dispatcher.prune(set())  # the worker is missing from the registry
+        dispatcher.abort_soon([worker.address], "r1")
+        assert worker.recv(timeout_s=0.3) is None  # not sent to a worker that may be dead
+        dispatcher.prune({worker.address})  # it heartbeats again: now it hears of it
+        message = worker.recv(timeout_s=5)
+        assert isinstance(message, AbortTask) and message.request_id == "r1"
+        dispatcher.prune({worker.address})
+        assert worker.recv(timeout_s=0.3) is None  # once
+    finally:
+        dispatcher.stop()
+        worker.close()

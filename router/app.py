@@ -24,6 +24,7 @@ from router.cluster import ClusterView
 from router.config import RouterConfig
 from router.dashboard import dashboard_router
 from router.dispatch import Dispatcher
+from router.history import MetricsHistory
 from router.metrics import RouterMetrics
 from router.serving import Router, error_response
 from router.tokenizer import TextTokenizer
@@ -61,13 +62,16 @@ def create_app(config: RouterConfig) -> FastAPI:
         metrics.watch(lambda: cluster.snapshot.workers, lambda: cluster.snapshot.store_nodes)
         await cluster.refresh()
         refresher = asyncio.create_task(cluster.run(), name="router-registry-refresh")
+        app.state.history = MetricsHistory(metrics, lambda: cluster.snapshot.workers)
+        sampler = asyncio.create_task(app.state.history.run(), name="router-metrics-history")
         app.state.router = Router(config, tokenizer, dispatcher, cluster, metrics)
         log.info("router serving %s; worker events to %s", config.model_name, dispatcher.reply_to)
         try:
             yield
         finally:
             refresher.cancel()
-            await asyncio.gather(refresher, return_exceptions=True)
+            sampler.cancel()
+            await asyncio.gather(refresher, sampler, return_exceptions=True)
             dispatcher.stop()
             registry.close()
             store.close()

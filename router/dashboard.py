@@ -2,16 +2,17 @@
 
 The page is static (``router/static/``: HTML, CSS and our own JavaScript, no third-party code).
 In the browser it polls the router's ``/metrics`` once a second and draws everything from that
-text, so what it shows agrees with ``/metrics`` by construction; the server side only hands out
-files. The files are read once, when the router is built: a missing one fails at startup.
+text, so what it shows agrees with ``/metrics`` by construction; the server side hands out files
+and the router's recent totals (``/dashboard/history``, see ``router.history``) to start the
+over-time charts from. The files are read once, when the router is built: a missing one fails at startup.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException
-from fastapi.responses import Response
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
 
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE = "index.html"
@@ -34,6 +35,14 @@ def dashboard_router(static_dir: Path = STATIC_DIR) -> APIRouter:
     @router.get("/dashboard")
     async def dashboard() -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers=_HEADERS)
+
+    @router.get("/dashboard/history")
+    async def history(request: Request) -> JSONResponse:
+        """The router's recent totals (``router.history``), which the page starts its charts from."""
+        history = getattr(request.app.state, "history", None)
+        if history is None:
+            raise HTTPException(503, "no history yet: the router is starting")
+        return JSONResponse(history.to_json(), headers=_HEADERS)
 
     @router.get("/dashboard/{name}")
     async def asset(name: str) -> Response:

@@ -44,6 +44,16 @@ TIERS = ("local", "store")
 
 
 @dataclass(frozen=True)
+class Totals:
+    """The router's per-request totals since it started, as ``/metrics`` shows them now."""
+
+    prompt_tokens: int
+    cached_tokens: dict[str, int]  # by tier
+    hit_rate: float
+    in_flight: int
+
+
+@dataclass(frozen=True)
 class PrefillReport:
     """One request's prefill as the router counts it: where, how long the prompt was, what the
     prefill worker reused (by tier) and what the conductor predicted it would."""
@@ -136,6 +146,7 @@ class RouterMetrics:
         self._prompt = 0
         self._cached = dict.fromkeys(TIERS, 0)
         self._by_instance: dict[str, list[int]] = {}  # instance -> [prompt, cached]
+        self._in_flight = 0
 
     def set_slo(self, ttft_s: float, tbt_s: float) -> None:
         self.slo.labels("ttft").set(ttft_s)
@@ -166,6 +177,22 @@ class RouterMetrics:
         for tier in TIERS:
             self.hit_rate_by_tier.labels(tier).set(_ratio(self._cached[tier], self._prompt))
         self.instance_hit_rate.labels(report.instance).set(_ratio(instance[1], instance[0]))
+
+    def totals(self) -> Totals:
+        return Totals(
+            self._prompt,
+            dict(self._cached),
+            _ratio(sum(self._cached.values()), self._prompt),
+            self._in_flight,
+        )
+
+    def request_started(self) -> None:
+        self._in_flight += 1
+        self.in_flight.set(self._in_flight)
+
+    def request_ended(self) -> None:
+        self._in_flight -= 1
+        self.in_flight.set(self._in_flight)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

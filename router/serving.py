@@ -83,7 +83,7 @@ class Router:
             "x-tandem-decode": gen.decode_id,
             "x-request-id": request_id,
         }
-        self.metrics.in_flight.inc()
+        self.metrics.request_started()
         streaming = False
         try:
             await gen.start()
@@ -191,7 +191,7 @@ class Router:
 
     def _finish(self, gen: Generation, outcome: str) -> None:
         m = self.metrics
-        m.in_flight.dec()
+        m.request_ended()
         m.requests.labels(outcome).inc()
         m.generation_tokens.inc(gen.num_output_tokens)
         if gen.first_token_at is None:  # the prefill worker never reported: nothing was reused

@@ -9,7 +9,7 @@
   const C = window.TandemCharts;
   const params = new URLSearchParams(location.search);
   const POLL_MS = Number(params.get("interval_ms")) || 1000;
-  const WINDOW_MS = 10 * 60 * 1000; // history kept since page load
+  const WINDOW_MS = 10 * 60 * 1000; // history kept (seeded from the router's own at load)
   const TIMEOUT_MS = 5000;
   const TIERS = ["local", "store"];
   const OUTCOMES = ["ok", "invalid", "rejected", "failed", "cancelled"];
@@ -45,10 +45,22 @@
   }
 
   // One point of history per scrape: hit rates over the interval since the previous scrape (from
-  // counter deltas; null when no prefill finished in it) and the load gauges.
-  function record(m, t) {
-    const now = { prompt: P.sum(m, "tandem_prompt_tokens_total"), cached: {} };
-    for (const tier of TIERS) now.cached[tier] = P.sum(m, "tandem_cached_tokens_total", { tier });
+  // counter deltas; null when no prefill finished in it) and the load gauges. The router keeps the
+  // same totals for the last minutes (dashboard/history), which seed the history at page load.
+  function totals(m) {
+    const cached = {};
+    for (const tier of TIERS) cached[tier] = P.sum(m, "tandem_cached_tokens_total", { tier });
+    const prompt = P.sum(m, "tandem_prompt_tokens_total");
+    return {
+      prompt, cached,
+      cumulative: prompt > 0 ? P.value(m, "tandem_kv_hit_rate") : null,
+      inFlight: P.value(m, "tandem_requests_in_flight", {}, 0),
+      running: P.sum(m, "tandem_worker_running"),
+      waiting: P.sum(m, "tandem_worker_waiting"),
+    };
+  }
+
+  function record(now, t) {
     const rate = { overall: null, local: null, store: null };
     const prev = state.prev;
     if (prev) {
@@ -61,14 +73,25 @@
       }
     }
     state.prev = now;
-    state.history.push({
-      t, rate,
-      cumulative: now.prompt > 0 ? P.value(m, "tandem_kv_hit_rate") : null,
-      inFlight: P.value(m, "tandem_requests_in_flight", {}, 0),
-      running: P.sum(m, "tandem_worker_running"),
-      waiting: P.sum(m, "tandem_worker_waiting"),
-    });
+    const { cumulative, inFlight, running, waiting } = now;
+    state.history.push({ t, rate, cumulative, inFlight, running, waiting });
     while (state.history.length && state.history[0].t < t - WINDOW_MS) state.history.shift();
+  }
+
+  // The router's recent history, oldest first; the page works without it (an older router).
+  async function seedHistory() {
+    try {
+      const resp = await fetch("dashboard/history", { cache: "no-store" });
+      if (!resp.ok) return;
+      const body = await resp.json();
+      for (const s of body.samples) {
+        const { prompt, cached, in_flight: inFlight, running, waiting } = s;
+        record({ prompt, cached, cumulative: prompt > 0 ? s.hit_rate : null, inFlight, running, waiting }, s.t * 1000);
+      }
+      state.seeded = body.samples.length;
+    } catch (err) {
+      state.seeded = 0;
+    }
   }
 
   function renderKpis(m) {
@@ -291,7 +314,7 @@
       const parsed = await scrape();
       const t = Date.now();
       state.parsed = parsed;
-      record(parsed, t);
+      record(totals(parsed), t);
       state.lastOkAt = t;
       state.error = null;
     } catch (err) {
@@ -309,5 +332,5 @@
   }
 
   window.addEventListener("resize", render);
-  poll();
+  seedHistory().then(poll);
 })();

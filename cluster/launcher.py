@@ -1,7 +1,8 @@
 """A whole Tandem cluster on one machine, every server a direct child process of this one.
 
-Start order: Redis (embedded unless a URL is given) → one store node per prefill worker → the
-workers → the router. ``stop()`` terminates in reverse order, by PID, and kills what does not exit
+Start order: Redis (embedded unless a URL is given) → the workers, each after its own store node
+(disaggregated mode: prefill workers write their prompts' chunks there, decode workers the chunks
+they generate) → the router. ``stop()`` terminates in reverse order, by PID, and kills what does not exit
 in time, so nothing is orphaned. Each worker gets a share of the CPU cores as torch threads so
 that the processes together do not oversubscribe the machine.
 """
@@ -101,18 +102,15 @@ class LocalCluster:
                         [*common, "--mode", "colocated", "--worker-id", f"colocated-{i}"],
                     )
             else:
+                store = ["--chunk-tokens", str(cfg.chunk_tokens)]
                 for i in range(cfg.num_prefill):
-                    node = f"store-{i}"
-                    self._spawn(node, "kvstore.node_main", [
-                        "--redis-url", self.redis_url, "--listen", "tcp://127.0.0.1:0", "--node-id", node,
-                        "--capacity-bytes", str(cfg.store_capacity_bytes),
-                    ])  # fmt: skip
                     self._spawn(f"prefill-{i}", "prefill.main", [
-                        *common, "--worker-id", f"prefill-{i}", "--store-node", node,
-                        "--chunk-tokens", str(cfg.chunk_tokens),
+                        *common, *store, "--worker-id", f"prefill-{i}", "--store-node", self._store_node(f"store-{i}"),
                     ])  # fmt: skip
                 for i in range(cfg.num_decode):
-                    self._spawn(f"decode-{i}", "decode.main", [*common, "--worker-id", f"decode-{i}"])
+                    self._spawn(f"decode-{i}", "decode.main", [
+                        *common, *store, "--worker-id", f"decode-{i}", "--store-node", self._store_node(f"store-decode-{i}"),
+                    ])  # fmt: skip
             self._wait_for_workers()
             self._spawn("router", "router.main", [
                 "--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--host", cfg.host,
@@ -123,6 +121,13 @@ class LocalCluster:
             self.stop()
             raise
         return self
+
+    def _store_node(self, node_id: str) -> str:
+        self._spawn(node_id, "kvstore.node_main", [
+            "--redis-url", self.redis_url, "--listen", "tcp://127.0.0.1:0", "--node-id", node_id,
+            "--capacity-bytes", str(self.config.store_capacity_bytes),
+        ])  # fmt: skip
+        return node_id
 
     def _spawn(self, name: str, module: str, args: list[str]) -> Proc:
         popen = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL)

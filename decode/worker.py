@@ -2,8 +2,11 @@
 
 A ``DecodeTask`` arrives from a prefill worker with the prompt's KV; the request joins the
 continuous batch as soon as pages allow, and every step's new tokens go to the router as
-``TokenEvent``s. In colocated mode the same worker also takes ``GenerateTask``s and prefills them
-itself (local prefix cache only): the baseline disaggregation is measured against.
+``TokenEvent``s. With a store node of its own, a finished request's full chunks past its prompt
+(the prompt's were written by the prefill worker) go to that node: the next turn of a
+conversation, whose prompt holds this answer, finds them there. In colocated mode the same worker
+also takes ``GenerateTask``s and prefills them itself (local prefix cache only): the baseline
+disaggregation is measured against.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from dataclasses import dataclass
 from engine import SamplingParams
 from engine.llm_engine import LLMEngine
 from engine.sequence import Sequence
+from kvstore.keys import chain_keys
 from kvstore.tensors import to_tensor
+from kvstore.types import StoreError
 from kvstore.workers import WorkerCounters, WorkerInfo
 from transfer.channel import OutboxPool
 from transfer.errors import TransferError
@@ -41,9 +46,14 @@ class _Stream:
 
 
 class DecodeWorker:
-    def __init__(self, engine: LLMEngine, info: WorkerInfo) -> None:
+    def __init__(self, engine: LLMEngine, info: WorkerInfo, store=None) -> None:
+        if store is not None and info.chunk_tokens % engine.pool.page_size:
+            raise ValueError(
+                f"chunk_tokens {info.chunk_tokens} must be a multiple of page_size {engine.pool.page_size}"
+            )
         self.engine = engine
         self.info = info
+        self.store = store  # kvstore.StoreClient bound to this worker's node, or None: no write-back
         self.colocated = info.role == "colocated"
         self.outboxes = OutboxPool()
         self.counters = WorkerCounters()
@@ -69,7 +79,7 @@ class DecodeWorker:
             self._admit(message, message.request_id, message.reply_to)
         elif isinstance(message, AbortTask):
             if self._streams.pop(message.request_id, None) is not None:
-                self.engine.abort(message.request_id)
+                self._abort(message.request_id)
             else:
                 now = time.monotonic()
                 self._aborted = {r: t for r, t in self._aborted.items() if now - t < ABORT_MEMORY_S}
@@ -83,7 +93,10 @@ class DecodeWorker:
             if isinstance(task, DecodeTask):
                 started = time.perf_counter()
                 kv = to_tensor(task.buffers[0])
-                self.engine.add_prefilled(list(task.token_ids), task.first_token, params, kv, request_id)
+                self.engine.add_prefilled(
+                    list(task.token_ids), task.first_token, params, kv, request_id,
+                    hold_pages=self.store is not None,
+                )  # fmt: skip
                 nbytes = kv.numel() * kv.element_size()
                 self.counters.transferred("kv_recv", nbytes, time.perf_counter() - started)
             else:
@@ -103,6 +116,34 @@ class DecodeWorker:
             self._emit(seq, stream, done=id(seq) in finished)
         for seq in result.finished:
             self._streams.pop(seq.request_id, None)
+            if seq.block_table:  # held for the write-back
+                try:
+                    self._write_back(seq)
+                finally:
+                    self.engine.release(seq)
+
+    def _write_back(self, seq: Sequence) -> None:
+        """Put the full chunks past the prompt's to this worker's store node."""
+        ct, ps = self.info.chunk_tokens, self.engine.pool.page_size
+        first = seq.num_prompt_tokens // ct  # the prompt's full chunks are the prefill worker's
+        keys = chain_keys(seq.token_ids[: seq.num_computed_tokens], ct, self.engine.fingerprint)
+        if len(keys) <= first:
+            return
+        chunks = [self.engine.pack_pages(seq, i * (ct // ps), ct // ps) for i in range(first, len(keys))]
+        try:
+            started = time.perf_counter()
+            self.store.put(keys[first:], chunks)
+            nbytes = sum(c.numel() * c.element_size() for c in chunks)
+            self.counters.transferred("store_put", nbytes, time.perf_counter() - started)
+        except (StoreError, TransferError) as e:
+            log.warning(
+                "request %s: could not write %d chunks to the store: %s", seq.request_id, len(chunks), e
+            )
+
+    def _abort(self, request_id: str) -> None:
+        seq = self.engine.abort(request_id)
+        if seq is not None and seq.block_table:
+            self.engine.release(seq)
 
     def _emit(self, seq: Sequence, stream: _Stream, done: bool) -> None:
         hits = 0
@@ -119,7 +160,7 @@ class DecodeWorker:
         except TransferError as e:
             log.error("router at %s unreachable, dropping request %s: %s", stream.reply_to, seq.request_id, e)
             self._streams.pop(seq.request_id, None)
-            self.engine.abort(seq.request_id)
+            self._abort(seq.request_id)
 
     def _fail(self, reply_to: str, request_id: str, code: str, text: str) -> None:
         log.info("request %s failed: %s", request_id, text)

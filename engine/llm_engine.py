@@ -80,15 +80,23 @@ class LLMEngine:
         """
         self.validate(prompt, params)
         seq = Sequence(request_id if request_id is not None else str(next(self._ids)), prompt, params)
-        seq.prefill_only = prefill_only
+        seq.prefill_only = seq.hold_pages = prefill_only
         self.scheduler.add(seq)
         return seq
 
     def add_prefilled(
-        self, prompt: list[int], first_token: int, params: SamplingParams, kv: torch.Tensor, request_id: str
+        self,
+        prompt: list[int],
+        first_token: int,
+        params: SamplingParams,
+        kv: torch.Tensor,
+        request_id: str,
+        hold_pages: bool = False,
     ) -> Sequence:
         """Queue a request whose prompt was prefilled elsewhere: ``kv`` holds the prompt's pages
-        (as :meth:`export_kv` returns them) and ``first_token`` is the token prefill sampled."""
+        (as :meth:`export_kv` returns them) and ``first_token`` is the token prefill sampled.
+        ``hold_pages``: keep its pages when it finishes (copy them out with :meth:`pack_pages`,
+        then :meth:`release`), aborted or not."""
         self.validate(prompt, params)
         num_pages = -(-len(prompt) // self.pool.page_size)
         if kv.shape[3] != num_pages:
@@ -99,6 +107,7 @@ class LLMEngine:
         seq.token_ids.append(first_token)
         seq.pending_kv = kv
         seq.num_cached_tokens = 0
+        seq.hold_pages = hold_pages
         self.scheduler.add(seq)
         return seq
 
@@ -112,7 +121,7 @@ class LLMEngine:
         return self.runner.pack_pages(seq.block_table[first_page : first_page + num_pages])
 
     def release(self, seq: Sequence) -> None:
-        """Free the pages a prefill-only sequence kept after finishing."""
+        """Free the pages a sequence that holds them kept after finishing."""
         self.kv.free(seq)
 
     def cached_prefix_tokens(self, token_ids: list[int]) -> int:

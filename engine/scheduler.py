@@ -97,11 +97,11 @@ class Scheduler:
         return batch
 
     def finish(self, seq: Sequence, reason: str) -> None:
-        """Retire a running sequence. A prefill-only one keeps its pages for export (the caller
-        releases them with ``kv.free``)."""
+        """Retire a running sequence. One that holds its pages (prefill-only ones do) keeps them
+        for export: the caller releases them with ``kv.free``."""
         seq.status = Status.FINISHED
         seq.finish_reason = reason
-        if not seq.prefill_only:
+        if not seq.hold_pages:
             self.kv.free(seq)
         self.running.remove(seq)
 

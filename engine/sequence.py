@@ -41,8 +41,11 @@ class Sequence:
         self.finish_reason: str | None = None
         self.logprobs: list[TokenLogprobs] | None = [] if params.logprobs is not None else None
         # Disaggregation: a prefill-only sequence stops after its first token and keeps its pages
-        # until the worker has exported them; a prefilled one arrives with its prompt's KV.
+        # until the worker has exported them; a prefilled one arrives with its prompt's KV. A
+        # sequence that holds its pages keeps them when it finishes, until ``LLMEngine.release``
+        # (so a worker can copy its KV out first).
         self.prefill_only = False
+        self.hold_pages = False
         self.pending_kv: torch.Tensor | None = None
         self._keys: list[bytes] = []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kvstore.index import DEFAULT_PREFIX, Holding, StoreIndex
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
     import torch
 
 MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class PrefixMatch:
+    per_node: Counter[str]  # node id -> leading keys of the chain it holds (absent: 0)
+    anywhere: int  # leading keys of the chain held by some live node each
 
 
 class StoreClient:
@@ -61,12 +68,20 @@ class StoreClient:
 
         Returned as a ``Counter``: nodes holding none of the leading keys are absent and read as 0.
         """
-        matched: Counter[str] = Counter()
-        for holding in self.index.locate(list(keys)):
+        return self.match(keys).per_node
+
+    def match(self, keys: Sequence[bytes]) -> PrefixMatch:
+        """``match_prefix`` and, in the same index read, the longest prefix of the chain that the
+        live nodes hold between them (a conversation's earlier turns may sit on several nodes:
+        a prompt's chunks where it was prefilled, its answer's where it was decoded)."""
+        holdings = self.index.locate(list(keys))
+        per_node: Counter[str] = Counter()
+        for holding in holdings:
             leading = next((i for i, held in enumerate(holding.held) if not held), len(keys))
             if leading:
-                matched[holding.node_id] = leading
-        return matched
+                per_node[holding.node_id] = leading
+        anywhere = [any(h.held[i] for h in holdings) for i in range(len(keys))]
+        return PrefixMatch(per_node, next((i for i, held in enumerate(anywhere) if not held), len(keys)))
 
     def locate(self, keys: Sequence[bytes]) -> list[list[str]]:
         """For each key, the live nodes holding it (the longest cached prefix ends at the first [])."""

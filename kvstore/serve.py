@@ -37,5 +37,27 @@ def add_worker_args(parser: argparse.ArgumentParser, role: str) -> None:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
 
 
+def add_store_args(parser: argparse.ArgumentParser, writes: str) -> None:
+    """The flags of a worker that writes KV chunks to a store node of its own (``writes``: what)."""
+    parser.add_argument(
+        "--store-node",
+        default="",
+        help=f"id of this worker's store node, where it writes {writes} ('' = none)",
+    )
+    parser.add_argument(
+        "--chunk-tokens", type=int, default=64,
+        help="tokens per store chunk (a multiple of the page size; equal on every worker, or keys differ)",
+    )  # fmt: skip
+
+
+def store_client(args: argparse.Namespace):
+    """A ``StoreClient`` bound to ``--store-node``, or None without one (imported only then: it needs torch)."""
+    if not args.store_node:
+        return None
+    from kvstore.client import StoreClient
+
+    return StoreClient(args.redis_url, node_id=args.store_node)
+
+
 def default_worker_id(role: str, inbox_address: str) -> str:
     return f"{role}@{inbox_address.removeprefix('tcp://')}"

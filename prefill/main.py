@@ -7,7 +7,7 @@ import logging
 import sys
 
 from engine.args import add_engine_args, build_engine
-from kvstore.serve import add_worker_args, default_worker_id, setup_logging
+from kvstore.serve import add_store_args, add_worker_args, default_worker_id, setup_logging, store_client
 from kvstore.workers import WorkerInfo
 from kvstore.workers_loop import serve_worker
 from prefill.worker import PrefillWorker
@@ -23,10 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and written to the KV store.",
     )
     add_worker_args(p, "prefill")
-    p.add_argument("--store-node", default="", help="id of this worker's store node ('' = no KV store)")
-    p.add_argument(
-        "--chunk-tokens", type=int, default=64, help="tokens per store chunk (multiple of page size)"
-    )
+    add_store_args(p, "its prompts' chunks")
     add_engine_args(p)
     return p
 
@@ -43,12 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         page_size=engine.pool.page_size, chunk_tokens=args.chunk_tokens, max_model_len=engine.max_model_len,
         store_node_id=args.store_node,
     )  # fmt: skip
-    store = None
-    if args.store_node:
-        from kvstore.client import StoreClient
-
-        store = StoreClient(args.redis_url, node_id=args.store_node)
-    worker = PrefillWorker(engine, info, store)
+    worker = PrefillWorker(engine, info, store_client(args))
     log.info("%s writes chunks to store node %s", info.worker_id, args.store_node or "(none)")
     serve_worker(info, inbox, args.redis_url, worker)
     return 0

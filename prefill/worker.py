@@ -88,8 +88,7 @@ class PrefillWorker:
             return 0
         local = self.engine.cached_prefix_tokens(prompt[:-1]) // ct
         try:
-            counts = self.store.match_prefix(keys)
-            best = max(counts.values(), default=0)
+            best = self.store.match(keys).anywhere  # the chunks may sit on several nodes
             self._stored_chunks[request_id] = best
             if best <= local:
                 return 0

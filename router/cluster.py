@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kvstore.client import StoreClient
+from kvstore.client import PrefixMatch, StoreClient
 from kvstore.keys import chain_keys
 from kvstore.types import IndexUnavailable, NodeInfo
 from kvstore.workers import WorkerRegistry, WorkerState
@@ -123,7 +123,7 @@ class ClusterView:
 
     def _match_all(
         self, workers: Sequence[WorkerState], token_ids: list[int]
-    ) -> dict[tuple[int, str], Counter[str]]:
+    ) -> dict[tuple[int, str], PrefixMatch]:
         # workers with equal chunk size and fingerprint share keys: one index lookup per group
         matches = {}
         for group in {_group(w) for w in workers}:
@@ -131,9 +131,8 @@ class ClusterView:
             try:
                 keys = chain_keys(token_ids, chunk_tokens, bytes.fromhex(fingerprint))
             except ValueError:  # a worker published no usable fingerprint: no cache to find
-                matches[group] = Counter()
-                continue
-            matches[group] = self._store.match_prefix(keys) if keys else Counter()
+                keys = []
+            matches[group] = self._store.match(keys) if keys else PrefixMatch(Counter(), 0)
         return matches
 
 
@@ -141,14 +140,13 @@ def _group(worker: WorkerState) -> tuple[int, str]:
     return worker.info.chunk_tokens, worker.info.fingerprint
 
 
-def _candidate(worker: WorkerState, matched: Counter[str]) -> PrefillCandidate:
-    """Chunks on the worker's own store node are local; the longest run on another node, beyond
-    the local ones, is what it would fetch. A worker with no store node (colocated) uses no store:
-    the index says nothing about its own pages."""
+def _candidate(worker: WorkerState, matched: PrefixMatch) -> PrefillCandidate:
+    """The leading chunks on the worker's own store node are local; the rest of the longest prefix
+    the live nodes hold between them is what it would fetch. A worker with no store node
+    (colocated) uses no store: the index says nothing about its own pages."""
     own = worker.info.store_node_id
     if not own:
         return PrefillCandidate(worker)
-    local = matched[own] if own else 0
-    remote = max((n for node, n in matched.items() if node != own), default=0)
+    local = matched.per_node[own]
     chunk = worker.info.chunk_tokens
-    return PrefillCandidate(worker, local * chunk, max(0, remote - local) * chunk)
+    return PrefillCandidate(worker, local * chunk, max(0, matched.anywhere - local) * chunk)

@@ -102,7 +102,9 @@ def test_dashboard_follows_live_traffic_and_agrees_with_metrics(default_model):
                 slo: document.querySelectorAll('#chart-latency line.slo').length,
             })""")
             assert counts["series"] > 0 and counts["slo"] == 3, counts
-            assert (counts["instances"], counts["nodes"], counts["workers"]) == (2, 2, 3), counts
+            assert (counts["instances"], counts["nodes"], counts["workers"]) == (2, 3, 3), (
+                counts
+            )  # a store node per worker
             assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
             assert page.errors() == []
         finally:

@@ -189,7 +189,7 @@ def test_counters_equal_what_the_workers_reused(cluster):
     # the store nodes' usage, and the workers' queues (idle now)
     used = s.by("tandem_store_bytes_used", "node")
     capacity = s.by("tandem_store_capacity_bytes", "node")
-    assert len(used) == 2 and set(used) == set(capacity)
+    assert len(used) == 3 and set(used) == set(capacity)  # one per prefill and per decode worker
     assert sum(used.values()) > 0 and all(used[n] <= capacity[n] for n in used)
     assert sum(s.by("tandem_store_chunks", "node").values()) > 0
     assert set(s.by("tandem_store_evictions_total", "node")) == set(used)

@@ -25,7 +25,8 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(model):
-    """Redis, two store nodes, two prefill workers, one decode worker: all child processes."""
+    """Redis, three store nodes, two prefill workers and one decode worker, each with its own
+    store node: all child processes."""
     redis = EmbeddedRedis().start()
     procs = []
     try:
@@ -46,7 +47,10 @@ def cluster(model):
                                "--node-id", f"store-{i}", "--capacity-bytes", str(64 << 20)))  # fmt: skip
             procs.append(spawn("prefill.main", *common, "--worker-id", f"prefill-{i}", "--store-node", f"store-{i}",
                                "--chunk-tokens", "16"))  # fmt: skip
-        procs.append(spawn("decode.main", *common, "--worker-id", "decode-0"))
+        procs.append(spawn("kvstore.node_main", "--redis-url", redis.url, "--listen", "tcp://127.0.0.1:0",
+                           "--node-id", "store-d", "--capacity-bytes", str(64 << 20)))  # fmt: skip
+        procs.append(spawn("decode.main", *common, "--worker-id", "decode-0", "--store-node", "store-d",
+                           "--chunk-tokens", "16"))  # fmt: skip
         live = wait_for_workers(redis.url, {"prefill-0", "prefill-1", "decode-0"}, procs)
         yield {wid: w.info.address for wid, w in live.items()}, procs
     finally:
@@ -121,6 +125,31 @@ def test_second_request_hits_locally_then_through_the_store(model, cluster, rout
     remote = router.run(addresses["prefill-1"], again, GREEDY, addresses["decode-0"], "h2")
     assert remote[0].num_cached_store == 64 and remote[0].num_cached_local == 0
     assert tokens(local) == tokens(remote)
+
+
+def test_the_next_turn_reuses_the_answer_the_decode_worker_wrote_back(model, cluster, router):
+    """Turn 1 is prefilled on prefill-0 and decoded on decode-0, which writes the chunks its answer
+    completed to its own store node. Turn 2 (turn 1 + its answer + more) on prefill-1 then finds
+    the prompt's chunks on store-0 and the answer's on store-d: both come from the store."""
+    addresses, _ = cluster
+    prompt = [5 + (7 * i) % 240 for i in range(40)]  # 2 full 16-token chunks
+    sampling = {**GREEDY, "max_tokens": 30}  # 40 + 30 tokens: KV computed for 69, 4 full chunks
+    turn1 = router.run(addresses["prefill-0"], prompt, sampling, addresses["decode-0"], "t1")
+    answer = tokens(turn1)
+    assert len(answer) == 30
+    turn2_prompt = prompt + answer + [3, 4, 5]
+    # the write-back follows turn 1's last token on the decode worker's loop: once a later request
+    # has been through that loop, it is done
+    router.run(addresses["prefill-0"], [1, 2], GREEDY, addresses["decode-0"], "after-t1")
+    turn2 = router.run(addresses["prefill-1"], turn2_prompt, sampling, addresses["decode-0"], "t2")
+    assert turn2[0].num_cached_store == 64 and turn2[0].num_cached_local == 0
+    # the same two turns in one engine with the same chunking: its turn 2 reuses the same 64 tokens
+    offline = LLM(str(model), page_size=16, num_pages=64)
+    params = SamplingParams(**sampling)
+    assert offline.generate([prompt], params)[0].token_ids == answer
+    again = offline.generate([turn2_prompt], params)[0]
+    assert again.num_cached_tokens == 64
+    assert tokens(turn2) == again.token_ids
 
 
 def test_bad_sampling_fails_the_request_and_the_worker_keeps_serving(cluster, router):

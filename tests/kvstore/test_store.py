@@ -90,6 +90,20 @@ def test_match_prefix_is_exact_for_full_partial_and_uncached_chains(two_nodes):
     assert holders[0] == ["a", "b"] and holders[3] == ["a"] and holders[6] == ["b"]
 
 
+def test_match_counts_a_prefix_spread_over_nodes(two_nodes):
+    """A conversation's earlier turn: the prompt's chunks on one node, the answer's on another."""
+    a, b = two_nodes["a"], two_nodes["b"]
+    keys = chain(list(range(100, 100 + 6 * CHUNK_TOKENS)))
+    chunk = torch.zeros(64, dtype=torch.uint8)
+    a.put(keys[:2], [chunk] * 2)
+    b.put(keys[2:4], [chunk] * 2)
+    b.put(keys[5:], [chunk])  # beyond a hole at 4: not part of any prefix
+    found = a.match(keys)
+    assert found.per_node == {"a": 2} and found.anywhere == 4
+    assert a.match(keys[2:]).anywhere == 2 and a.match(keys[4:]).anywhere == 0
+    assert [t.shape for t in a.get(keys[: found.anywhere])] == [chunk.shape] * 4  # fetched from both
+
+
 def test_get_prefers_the_local_node_and_names_the_first_missing_key(two_nodes):
     a, b = two_nodes["a"], two_nodes["b"]
     keys = chain(list(range(4 * CHUNK_TOKENS)))

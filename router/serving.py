@@ -21,9 +21,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from router.cluster import SERVING_ROLES, ClusterSnapshot, ClusterView
 from router.config import RouterConfig
+from router.costs import cached_split
 from router.dispatch import Dispatcher
 from router.generation import Delta, Generation
 from router.metrics import PrefillReport, RouterMetrics
+from router.pending import PendingPrefills
 from router.policies import POLICIES
 from router.protocol import ParsedRequest, parse_chat, parse_completion, sampling_fields
 from router.responses import SSE_DONE, ResponseHead, sse, usage
@@ -63,6 +65,7 @@ class Router:
         self.metrics = metrics
         self._policy = POLICIES[config.policy]
         self._turn = 0
+        self._pending = PendingPrefills()
 
     async def serve(self, request: Request, *, chat: bool) -> Response:
         arrived_at = time.monotonic()
@@ -84,11 +87,13 @@ class Router:
             "x-request-id": request_id,
         }
         self.metrics.request_started()
+        self._pending.add(request_id, route.prefill.worker_id, cached_split(route.prefill, len(token_ids))[2])
         streaming = False
         try:
             await gen.start()
             deltas = gen.deltas()
             first = await _until_disconnected(request, anext(deltas))
+            self._pending.done(request_id)  # prefilled: the worker's own reports cover the rest
             if parsed.stream:
                 streaming = True
                 stream = self._stream(gen, head, parsed, first, deltas)
@@ -137,6 +142,7 @@ class Router:
         # every policy gets the cached prefixes (one index read): those that ignore them still have
         # their choice's cache predicted, so predicted vs realised hits compare across policies
         candidates = await self.cluster.prefill_candidates(snapshot, token_ids)
+        candidates = tuple(self._pending.adjust(c) for c in candidates)
         problem = RoutingProblem(
             len(token_ids), max_tokens, candidates, snapshot.by_role("decode"), self._turn
         )
@@ -190,6 +196,7 @@ class Router:
             self.metrics.requests.labels("invalid" if error.status < 500 else "failed").inc()
 
     def _finish(self, gen: Generation, outcome: str) -> None:
+        self._pending.done(gen.request_id)
         m = self.metrics
         m.request_ended()
         m.requests.labels(outcome).inc()

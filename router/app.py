@@ -57,7 +57,7 @@ def create_app(config: RouterConfig) -> FastAPI:
 
         cluster = ClusterView(
             registry, store, refresh_interval_s=config.refresh_interval_s,
-            stale_after_s=config.stale_after_s, on_refresh=on_refresh,
+            stale_after_s=config.stale_after_s, on_refresh=on_refresh, model=config.model_dir.resolve().name,
         )  # fmt: skip
         metrics.watch(lambda: cluster.snapshot.workers, lambda: cluster.snapshot.store_nodes)
         await cluster.refresh()

@@ -2,7 +2,9 @@
 and the cached prefix of a prompt on each prefill candidate, from the store's index.
 
 A view not refreshed for ``stale_after_s`` (Redis down) is unusable: requests get 503 rather than
-being routed to workers that may be gone. Every refresh reports the live workers to
+being routed to workers that may be gone. Workers that serve another model than the router's
+(another cluster sharing the Redis, a misconfigured container) are left out of the view, with a
+warning, rather than sent token ids from the wrong tokenizer. Every refresh reports the live workers to
 ``on_refresh`` (the dispatcher fails requests whose workers lapsed).
 """
 
@@ -45,8 +47,11 @@ class ClusterView:
         refresh_interval_s: float,
         stale_after_s: float,
         on_refresh: Callable[[tuple[WorkerState, ...]], None] | None = None,
+        model: str | None = None,
     ) -> None:
         self._registry = registry
+        self.model = model  # the model directory's name the workers must report (None: any)
+        self._foreign: set[str] = set()  # workers of another model already warned about
         self._store = store
         self.refresh_interval_s = refresh_interval_s
         self.stale_after_s = stale_after_s
@@ -66,9 +71,22 @@ class ClusterView:
         if self._last_error is not None:
             log.info("worker registry readable again")
             self._last_error = None
+        workers = self._same_model(workers)
         self._snapshot = ClusterSnapshot(workers, time.monotonic(), nodes)
         if self._on_refresh is not None:
             self._on_refresh(workers)
+
+    def _same_model(self, workers: tuple[WorkerState, ...]) -> tuple[WorkerState, ...]:
+        if self.model is None:
+            return workers
+        foreign = {w.info.worker_id: w.info.model for w in workers if w.info.model != self.model}
+        for worker_id in sorted(set(foreign) - self._foreign):
+            log.warning(
+                "ignoring worker %s: it serves model %r, this router serves %r",
+                worker_id, foreign[worker_id], self.model,
+            )  # fmt: skip
+        self._foreign = set(foreign)
+        return tuple(w for w in workers if w.info.worker_id not in foreign)
 
     def _read(self) -> tuple[tuple[WorkerState, ...], tuple[NodeInfo, ...]]:
         return tuple(self._registry.live()), tuple(self._store.nodes())

@@ -89,10 +89,12 @@ def start_router(redis_url: str, default_model):
 
 
 @pytest.fixture
-def start_worker(redis_url: str):
+def start_worker(redis_url: str, default_model):
+    """Fake workers that report serving the router's model (``model=`` to say another)."""
     started: list[FakeWorker] = []
 
     def start(worker_id: str, role: str, **kwargs) -> FakeWorker:
+        kwargs.setdefault("model", default_model.resolve().name)
         worker = FakeWorker(redis_url, worker_id, role, **kwargs)
         started.append(worker)
         return worker

@@ -41,7 +41,7 @@ class Behaviour:
 
 class FakeWorker:
     def __init__(
-        self, redis_url: str, worker_id: str, role: str, *, max_model_len: int = 2048, **load
+        self, redis_url: str, worker_id: str, role: str, *, model: str, max_model_len: int = 2048, **load
     ) -> None:
         self.behaviour = Behaviour()
         self.inbox = Inbox("tcp://127.0.0.1:0")
@@ -49,7 +49,7 @@ class FakeWorker:
             worker_id,
             role,
             self.inbox.address,
-            "model",
+            model,
             "ab" * 16,
             16,
             64,

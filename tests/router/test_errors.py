@@ -22,7 +22,8 @@ def model_name(default_model) -> str:
 def router(redis_server, default_model):
     """One router and one colocated worker for the whole module (the requests here leave no state)."""
     redis.Redis.from_url(redis_server.url).flushall()
-    worker = FakeWorker(redis_server.url, "c0", "colocated", max_model_len=MAX_MODEL_LEN)
+    model = default_model.resolve().name
+    worker = FakeWorker(redis_server.url, "c0", "colocated", model=model, max_model_len=MAX_MODEL_LEN)
     worker.behaviour.reply = [28, 29, 30]
     server = RouterServer(
         RouterConfig(model_dir=default_model, redis_url=redis_server.url, refresh_interval_s=0.05)

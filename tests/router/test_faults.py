@@ -45,6 +45,14 @@ def test_served_model_name(start_router, start_worker):
     assert post(router, {"model": "tandem-small", "prompt": "hi"}).status_code == 200
 
 
+def test_workers_of_another_model_are_left_out(start_router, start_worker, model_name):
+    start_worker("c-other", "colocated", model="some-other-model")
+    start_worker("c0", "colocated")
+    router = start_router()
+    assert router.wait_ready(colocated=1)["workers"]["colocated"] == 1  # c-other is not counted
+    assert post(router, {"model": model_name, "prompt": "hi"}).headers["x-tandem-prefill"] == "c0"
+
+
 def test_no_workers_is_503(start_router, model_name):
     router = start_router()
     assert requests.get(router.url + "/health", timeout=5).status_code == 503
@@ -133,7 +141,7 @@ def test_unreachable_worker_is_503(start_router, redis_url, model_name):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     registry = WorkerRegistry(redis_url, ttl_s=30)
-    info = WorkerInfo("ghost", "colocated", f"tcp://127.0.0.1:{port}", "m", "ab", 16, 64, 2048)
+    info = WorkerInfo("ghost", "colocated", f"tcp://127.0.0.1:{port}", model_name, "ab", 16, 64, 2048)
     registry.publish(info, WorkerLoad(free_pages=10, total_pages=10))
     router = start_router(send_timeout_s=0.3)
     router.wait_ready(colocated=1)

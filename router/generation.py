@@ -90,8 +90,9 @@ class Generation:
             self.dispatcher.close(self.request_id)
             self._workers_done = True  # it never got the task
             raise ApiError(
-                503, f"prefill worker {self.prefill_id} is unreachable: {e}", code="worker_unreachable"
-            ) from e
+                503, f"prefill worker {self.prefill_id} is unreachable: {e}", code="worker_unreachable",
+                failed_worker=self.prefill_id,
+            ) from e  # fmt: skip
 
     async def deltas(self) -> AsyncIterator[Delta]:
         """The output, delta by delta, the last with ``finish_reason``. Raises ``ApiError`` when a
@@ -140,14 +141,16 @@ class Generation:
         if isinstance(event, WorkerLost):
             raise ApiError(
                 503, f"worker {event.worker_id} stopped heartbeating (it died or hung) while serving this request",
-                code="worker_lost",
+                code="worker_lost", failed_worker=event.worker_id,
             )  # fmt: skip
         if isinstance(event, RequestFailed):
             if event.code == BAD_REQUEST:
                 self._workers_done = True
+            # UNAVAILABLE from the prefill worker: the decode worker did not take the KV
+            failed = self.decode_id if event.code == UNAVAILABLE else None
             raise ApiError(
                 _STATUS_OF_CODE.get(event.code, 500), f"worker {event.worker_id} failed the request: {event.message}",
-                code=event.code,
+                code=event.code, failed_worker=failed,
             )  # fmt: skip
         return event
 

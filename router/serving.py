@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -36,6 +36,10 @@ from router.validation import parse_body
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _REJECTED_CODES = {"no_workers", "no_decode", "cluster_unavailable", "ttft_slo", "tbt_slo"}
+# A worker that just failed a request (unreachable, silent, refused the KV) gets no new requests for
+# this long, unless no other worker of its kind is live: longer than the registry's heartbeat TTL
+# (3 s), so a dead one has dropped out of the registry by the time it would be tried again.
+SUSPECT_S = 5.0
 
 
 class ClientGone(Exception):
@@ -66,6 +70,7 @@ class Router:
         self._policy = POLICIES[config.policy]
         self._turn = 0
         self._pending = PendingPrefills()
+        self._suspects: dict[str, float] = {}  # worker id -> until (time.monotonic())
 
     async def serve(self, request: Request, *, chat: bool) -> Response:
         arrived_at = time.monotonic()
@@ -107,6 +112,7 @@ class Router:
             return JSONResponse(body, headers=headers)
         except ApiError as e:
             self._finish(gen, "failed")
+            self._suspect(e)
             log.warning("request %s failed: %s", request_id, e.message)
             return error_response(e, headers)
         except ClientGone:
@@ -142,10 +148,9 @@ class Router:
         # every policy gets the cached prefixes (one index read): those that ignore them still have
         # their choice's cache predicted, so predicted vs realised hits compare across policies
         candidates = await self.cluster.prefill_candidates(snapshot, token_ids)
-        candidates = tuple(self._pending.adjust(c) for c in candidates)
-        problem = RoutingProblem(
-            len(token_ids), max_tokens, candidates, snapshot.by_role("decode"), self._turn
-        )
+        candidates = tuple(self._pending.adjust(c) for c in self._trusted(candidates, lambda c: c.worker_id))
+        decode = self._trusted(snapshot.by_role("decode"), lambda w: w.info.worker_id)
+        problem = RoutingProblem(len(token_ids), max_tokens, candidates, decode, self._turn)
         self._turn += 1
         decision = self._policy(problem, self.config.costs, self.config.slo)
         if isinstance(decision, Rejection):
@@ -177,12 +182,25 @@ class Router:
             yield SSE_DONE
         except ApiError as e:
             outcome = "failed"
+            self._suspect(e)
             log.warning("request %s failed mid-stream: %s", gen.request_id, e.message)
             yield sse(e.body())
             yield SSE_DONE
         finally:
             gen.close()
             self._finish(gen, outcome)
+
+    def _suspect(self, error: ApiError) -> None:
+        if error.failed_worker is not None:
+            log.warning("avoiding worker %s for %gs: %s", error.failed_worker, SUSPECT_S, error.message)
+            self._suspects[error.failed_worker] = time.monotonic() + SUSPECT_S
+
+    def _trusted(self, workers: tuple[T, ...], worker_id: Callable[[T], str]) -> tuple[T, ...]:
+        """``workers`` less the recent suspects, or all of them if none else is left."""
+        now = time.monotonic()
+        self._suspects = {w: until for w, until in self._suspects.items() if until > now}
+        trusted = tuple(w for w in workers if worker_id(w) not in self._suspects)
+        return trusted or workers
 
     def _usage(self, gen: Generation) -> dict[str, Any]:
         cached = gen.num_cached_local + gen.num_cached_store

@@ -21,6 +21,7 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         retry_after_s: int | None = None,
+        failed_worker: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -28,6 +29,7 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.retry_after_s = retry_after_s
+        self.failed_worker = failed_worker  # the worker whose failure this is (dead, hung, unreachable)
 
     @property
     def type(self) -> str:

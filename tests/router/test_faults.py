@@ -151,6 +151,29 @@ def test_unreachable_worker_is_503(start_router, redis_url, model_name):
     registry.close()
 
 
+def test_a_worker_that_failed_is_avoided_while_others_serve(
+    start_router, start_worker, redis_url, model_name
+):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    registry = WorkerRegistry(redis_url, ttl_s=30)  # registered, heartbeating, but gone
+    info = WorkerInfo("a-ghost", "colocated", f"tcp://127.0.0.1:{port}", model_name, "ab", 16, 64, 2048)
+    registry.publish(info, WorkerLoad(free_pages=1000, total_pages=1000))
+    start_worker("b0", "colocated")
+    router = start_router(send_timeout_s=0.3)
+    router.wait_ready(colocated=2)
+    try:
+        first = post(router, {"model": model_name, "prompt": "hi"})  # equal candidates: a-ghost by id
+        assert first.status_code == 503 and first.json()["error"]["code"] == "worker_unreachable"
+        for _ in range(3):  # the ghost still heartbeats, but the router avoids it now
+            r = post(router, {"model": model_name, "prompt": "hi"})
+            assert r.status_code == 200 and r.headers["x-tandem-prefill"] == "b0"
+    finally:
+        registry.remove("a-ghost")
+        registry.close()
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_client_disconnect_aborts_on_both_workers(start_router, start_worker, model_name, stream):
     p, d = start_worker("p0", "prefill"), start_worker("d0", "decode")

@@ -67,6 +67,8 @@ class RouterConfig:
     ``inbox`` is the address the router binds for worker events (``tcp://127.0.0.1:0`` picks a
     port); ``advertise_inbox`` the address workers reply to (default: the bound one).
     ``request_timeout_s``: a request that receives no event for this long fails (504).
+    ``max_retries``: how many times a request a worker failed (unreachable, lost, refused the KV)
+    is routed again, to other workers, while nothing of its response has been sent.
     ``default_max_tokens`` caps chat completions that name no ``max_tokens`` (completions default
     to OpenAI's 16); either is further capped by the context left after the prompt.
     """
@@ -85,6 +87,7 @@ class RouterConfig:
     lost_grace_s: float = 1.0  # a worker missing from the registry this long has failed its requests
     send_timeout_s: float = 5.0
     default_max_tokens: int = 256
+    max_retries: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
@@ -99,6 +102,8 @@ class RouterConfig:
         for name in ("request_timeout_s", "refresh_interval_s", "stale_after_s", "send_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens}")
 

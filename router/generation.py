@@ -64,6 +64,7 @@ class Generation:
         self._entry = None
         self._workers_done = False  # the workers finished on their own: no abort needed
         self._prefill_seen = False
+        self.prefill_counted = False  # the router's metrics have this attempt's prefill
 
     @property
     def prefill_id(self) -> str:

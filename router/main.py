@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail a request that receives no worker event for this long (default 120)",
     )  # fmt: skip
     p.add_argument(
+        "--max-retries", type=int, default=1,
+        help="route a request a worker failed (dead, unreachable, refused the KV) again, to other workers, "
+        "this many times while nothing of its response was sent (default 1)",
+    )  # fmt: skip
+    p.add_argument(
         "--default-max-tokens", type=int, default=256,
         help="max_tokens of chat requests that set none (default 256; completions: 16, as OpenAI)",
     )  # fmt: skip
@@ -104,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         inbox=args.inbox,
         advertise_inbox=args.advertise_inbox,
         request_timeout_s=args.request_timeout_s,
+        max_retries=args.max_retries,
         default_max_tokens=args.default_max_tokens,
     )
 

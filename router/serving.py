@@ -81,46 +81,64 @@ class Router:
             return error_response(e)
         prefix = "chatcmpl-" if chat else "cmpl-"
         request_id = prefix + uuid.uuid4().hex
-        gen = Generation(
-            self.dispatcher, route, request_id, token_ids, sampling,
-            decoder=self.tokenizer, stop=parsed.stop, timeout_s=self.config.request_timeout_s, arrived_at=arrived_at,
-        )  # fmt: skip
         head = ResponseHead(request_id, int(time.time()), self.config.model_name, chat)
-        headers = {
-            "x-tandem-prefill": gen.prefill_id,
-            "x-tandem-decode": gen.decode_id,
-            "x-request-id": request_id,
-        }
         self.metrics.request_started()
-        self._pending.add(request_id, route.prefill.worker_id, cached_split(route.prefill, len(token_ids))[2])
-        streaming = False
-        try:
-            await gen.start()
-            deltas = gen.deltas()
-            first = await _until_disconnected(request, anext(deltas))
-            self._pending.done(request_id)  # prefilled: the worker's own reports cover the rest
-            if parsed.stream:
-                streaming = True
-                stream = self._stream(gen, head, parsed, first, deltas)
-                sse_headers = {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-                return StreamingResponse(stream, media_type="text/event-stream", headers=sse_headers)
-            text = [first.text]
-            if first.finish_reason is None:
-                text += await _until_disconnected(request, _collect(deltas))
-            body = head.complete("".join(text), gen.finish_reason, self._usage(gen))
-            self._finish(gen, "ok")
-            return JSONResponse(body, headers=headers)
-        except ApiError as e:
-            self._finish(gen, "failed")
-            self._suspect(e)
-            log.warning("request %s failed: %s", request_id, e.message)
-            return error_response(e, headers)
-        except ClientGone:
-            self._finish(gen, "cancelled")
-            return Response(status_code=499)
-        finally:
-            if not streaming:
-                gen.close()
+        attempt = 0
+        while True:  # one pass per attempt: a worker's failure before any response is sent is retried
+            gen = Generation(
+                self.dispatcher, route, request_id if not attempt else f"{request_id}.{attempt}", token_ids, sampling,
+                decoder=self.tokenizer, stop=parsed.stop, timeout_s=self.config.request_timeout_s, arrived_at=arrived_at,
+            )  # fmt: skip
+            headers = {
+                "x-tandem-prefill": gen.prefill_id,
+                "x-tandem-decode": gen.decode_id,
+                "x-request-id": request_id,
+            }
+            if attempt:
+                headers["x-tandem-retries"] = str(attempt)
+            self._pending.add(
+                gen.request_id, route.prefill.worker_id, cached_split(route.prefill, len(token_ids))[2]
+            )
+            streaming = False
+            try:
+                await gen.start()
+                deltas = gen.deltas()
+                first = await _until_disconnected(request, anext(deltas))
+                self._pending.done(gen.request_id)  # prefilled: the worker's own reports cover the rest
+                if parsed.stream:
+                    streaming = True
+                    stream = self._stream(gen, head, parsed, first, deltas)
+                    sse_headers = {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+                    return StreamingResponse(stream, media_type="text/event-stream", headers=sse_headers)
+                text = [first.text]
+                if first.finish_reason is None:
+                    text += await _until_disconnected(request, _collect(deltas))
+                body = head.complete("".join(text), gen.finish_reason, self._usage(gen))
+                self._finish(gen, "ok")
+                return JSONResponse(body, headers=headers)
+            except ApiError as e:
+                self._suspect(e)
+                error = e
+                if e.failed_worker is not None and attempt < self.config.max_retries:
+                    self._count_prefill(gen)  # the prefill worker counted it; so does the router
+                    try:  # the failed worker is a suspect now: the conductor avoids it
+                        route = await self._route(self.cluster.current(), token_ids, sampling["max_tokens"])
+                        attempt += 1
+                        log.warning(
+                            "request %s: %s; routing it again (retry %d)", request_id, e.message, attempt
+                        )
+                        continue
+                    except ApiError as reroute:
+                        error = reroute
+                self._finish(gen, "failed")
+                log.warning("request %s failed: %s", request_id, error.message)
+                return error_response(error, headers)
+            except ClientGone:
+                self._finish(gen, "cancelled")
+                return Response(status_code=499)
+            finally:
+                if not streaming:
+                    gen.close()
 
     async def _admit(self, request: Request, *, chat: bool) -> tuple[ParsedRequest, list[int], Route, dict]:
         body = parse_body(await request.body())
@@ -213,21 +231,28 @@ class Router:
         else:
             self.metrics.requests.labels("invalid" if error.status < 500 else "failed").inc()
 
-    def _finish(self, gen: Generation, outcome: str) -> None:
+    def _count_prefill(self, gen: Generation) -> None:
+        """Count an attempt's prefill (once), if its prefill worker reported one."""
         self._pending.done(gen.request_id)
-        m = self.metrics
-        m.request_ended()
-        m.requests.labels(outcome).inc()
-        m.generation_tokens.inc(gen.num_output_tokens)
-        if gen.first_token_at is None:  # the prefill worker never reported: nothing was reused
+        if gen.first_token_at is None or gen.prefill_counted:  # never reported: nothing was reused
             return
+        gen.prefill_counted = True
         predicted = gen.route.prefill
-        m.prefilled(
+        self.metrics.prefilled(
             PrefillReport(
                 gen.prefill_id, len(gen.token_ids), gen.num_cached_local, gen.num_cached_store,
                 predicted.cached_local_tokens, predicted.cached_store_tokens,
             )
         )  # fmt: skip
+
+    def _finish(self, gen: Generation, outcome: str) -> None:
+        self._count_prefill(gen)
+        m = self.metrics
+        m.request_ended()
+        m.requests.labels(outcome).inc()
+        m.generation_tokens.inc(gen.num_output_tokens)
+        if gen.first_token_at is None:
+            return
         ttft = gen.first_token_at - gen.started_at
         m.ttft.observe(ttft)
         for before, after in zip(gen.token_times, gen.token_times[1:]):

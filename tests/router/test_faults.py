@@ -151,8 +151,9 @@ def test_unreachable_worker_is_503(start_router, redis_url, model_name):
     registry.close()
 
 
+@pytest.mark.parametrize("retries", [0, 1])
 def test_a_worker_that_failed_is_avoided_while_others_serve(
-    start_router, start_worker, redis_url, model_name
+    start_router, start_worker, redis_url, model_name, retries
 ):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -161,14 +162,21 @@ def test_a_worker_that_failed_is_avoided_while_others_serve(
     info = WorkerInfo("a-ghost", "colocated", f"tcp://127.0.0.1:{port}", model_name, "ab", 16, 64, 2048)
     registry.publish(info, WorkerLoad(free_pages=1000, total_pages=1000))
     start_worker("b0", "colocated")
-    router = start_router(send_timeout_s=0.3)
+    router = start_router(send_timeout_s=0.3, max_retries=retries)
     router.wait_ready(colocated=2)
     try:
         first = post(router, {"model": model_name, "prompt": "hi"})  # equal candidates: a-ghost by id
-        assert first.status_code == 503 and first.json()["error"]["code"] == "worker_unreachable"
+        if retries:  # routed again, to the other worker, before anything was sent: the client never knows
+            assert first.status_code == 200
+            assert first.headers["x-tandem-prefill"] == "b0" and first.headers["x-tandem-retries"] == "1"
+        else:
+            assert first.status_code == 503 and first.json()["error"]["code"] == "worker_unreachable"
         for _ in range(3):  # the ghost still heartbeats, but the router avoids it now
             r = post(router, {"model": model_name, "prompt": "hi"})
             assert r.status_code == 200 and r.headers["x-tandem-prefill"] == "b0"
+            assert "x-tandem-retries" not in r.headers
+        assert router.metric('tandem_requests_total{outcome="ok"}') == 3 + retries
+        assert router.metric('tandem_requests_total{outcome="failed"}') == 1 - retries
     finally:
         registry.remove("a-ghost")
         registry.close()

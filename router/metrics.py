@@ -79,6 +79,13 @@ class RouterMetrics:
         self.rejections = Counter(
             "tandem_rejections", "Requests rejected before routing, by reason", ["reason"], registry=r
         )
+        self.retries = Counter(
+            "tandem_retries", "Requests routed again to other workers after a worker failed them", registry=r
+        )
+        self.worker_failures = Counter(
+            "tandem_worker_failures", "Requests a worker failed by being unreachable, lost or refusing the KV "
+            "(it then gets no new requests for a few seconds)", ["instance"], registry=r,
+        )  # fmt: skip
         self.prompt_tokens = Counter(
             "tandem_prompt_tokens", "Prompt tokens of requests whose prefill finished", registry=r
         )

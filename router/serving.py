@@ -124,6 +124,7 @@ class Router:
                     try:  # the failed worker is a suspect now: the conductor avoids it
                         route = await self._route(self.cluster.current(), token_ids, sampling["max_tokens"])
                         attempt += 1
+                        self.metrics.retries.inc()
                         log.warning(
                             "request %s: %s; routing it again (retry %d)", request_id, e.message, attempt
                         )
@@ -210,6 +211,7 @@ class Router:
 
     def _suspect(self, error: ApiError) -> None:
         if error.failed_worker is not None:
+            self.metrics.worker_failures.labels(error.failed_worker).inc()
             log.warning("avoiding worker %s for %gs: %s", error.failed_worker, SUSPECT_S, error.message)
             self._suspects[error.failed_worker] = time.monotonic() + SUSPECT_S
 

@@ -177,6 +177,8 @@ def test_a_worker_that_failed_is_avoided_while_others_serve(
             assert "x-tandem-retries" not in r.headers
         assert router.metric('tandem_requests_total{outcome="ok"}') == 3 + retries
         assert router.metric('tandem_requests_total{outcome="failed"}') == 1 - retries
+        assert router.metric("tandem_retries_total") == retries
+        assert router.metric('tandem_worker_failures_total{instance="a-ghost"}') == 1
     finally:
         registry.remove("a-ghost")
         registry.close()

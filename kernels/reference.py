@@ -90,6 +90,57 @@ def paged_decode_attention(
     q: [B, Hq, D]; caches: [Hk, P, page, D]; block_tables: [B, n]; context_lens: [B] (tokens of KV,
     the query's own included). Returns [B, Hq, D].
     """
+    batch = q.shape[0]
+    if batch >= 2 * _DECODE_GROUP_MIN and q.device.type == "cpu":
+        # Every sequence is padded to the longest one's pages: with lengths far apart most of
+        # the gathered KV is padding. Sorted into groups of similar length, each group gathers
+        # only up to its own longest (the results do not depend on the grouping).
+        lens = context_lens.tolist()
+        order = sorted(range(batch), key=lens.__getitem__)
+        groups = _length_groups([lens[i] for i in order])
+        if len(groups) > 1:
+            out = torch.empty_like(q)
+            for start, stop in groups:
+                rows = torch.tensor(order[start:stop], device=q.device)
+                out[rows] = _paged_decode_attention(
+                    q[rows], k_cache, v_cache, block_tables[rows], context_lens[rows], scale, sliding_window
+                )
+            return out
+    return _paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, sliding_window)
+
+
+_DECODE_GROUP_MIN = 8  # sequences per length group at the least (fewer: the per-call overhead wins)
+_DECODE_SPLIT_GAIN = 0.15  # split a group where that saves this share of its padded work
+
+
+def _length_groups(sorted_lens: list[int], start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
+    """Split ascending lengths into runs ``[start, stop)``, recursively, wherever a split cuts the
+    padded work (a run's size x its longest length) by at least ``_DECODE_SPLIT_GAIN``."""
+    stop = len(sorted_lens) if stop is None else stop
+    if stop - start < 2 * _DECODE_GROUP_MIN:
+        return [(start, stop)]
+
+    def work(a: int, b: int) -> int:
+        return (b - a) * sorted_lens[b - 1]
+
+    cut = min(
+        range(start + _DECODE_GROUP_MIN, stop - _DECODE_GROUP_MIN + 1),
+        key=lambda c: work(start, c) + work(c, stop),
+    )
+    if work(start, cut) + work(cut, stop) > (1 - _DECODE_SPLIT_GAIN) * work(start, stop):
+        return [(start, stop)]
+    return _length_groups(sorted_lens, start, cut) + _length_groups(sorted_lens, cut, stop)
+
+
+def _paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[0]
     group = num_heads // num_kv_heads

@@ -55,6 +55,38 @@ def test_paged_decode_attention(hq, hk, d, page_size, window):
         torch.testing.assert_close(out[i : i + 1], expect, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("window", [None, 9])
+def test_paged_decode_attention_groups_sequences_by_length(window):
+    """A large batch of far-apart lengths runs in length groups: same numbers, bit for bit, as one
+    padded batch, and each row still equals dense attention over its own context."""
+    from kernels.reference import _length_groups, _paged_decode_attention
+
+    gen = torch.Generator().manual_seed(3)
+    lens = [int(n) for n in torch.randint(1, 200, (40,), generator=gen)]
+    assert len(_length_groups(sorted(lens))) > 1
+    kv = [(torch.randn(n, 2, 16, generator=gen), torch.randn(n, 2, 16, generator=gen)) for n in lens]
+    k_cache, v_cache, tables = scattered_cache(kv, 1024, 8)
+    q = torch.randn(len(lens), 6, 16, generator=gen)
+    context = torch.tensor(lens)
+    out = ops.paged_decode_attention(q, k_cache, v_cache, tables, context, 0.25, window)
+    assert torch.equal(out, _paged_decode_attention(q, k_cache, v_cache, tables, context, 0.25, window))
+    for i in (0, 17, 39):
+        expect = dense_attention(q[i : i + 1], *kv[i], 0.25, torch.tensor([lens[i] - 1]), window)
+        torch.testing.assert_close(out[i : i + 1], expect, atol=1e-5, rtol=1e-5)
+
+
+def test_length_groups_split_only_where_padding_is_worth_it():
+    from kernels.reference import _length_groups
+
+    assert _length_groups([100] * 64) == [(0, 64)]  # equal lengths: one group
+    assert _length_groups(list(range(1, 10))) == [(0, 9)]  # too few to split
+    groups = _length_groups([10] * 16 + [1000] * 16)
+    assert groups == [(0, 16), (16, 32)]
+    spread = _length_groups(sorted(range(32, 1024, 15)))
+    assert len(spread) > 2 and spread[0][0] == 0 and spread[-1][1] == len(range(32, 1024, 15))
+    assert all(a[1] == b[0] and b[1] - b[0] >= 8 for a, b in zip(spread, spread[1:]))
+
+
 @pytest.mark.parametrize(("hq", "hk", "d", "page_size"), [(4, 2, 16, 4), (3, 3, 8, 16)])
 @pytest.mark.parametrize("window", [None, 6])
 def test_prefill_attention_over_a_paged_prefix(hq, hk, d, page_size, window):

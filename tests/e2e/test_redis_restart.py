@@ -35,13 +35,17 @@ def ask(c: openai.OpenAI, model: str, messages: list[dict] = MESSAGES):
     )
 
 
-def wait_healthy(url: str, workers: dict[str, int], timeout_s: float = 30) -> None:
+def wait_registered(url: str, workers: dict[str, int], num_nodes: int, timeout_s: float = 30) -> None:
+    """Until ``/health`` lists the workers and ``/metrics`` the store nodes again (each re-registers
+    on its own retry schedule; a node republishes what it holds when it does)."""
     deadline = time.monotonic() + timeout_s
     while True:
         body = requests.get(f"{url}/health", timeout=5).json()
-        if body["status"] == "ok" and all(body["workers"][r] == n for r, n in workers.items()):
+        metrics = requests.get(f"{url}/metrics", timeout=5).text
+        nodes = sum(line.startswith("tandem_store_capacity_bytes{") for line in metrics.splitlines())
+        if body["status"] == "ok" and body["workers"] == workers and nodes == num_nodes:
             return
-        assert time.monotonic() < deadline, f"not healthy again: {body}"
+        assert time.monotonic() < deadline, f"not registered again: {body}, {nodes} store nodes"
         time.sleep(0.2)
 
 
@@ -70,7 +74,7 @@ def test_the_cluster_rides_out_a_redis_restart(default_model):
             time.sleep(0.5)
 
         redis.start()  # empty, same port
-        wait_healthy(cluster.url, {"prefill": 2, "decode": 1})
+        wait_registered(cluster.url, {"prefill": 2, "decode": 1, "colocated": 0}, num_nodes=3)
         seen = {}
         deadline = time.monotonic() + 30
         while len(seen) < 2:  # round robin: both prefill workers get the prompt

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from engine import SamplingParams
 from engine.llm_engine import LLMEngine
 from engine.sequence import Sequence
-from kvstore.keys import chain_keys
-from kvstore.tensors import to_tensor
-from kvstore.types import StoreError
+from kvstore.tensors import nbytes, to_tensor
 from kvstore.workers import WorkerCounters, WorkerInfo
+from kvstore.workers_loop import put_chunks
 from transfer.channel import OutboxPool
 from transfer.errors import TransferError
 from transfer.messages import (
@@ -97,8 +96,7 @@ class DecodeWorker:
                     list(task.token_ids), task.first_token, params, kv, request_id,
                     hold_pages=self.store is not None,
                 )  # fmt: skip
-                nbytes = kv.numel() * kv.element_size()
-                self.counters.transferred("kv_recv", nbytes, time.perf_counter() - started)
+                self.counters.transferred("kv_recv", nbytes([kv]), time.perf_counter() - started)
             else:
                 self.engine.add_request(list(task.token_ids), params, request_id=request_id)
         except (TypeError, ValueError) as e:
@@ -124,21 +122,11 @@ class DecodeWorker:
 
     def _write_back(self, seq: Sequence) -> None:
         """Put the full chunks past the prompt's to this worker's store node."""
-        ct, ps = self.info.chunk_tokens, self.engine.pool.page_size
+        ct = self.info.chunk_tokens
         first = seq.num_prompt_tokens // ct  # the prompt's full chunks are the prefill worker's
-        keys = chain_keys(seq.token_ids[: seq.num_computed_tokens], ct, self.engine.fingerprint)
-        if len(keys) <= first:
-            return
-        chunks = [self.engine.pack_pages(seq, i * (ct // ps), ct // ps) for i in range(first, len(keys))]
-        try:
-            started = time.perf_counter()
-            self.store.put(keys[first:], chunks)
-            nbytes = sum(c.numel() * c.element_size() for c in chunks)
-            self.counters.transferred("store_put", nbytes, time.perf_counter() - started)
-        except (StoreError, TransferError) as e:
-            log.warning(
-                "request %s: could not write %d chunks to the store: %s", seq.request_id, len(chunks), e
-            )
+        keys, chunks = self.engine.pack_chunks(seq, seq.num_computed_tokens, ct, first)
+        if keys:
+            put_chunks(self.store, self.counters, seq.request_id, keys, chunks)
 
     def _abort(self, request_id: str) -> None:
         seq = self.engine.abort(request_id)

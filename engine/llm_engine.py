@@ -120,6 +120,16 @@ class LLMEngine:
         """KV of ``num_pages`` of a held sequence's pages from ``first_page`` on, packed (a copy)."""
         return self.runner.pack_pages(seq.block_table[first_page : first_page + num_pages])
 
+    def pack_chunks(
+        self, seq: Sequence, num_tokens: int, chunk_tokens: int, first: int = 0
+    ) -> tuple[list[bytes], list[torch.Tensor]]:
+        """The store chunks of a held sequence's first ``num_tokens`` tokens, from chunk ``first``
+        on: their chain keys and their KV, packed (``chunk_tokens`` a multiple of the page size)."""
+        keys = chain_keys(seq.token_ids[:num_tokens], chunk_tokens, self.fingerprint)[first:]
+        pages = chunk_tokens // self.pool.page_size
+        chunks = [self.pack_pages(seq, i * pages, pages) for i in range(first, first + len(keys))]
+        return keys, chunks
+
     def release(self, seq: Sequence) -> None:
         """Free the pages a sequence that holds them kept after finishing."""
         self.kv.free(seq)

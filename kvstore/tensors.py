@@ -30,6 +30,11 @@ def to_buffer(chunk: Any) -> Buffer:
         ) from None
 
 
+def nbytes(tensors: Any) -> int:
+    """Bytes of the data of these tensors."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def to_tensor(buffer: Buffer) -> torch.Tensor:
     """The tensor a buffer describes, sharing its memory (the received frame) without a copy."""
     dtype = getattr(torch, buffer.dtype)

@@ -17,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from kvstore.serve import stop_on_signals
-from kvstore.types import IndexUnavailable
-from kvstore.workers import WorkerInfo, WorkerLoad, WorkerRegistry
+from kvstore.tensors import nbytes
+from kvstore.types import IndexUnavailable, StoreError
+from kvstore.workers import WorkerCounters, WorkerInfo, WorkerLoad, WorkerRegistry
 from transfer.channel import Inbox
+from transfer.errors import TransferError
 from transfer.messages import Message
 
 log = logging.getLogger("tandem.worker")
@@ -77,6 +80,17 @@ def _beat(
             log.warning("%s: cannot report to Redis (%s); retrying", info.worker_id, e)
         if stop.wait(period_s):
             return
+
+
+def put_chunks(store, counters: WorkerCounters, request_id: str, keys: list[bytes], chunks: list) -> None:
+    """Write a request's chunks to the worker's store node (``store``: its ``StoreClient``) and count
+    the transfer; store trouble is logged, never the request's failure (the chunks are a cache)."""
+    try:
+        started = time.perf_counter()
+        store.put(keys, chunks)
+        counters.transferred("store_put", nbytes(chunks), time.perf_counter() - started)
+    except (StoreError, TransferError) as e:
+        log.warning("request %s: could not write %d chunks to the store: %s", request_id, len(chunks), e)
 
 
 def serve_worker(info: WorkerInfo, inbox: Inbox, redis_url: str, worker) -> None:

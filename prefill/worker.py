@@ -17,9 +17,10 @@ from engine import SamplingParams
 from engine.llm_engine import LLMEngine
 from engine.sequence import Sequence
 from kvstore.keys import chain_keys
-from kvstore.tensors import to_buffer
+from kvstore.tensors import nbytes, to_buffer
 from kvstore.types import StoreError
 from kvstore.workers import WorkerCounters, WorkerInfo
+from kvstore.workers_loop import put_chunks
 from transfer.channel import OutboxPool
 from transfer.errors import TransferError
 from transfer.messages import (
@@ -98,7 +99,7 @@ class PrefillWorker:
             log.warning("request %s: store fetch failed, recomputing: %s", request_id, e)
             return 0
         imported = self.engine.import_prefix(prompt, chunks, start_token=local * ct)
-        self.counters.transferred("store_fetch", _nbytes(chunks), time.perf_counter() - started)
+        self.counters.transferred("store_fetch", nbytes(chunks), time.perf_counter() - started)
         return max(0, imported - local * ct)
 
     # -- engine -----------------------------------------------------------------------------------
@@ -146,28 +147,16 @@ class PrefillWorker:
         except TransferError as e:
             self._fail(task, UNAVAILABLE, f"decode worker at {task.decode_address} did not take the KV: {e}")
             return
-        self.counters.transferred("kv_send", _nbytes([kv]), exported_s + time.perf_counter() - started)
+        self.counters.transferred("kv_send", nbytes([kv]), exported_s + time.perf_counter() - started)
 
     def _write_back(self, request_id: str, seq: Sequence) -> None:
         """Put the prompt's full chunks that no store node holds yet to this worker's node."""
         already = self._stored_chunks.pop(request_id, 0)
         if self.store is None:
             return
-        ct, ps = self.info.chunk_tokens, self.engine.pool.page_size
-        keys = chain_keys(seq.token_ids[: seq.num_prompt_tokens], ct, self.engine.fingerprint)
-        if len(keys) <= already:
-            return
-        pages_per_chunk = ct // ps
-        chunks = [
-            self.engine.pack_pages(seq, i * pages_per_chunk, pages_per_chunk)
-            for i in range(already, len(keys))
-        ]
-        try:
-            started = time.perf_counter()
-            self.store.put(keys[already:], chunks)
-            self.counters.transferred("store_put", _nbytes(chunks), time.perf_counter() - started)
-        except (StoreError, TransferError) as e:
-            log.warning("request %s: could not write %d chunks to the store: %s", request_id, len(chunks), e)
+        keys, chunks = self.engine.pack_chunks(seq, seq.num_prompt_tokens, self.info.chunk_tokens, already)
+        if keys:
+            put_chunks(self.store, self.counters, request_id, keys, chunks)
 
     def _send(self, address: str, message: Message) -> None:
         try:
@@ -188,7 +177,3 @@ class PrefillWorker:
 
     def close(self) -> None:
         self.outboxes.close()
-
-
-def _nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)

@@ -159,7 +159,7 @@ def measure_decode(llm: LLM, flops: FlopModel, vocab: int, batch: int, prompt_le
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--model", help="HF model directory (default: SmolLM2-135M-Instruct via `tandem convert`)"
@@ -173,22 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-hf", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    torch.manual_seed(args.seed)
-    model_dir = args.model or default_model_dir()
-    cfg = ModelConfig.from_dir(model_dir)
-    flops = FlopModel(cfg)
-    print(f"model {model_dir}\nthreads {torch.get_num_threads()}; measuring the fp32 GEMM peak ...")
-    peak = gemm_peak_flops()
-    print(f"GEMM peak {peak / 1e9:.1f} GFLOP/s")
 
-    llm = LLM(model_dir, dtype="float32", max_num_seqs=64, max_num_batched_tokens=2048)
-    llm.generate([[100] * 16], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
-    reqs = make_requests(args.num_requests, cfg.vocab_size, args.seed)
+def measure_end_to_end(llm: LLM, reqs, model_dir: str, peak: float) -> dict:
+    """The result's header (model, machine, workload) and the engine's end-to-end row."""
     useful = sum(o for _, o in reqs)
     prompt_tokens = sum(len(p) for p, _ in reqs)
-
     engine_s = run_engine(llm, reqs)
     result = {
         "model": Path(model_dir).name,
@@ -202,31 +193,54 @@ def main(argv: list[str] | None = None) -> int:
                    "total_tokens_per_s": (useful + prompt_tokens) / engine_s},
     }  # fmt: skip
     print(f"engine: {engine_s:.1f}s, {useful / engine_s:.1f} output tok/s")
+    return result
 
-    pre = measure_prefill(llm, flops, cfg.vocab_size, args.prefill_len, 8)
+
+def measure_phases(
+    llm: LLM, flops: FlopModel, vocab: int, args: argparse.Namespace, peak: float
+) -> tuple[dict, list[dict]]:
+    """Prefill and decode (one row per ``--decode-batch``), each with its fraction of the GEMM peak."""
+    pre = measure_prefill(llm, flops, vocab, args.prefill_len, 8)
     pre["fraction_of_gemm_peak"] = pre["flops_per_s"] / peak
-    result["prefill"] = pre
     print(f"prefill: {pre['tokens_per_s']:.0f} tok/s, {pre['fraction_of_gemm_peak']:.0%} of GEMM peak")
-    result["decode"] = []
+    decode = []
     for b in args.decode_batch:
-        dec = measure_decode(llm, flops, cfg.vocab_size, b, 128, 48)
+        dec = measure_decode(llm, flops, vocab, b, 128, 48)
         dec["fraction_of_gemm_peak"] = dec["flops_per_s"] / peak
-        result["decode"].append(dec)
+        decode.append(dec)
         print(
             f"decode batch {b}: {dec['tokens_per_s']:.0f} tok/s, {dec['fraction_of_gemm_peak']:.0%} of GEMM peak"
         )
+    return pre, decode
 
+
+def measure_hf(model_dir: str, reqs, batch_size: int, engine_s: float) -> dict:
+    """The transformers baseline on the same requests."""
+    useful = sum(o for _, o in reqs)
+    hf_s = run_hf(model_dir, reqs, batch_size)
+    print(f"transformers: {hf_s:.1f}s, {useful / hf_s:.1f} output tok/s -> engine is {hf_s / engine_s:.2f}x")
+    return {"seconds": hf_s, "batch_size": batch_size, "output_tokens_per_s": useful / hf_s}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    torch.manual_seed(args.seed)
+    model_dir = args.model or default_model_dir()
+    cfg = ModelConfig.from_dir(model_dir)
+    flops = FlopModel(cfg)
+    print(f"model {model_dir}\nthreads {torch.get_num_threads()}; measuring the fp32 GEMM peak ...")
+    peak = gemm_peak_flops()
+    print(f"GEMM peak {peak / 1e9:.1f} GFLOP/s")
+
+    llm = LLM(model_dir, dtype="float32", max_num_seqs=64, max_num_batched_tokens=2048)
+    llm.generate([[100] * 16], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
+    reqs = make_requests(args.num_requests, cfg.vocab_size, args.seed)
+    result = measure_end_to_end(llm, reqs, model_dir, peak)
+    result["prefill"], result["decode"] = measure_phases(llm, flops, cfg.vocab_size, args, peak)
     if not args.skip_hf:
-        hf_s = run_hf(model_dir, reqs, args.hf_batch_size)
-        result["hf"] = {
-            "seconds": hf_s,
-            "batch_size": args.hf_batch_size,
-            "output_tokens_per_s": useful / hf_s,
-        }
-        result["speedup_vs_hf"] = hf_s / engine_s
-        print(
-            f"transformers: {hf_s:.1f}s, {useful / hf_s:.1f} output tok/s -> engine is {hf_s / engine_s:.2f}x"
-        )
+        engine_s = result["engine"]["seconds"]
+        result["hf"] = measure_hf(model_dir, reqs, args.hf_batch_size, engine_s)
+        result["speedup_vs_hf"] = result["hf"]["seconds"] / engine_s
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -138,10 +138,6 @@ def small_op_cases(dtype, device) -> list[tuple[str, Callable[[], object], Calla
     pos = torch.randint(0, 8192, (tokens,), device=device)
     cos, sin = torch.randn(8192, dim, device=device), torch.randn(8192, dim, device=device)
     kv_cache = randn(32, 2, kv_heads, 512, 16, dim)
-    slots = torch.randperm(512 * 16, device=device)[:tokens]
-    page_ids = torch.randperm(512, device=device)[:16]  # one 256-token chunk
-    chunk = triton_ops.pack_pages(kv_cache, page_ids)
-    fast_cache, ref_cache = kv_cache, kv_cache.clone()  # in-place ops write separate copies, compared after
     return [
         (
             "rms_norm+residual",
@@ -150,10 +146,25 @@ def small_op_cases(dtype, device) -> list[tuple[str, Callable[[], object], Calla
         ),
         ("silu_and_mul", lambda: triton_ops.silu_and_mul(gate_up), lambda: reference.silu_and_mul(gate_up)),
         ("rope", lambda: triton_ops.rope(q, k, pos, cos, sin), lambda: reference.rope(q, k, pos, cos, sin)),
+        *_cache_op_cases(k, kv_cache),
+    ]
+
+
+def _cache_op_cases(
+    kv: torch.Tensor, kv_cache: torch.Tensor
+) -> list[tuple[str, Callable[[], object], Callable[[], object]]]:
+    """write_kv (``kv`` as both K and V of layer 0), pack_pages and unpack_pages (one 16-page chunk)
+    on ``kv_cache [L, 2, Hk, P, page, D]``."""
+    num_pages, page_size = kv_cache.shape[3], kv_cache.shape[4]
+    slots = torch.randperm(num_pages * page_size, device=kv_cache.device)[: kv.shape[0]]
+    page_ids = torch.randperm(num_pages, device=kv_cache.device)[:16]  # one 256-token chunk
+    chunk = triton_ops.pack_pages(kv_cache, page_ids)
+    fast_cache, ref_cache = kv_cache, kv_cache.clone()  # in-place ops write separate copies, compared after
+    return [
         (
             "write_kv",
-            lambda: (triton_ops.write_kv(k, k, fast_cache[0, 0], fast_cache[0, 1], slots), fast_cache)[1],
-            lambda: (reference.write_kv(k, k, ref_cache[0, 0], ref_cache[0, 1], slots), ref_cache)[1],
+            lambda: (triton_ops.write_kv(kv, kv, fast_cache[0, 0], fast_cache[0, 1], slots), fast_cache)[1],
+            lambda: (reference.write_kv(kv, kv, ref_cache[0, 0], ref_cache[0, 1], slots), ref_cache)[1],
         ),
         (
             "pack_pages",
@@ -193,57 +204,32 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
-    if not torch.cuda.is_available():
-        print(
-            "bench/kernels.py measures Triton kernels on a CUDA GPU and none is available here; nothing measured.",
-            file=sys.stderr,
-        )
-        return 2
-    import triton
+def run_cases(
+    args: argparse.Namespace, dtype, device, timer: Timer, peak_gbps: float
+) -> dict[str, list[dict]]:
+    """Every case (the first few per kernel with ``--quick``), one result row each."""
     from tqdm import tqdm
-    from triton.testing import do_bench
 
-    device = torch.device("cuda")
-    dtype = getattr(torch, args.dtype)
-    torch.manual_seed(0)
-
-    def timer(fn):
-        return do_bench(fn, warmup=25, rep=args.rep_ms, return_mode="median")
-
-    peak = args.peak_gbps or peak_bandwidth_gbps(device)
     decode_cases = DECODE_CASES[:3] if args.quick else DECODE_CASES
     prefill_cases = PREFILL_CASES[:2] if args.quick else PREFILL_CASES
-    result = {
-        "device": torch.cuda.get_device_name(device),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "dtype": args.dtype,
-        "peak_GBps": peak,
-        "copy_GBps": copy_bandwidth_gbps(timer, device),
-        "decode_attention": [],
-        "prefill_attention": [],
-        "small_ops": [],
-    }
+    rows: dict[str, list[dict]] = {"decode_attention": [], "prefill_attention": [], "small_ops": []}
     total = len(decode_cases) + len(prefill_cases) + 6
     with tqdm(total=total, desc="kernels", unit="case") as bar:
         for case in decode_cases:
-            result["decode_attention"].append(bench_decode(case, dtype, device, timer, peak))
+            rows["decode_attention"].append(bench_decode(case, dtype, device, timer, peak_gbps))
             torch.cuda.empty_cache()
             bar.update()
         for case in prefill_cases:
-            result["prefill_attention"].append(bench_prefill(case, dtype, device, timer))
+            rows["prefill_attention"].append(bench_prefill(case, dtype, device, timer))
             torch.cuda.empty_cache()
             bar.update()
         for name, fast, ref in small_op_cases(dtype, device):
-            result["small_ops"].append({"op": name, **_compare(timer, fast, ref)})
+            rows["small_ops"].append({"op": name, **_compare(timer, fast, ref)})
             bar.update()
+    return rows
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+
+def print_summary(result: dict) -> None:
     for row in result["decode_attention"]:
         print(
             f"decode  B={row['batch']:<4} ctx={row['context_len']:<6} {row['triton_GBps']:8.0f} GB/s "
@@ -258,6 +244,41 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{row['op']:<18} {row['triton_ms']:.3f} ms vs torch {row['torch_ms']:.3f} ms  x{row['speedup']:.1f}"
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if not torch.cuda.is_available():
+        print(
+            "bench/kernels.py measures Triton kernels on a CUDA GPU and none is available here; nothing measured.",
+            file=sys.stderr,
+        )
+        return 2
+    import triton
+    from triton.testing import do_bench
+
+    device = torch.device("cuda")
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+
+    def timer(fn):
+        return do_bench(fn, warmup=25, rep=args.rep_ms, return_mode="median")
+
+    peak = args.peak_gbps or peak_bandwidth_gbps(device)
+    result = {
+        "device": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "dtype": args.dtype,
+        "peak_GBps": peak,
+        "copy_GBps": copy_bandwidth_gbps(timer, device),
+        **run_cases(args, dtype, device, timer, peak),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, args.out)
+    print_summary(result)
     print(f"wrote {args.out}")
     return 0
 

@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from openai import APIStatusError, AsyncOpenAI
@@ -50,12 +48,19 @@ from tqdm import tqdm
 
 from bench.cluster_proc import Cluster, ClusterSpec, default_model_dir, scrape  # noqa: E402
 from bench.serve_stats import BASELINE, Outcome, summarize, table  # noqa: E402
+from bench.trace_workload import (
+    FIRST_TOKEN_ID,
+    TRACE_BLOCK_TOKENS,
+    BenchRequest,
+    Scale,
+    build_requests,
+    ideal_hit_rate,
+    select,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.json"
 TRACES = ROOT.parent / "shared" / "traces"
-TRACE_BLOCK_TOKENS = 512
-FIRST_TOKEN_ID = 100  # stay clear of the special tokens at the start of the vocabulary
 
 
 CLUSTERS = {
@@ -65,75 +70,6 @@ CLUSTERS = {
 }
 # The router's early refusals (no capacity, or an SLO it would break); any other error is a failure.
 REJECTION_CODES = {"ttft_slo", "tbt_slo", "no_workers", "no_decode", "cluster_unavailable"}
-
-
-@dataclass(frozen=True)
-class Scale:
-    block_tokens: int
-    output_scale: float
-    max_output_tokens: int
-    max_prompt_blocks: int
-    time_scale: float
-
-    @property
-    def token_scale(self) -> float:
-        return self.block_tokens / TRACE_BLOCK_TOKENS
-
-
-@dataclass(frozen=True)
-class BenchRequest:
-    index: int  # line in the trace
-    arrival_s: float
-    prompt: list[int]
-    max_tokens: int
-
-
-def select(rows: list[dict], args: argparse.Namespace) -> list[tuple[int, dict]]:
-    if args.select == "window":
-        return list(enumerate(rows))[args.start : args.start + args.num_requests]
-    conversations: dict[int, list[int]] = collections.OrderedDict()
-    for i, row in enumerate(rows[: args.scan]):
-        if len(row["hash_ids"]) > 1:
-            conversations.setdefault(row["hash_ids"][1], []).append(i)
-    chosen = [c for c in conversations.values() if len(c) > 1][: args.num_conversations]
-    return [(i, rows[i]) for i in sorted(i for c in chosen for i in c)]
-
-
-def build_requests(
-    picked: list[tuple[int, dict]], scale: Scale, vocab_size: int, seed: int
-) -> list[BenchRequest]:
-    runs: dict[int, list[int]] = {}
-
-    def run(hash_id: int) -> list[int]:
-        if hash_id not in runs:
-            rng = random.Random(seed * 1_000_003 + hash_id)
-            runs[hash_id] = [rng.randrange(FIRST_TOKEN_ID, vocab_size) for _ in range(scale.block_tokens)]
-        return runs[hash_id]
-
-    t0 = picked[0][1]["timestamp"]
-    out = []
-    for index, row in picked:
-        ids = row["hash_ids"][: scale.max_prompt_blocks]
-        length = min(max(1, round(row["input_length"] * scale.token_scale)), len(ids) * scale.block_tokens)
-        prompt = [t for h in ids for t in run(h)][:length]
-        max_tokens = min(scale.max_output_tokens, max(2, round(row["output_length"] / scale.output_scale)))
-        arrival = (row["timestamp"] - t0) / 1000 / scale.time_scale
-        out.append(BenchRequest(index, arrival, prompt, max_tokens))
-    return out
-
-
-def ideal_hit_rate(requests: list[BenchRequest]) -> float:
-    """Token-weighted prefix-hit ratio with an infinite cache that keeps every prefix (a trie)."""
-    root: dict = {}
-    hit = total = 0
-    for r in requests:
-        node, cached = root, True
-        for t in r.prompt:
-            cached = cached and t in node
-            hit += cached
-            node = node.setdefault(t, {})
-        total += len(r.prompt)
-    return hit / max(1, total)
 
 
 # ---- replay -----------------------------------------------------------------------------------------
@@ -224,7 +160,7 @@ def run_config(
     return {"cluster": asdict(spec), "summary": summary, "requests": [asdict(o) for o in outcomes]}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trace", default=str(TRACES / "conversation_trace.jsonl"))
     ap.add_argument("--select", choices=["conversations", "window"], default="conversations")
@@ -250,16 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup-timeout-s", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    args.model = args.model or default_model_dir()
+
+def load_requests(args: argparse.Namespace) -> tuple[Scale, list[BenchRequest]]:
+    """The scale the flags ask for and the trace's selected requests, turned into token-id prompts."""
     vocab_size = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
     rows = [json.loads(line) for line in Path(args.trace).read_text().splitlines() if line.strip()]
     scale = Scale(
         args.block_tokens, args.output_scale, args.max_output_tokens, args.max_prompt_blocks, args.time_scale
     )
-    requests = build_requests(select(rows, args), scale, vocab_size, args.seed)
-    workload = {
+    return scale, build_requests(select(rows, args), scale, vocab_size, args.seed)
+
+
+def describe_workload(args: argparse.Namespace, requests: list[BenchRequest]) -> dict:
+    return {
         "trace": Path(args.trace).name,
         "select": args.select,
         **({"start": args.start} if args.select == "window" else {"num_conversations": args.num_conversations, "scan": args.scan}),
@@ -270,12 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         "span_s": requests[-1].arrival_s,
         "ideal_hit_rate": ideal_hit_rate(requests),
     }  # fmt: skip
-    print(
-        f"model {args.model}\nworkload {json.dumps({k: v for k, v in workload.items() if k != 'trace_lines'})}"
-    )
+
+
+def run_configs(args: argparse.Namespace, requests: list[BenchRequest]) -> dict[str, dict]:
+    """Each ``--configs`` cluster in turn, on a fresh cluster; its logs go to a new temporary folder."""
     log_dir = Path(tempfile.mkdtemp(prefix="tandem-bench-serve-"))
     print(f"cluster logs in {log_dir}")
-
     runs = {}
     for name in args.configs:
         runs[name] = run_config(CLUSTERS[name], args, requests, log_dir)
@@ -283,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name}: {s['completed']}/{s['num_requests']} ok in {s['duration_s']:.1f}s; errors {s['errors']}"
         )
+    return runs
 
-    summaries = {n: r["summary"] for n, r in runs.items()}
-    print(table(summaries))
-    result = {
+
+def build_result(args: argparse.Namespace, scale: Scale, workload: dict, runs: dict[str, dict]) -> dict:
+    return {
         "model": Path(args.model).name,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "scale": {
@@ -301,9 +243,21 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": BASELINE,
         "runs": runs,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    args.model = args.model or default_model_dir()
+    scale, requests = load_requests(args)
+    workload = describe_workload(args, requests)
+    print(
+        f"model {args.model}\nworkload {json.dumps({k: v for k, v in workload.items() if k != 'trace_lines'})}"
+    )
+    runs = run_configs(args, requests)
+    print(table({n: r["summary"] for n, r in runs.items()}))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(build_result(args, scale, workload, runs), indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -33,13 +33,9 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"mean": float(a.mean()), **{f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 99)}}
 
 
-def summarize(
-    outcomes: list[Outcome], duration_s: float, before: dict, after: dict, ttft_slo_s: float, tbt_slo_s: float
-) -> dict:
-    ok = [o for o in outcomes if o.status == "ok"]
-    tpots = [(o.e2e_s - o.ttft_s) / (o.output_tokens - 1) for o in ok if o.output_tokens > 1]
-    good = [o for o in ok if o.ttft_s <= ttft_slo_s and (o.output_tokens <= 1 or (o.e2e_s - o.ttft_s) / (o.output_tokens - 1) <= tbt_slo_s)]  # fmt: skip
-    prompt = sum(o.prompt_tokens for o in ok)
+def tier_hit_rates(before: dict, after: dict) -> dict[str, float]:
+    """Cached / prompt tokens by tier (local pages, store) from the router's ``/metrics`` counters,
+    scraped ``before`` and ``after`` the run."""
 
     def delta(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
@@ -49,6 +45,19 @@ def summarize(
         delta('tandem_cached_tokens_total{tier="local"}'),
         delta('tandem_cached_tokens_total{tier="store"}'),
     )
+    return {
+        "hit_rate_local": local / max(1.0, metric_prompt),
+        "hit_rate_store": store / max(1.0, metric_prompt),
+    }
+
+
+def summarize(
+    outcomes: list[Outcome], duration_s: float, before: dict, after: dict, ttft_slo_s: float, tbt_slo_s: float
+) -> dict:
+    ok = [o for o in outcomes if o.status == "ok"]
+    tpots = [(o.e2e_s - o.ttft_s) / (o.output_tokens - 1) for o in ok if o.output_tokens > 1]
+    good = [o for o in ok if o.ttft_s <= ttft_slo_s and (o.output_tokens <= 1 or (o.e2e_s - o.ttft_s) / (o.output_tokens - 1) <= tbt_slo_s)]  # fmt: skip
+    prompt = sum(o.prompt_tokens for o in ok)
     return {
         "num_requests": len(outcomes),
         "completed": len(ok),
@@ -67,8 +76,7 @@ def summarize(
         "e2e_ms": percentiles([o.e2e_s for o in ok]),
         "client_queue_ms": percentiles([o.queued_s for o in outcomes]),
         "hit_rate": sum(o.cached_tokens for o in ok) / max(1, prompt),
-        "hit_rate_local": local / max(1.0, metric_prompt),
-        "hit_rate_store": store / max(1.0, metric_prompt),
+        **tier_hit_rates(before, after),
         "prompt_tokens": prompt,
         "cached_tokens": sum(o.cached_tokens for o in ok),
         "prefill_workers": dict(collections.Counter(o.prefill for o in ok)),

@@ -130,38 +130,65 @@ def timed(fn, n: int, bar: tqdm) -> list[float]:
     return samples
 
 
+def throughput_rounds(
+    client: StoreClient, dealer, batches: list[list[torch.Tensor]], rounds: int, bar: tqdm
+) -> tuple[list[float], list[float]]:
+    """Seconds per round of bare ZeroMQ and of the store, alternating, after one warm-up round each."""
+    raw_round(dealer, batches)  # warm-up: connections, first touch of the arena
+    store_round(client, batches, -1)
+    bar.update(2)
+    raw_s, store_s = [], []
+    for r in range(rounds):
+        raw_s.append(raw_round(dealer, batches))
+        store_s.append(store_round(client, batches, r))
+        bar.update(2)
+    return raw_s, store_s
+
+
+def latency_samples(
+    client: StoreClient, redis_url: str, chunks: list[torch.Tensor], n: int, bar: tqdm
+) -> tuple[dict[int, list[float]], list[float], list[float]]:
+    """``n`` samples each of: fetching 1, 4 and 16 chunks of a 16-key prefix (``chunks`` is put
+    under it), ``match_prefix`` over a 64-key chain (32 cached) and a Redis ping."""
+    chain = chain_keys(list(range(64 * 16)), 16, b"bench-fingerprint")
+    prefix = chain[:16]
+    client.put(prefix, chunks)
+    fetch = {k: timed(lambda k=k: client.get(prefix[:k]), n, bar) for k in (1, 4, 16)}
+    client.put(chain[16:32], chunks)  # 32 of the 64 keys cached
+    assert client.match_prefix(chain) == {"bench": 32}
+    match = timed(lambda: client.match_prefix(chain), n, bar)
+    pinger = redis.Redis.from_url(redis_url)
+    ping = timed(pinger.ping, n, bar)  # the floor: one Redis round trip
+    pinger.close()
+    return fetch, match, ping
+
+
 def run(args: argparse.Namespace, redis_url: str, raw_address: str) -> dict:
     chunk_elems, batch = args.chunk_bytes, args.batch
     batches = [[torch.randint(0, 255, (chunk_elems,), dtype=torch.uint8) for _ in range(batch)]
                for _ in range(args.batches_per_round)]  # fmt: skip
-    round_bytes = 2 * args.batches_per_round * batch * args.chunk_bytes  # put + get
     client = StoreClient(redis_url=redis_url, node_id="bench")
     dealer = sockets.connect_dealer(raw_address, SocketOptions())
     total = 2 * (args.rounds + 1) + 5 * args.latency_samples
     with tqdm(total=total, desc="transfer", unit="step") as bar:
-        raw_round(dealer, batches)  # warm-up: connections, first touch of the arena
-        store_round(client, batches, -1)
-        bar.update(2)
-        raw_s, store_s = [], []
-        for r in range(args.rounds):
-            raw_s.append(raw_round(dealer, batches))
-            store_s.append(store_round(client, batches, r))
-            bar.update(2)
-
-        chain = chain_keys(list(range(64 * 16)), 16, b"bench-fingerprint")
-        prefix = chain[:16]
-        client.put(prefix, batches[0])
-        fetch = {n: timed(lambda n=n: client.get(prefix[:n]), args.latency_samples, bar) for n in (1, 4, 16)}
-        client.put(chain[16:32], batches[0])  # 32 of the 64 keys cached
-        assert client.match_prefix(chain) == {"bench": 32}
-        match = timed(lambda: client.match_prefix(chain), args.latency_samples, bar)
-        pinger = redis.Redis.from_url(redis_url)
-        ping = timed(pinger.ping, args.latency_samples, bar)  # the floor: one Redis round trip
-        pinger.close()
+        raw_s, store_s = throughput_rounds(client, dealer, batches, args.rounds, bar)
+        fetch, match, ping = latency_samples(client, redis_url, batches[0], args.latency_samples, bar)
     dealer.send_multipart([b"stop"])
     dealer.close()
     client.close()
+    return build_result(args, raw_s, store_s, fetch, match, ping)
 
+
+def build_result(
+    args: argparse.Namespace,
+    raw_s: list[float],
+    store_s: list[float],
+    fetch: dict[int, list[float]],
+    match: list[float],
+    ping: list[float],
+) -> dict:
+    """The JSON result: throughputs and their ratio, latency percentiles, the fitted fetch cost."""
+    round_bytes = 2 * args.batches_per_round * args.batch * args.chunk_bytes  # put + get
     raw_gib_s = round_bytes * len(raw_s) / sum(raw_s) / (1 << 30)
     store_gib_s = round_bytes * len(store_s) / sum(store_s) / (1 << 30)
     sizes = [n * args.chunk_bytes for n in (1, 4, 16)]

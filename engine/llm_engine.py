@@ -19,7 +19,7 @@ from engine.sampler import sample
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.step_cost import StepCostFit
-from engine.types import SamplingParams
+from engine.types import EngineLoad, SamplingParams
 from kvstore.keys import chain_keys, model_fingerprint
 
 log = logging.getLogger("tandem.engine")
@@ -42,6 +42,7 @@ class LLMEngine:
         max_len = config.max_model_len or self.model_cfg.max_position_embeddings
         self.max_model_len = max_len
         page_bytes = kv_bytes_per_page(self.model_cfg, config.page_size, config.torch_dtype)
+        self.kv_bytes_per_token = page_bytes // config.page_size  # what a store fetch moves per token
         num_pages = config.num_pages or size_kv_cache(config, page_bytes, max_len)
         self.runner = ModelRunner(config, self.model_cfg, max_len, num_pages)
         layout = {
@@ -257,22 +258,22 @@ class LLMEngine:
             return "prefilled"
         return None
 
-    def load_report(self) -> dict[str, int | float]:
-        """What a worker tells the router about its load (fields of ``kvstore.workers.WorkerLoad``)."""
+    def load(self) -> EngineLoad:
+        """What a worker tells the router about this engine's load."""
         sched = self.scheduler
         queued = sum(s.num_uncomputed_tokens for s in sched.waiting)
         queued += sum(s.num_uncomputed_tokens for s in sched.running if s.num_uncomputed_tokens > 1)
-        return {
-            "num_running": len(sched.running),
-            "num_waiting": len(sched.waiting),
-            "queued_prefill_tokens": queued,
-            "free_pages": self.pool.num_free_pages,
-            "total_pages": self.pool.num_pages,
-            "step_ms": self.step_ms,
-            "step_fixed_s": self.step_cost.fixed_s,
-            "step_per_token_s": self.step_cost.per_token_s,
-            "step_samples": self.step_cost.num_steps,
-        }
+        return EngineLoad(
+            num_running=len(sched.running),
+            num_waiting=len(sched.waiting),
+            queued_prefill_tokens=queued,
+            free_pages=self.pool.num_free_pages,
+            total_pages=self.pool.num_pages,
+            step_ms=self.step_ms,
+            step_fixed_s=self.step_cost.fixed_s,
+            step_per_token_s=self.step_cost.per_token_s,
+            step_samples=self.step_cost.num_steps,
+        )
 
 
 def default_device() -> str:

@@ -49,10 +49,25 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> ScheduledBatch:
+        """One step's work: running sequences first (preempting the youngest when pages run out),
+        then waiting ones while budget, batch slots and pages allow; decodes lead the batch."""
         budget = self.max_num_batched_tokens
+        picked, preempted, budget = self._schedule_running(budget)
+        # Admission only when nothing was preempted: a preempted sequence outranks the waiting ones
+        # and is already at the head of the queue.
+        if not preempted:
+            picked += self._admit_waiting(budget)
+        picked.sort(key=lambda p: p[1] != 1)  # decodes first, stable otherwise
+        batch = ScheduledBatch(num_preempted=preempted)
+        for seq, n in picked:
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
+        return batch
+
+    def _schedule_running(self, budget: int) -> tuple[list[tuple[Sequence, int]], int, int]:
+        """``(picked, num_preempted, budget left)`` over the running sequences, oldest first."""
         picked: list[tuple[Sequence, int]] = []
         preempted = 0
-
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -67,10 +82,12 @@ class Scheduler:
                 picked.append((seq, n))
                 budget -= n
                 i += 1
+        return picked, preempted, budget
 
-        # Admission only when nothing was preempted: a preempted sequence outranks the waiting ones
-        # and is already at the head of the queue.
-        while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+    def _admit_waiting(self, budget: int) -> list[tuple[Sequence, int]]:
+        """Move waiting sequences to running, FCFS, while the budget, slots and pages allow."""
+        picked: list[tuple[Sequence, int]] = []
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if seq.pending_kv is not None:
                 n = seq.num_tokens - seq.num_prompt_tokens  # the token prefill sampled
@@ -88,13 +105,7 @@ class Scheduler:
             self.running.append(seq)
             picked.append((seq, n))
             budget -= n
-
-        picked.sort(key=lambda p: p[1] != 1)  # decodes first, stable otherwise
-        batch = ScheduledBatch(num_preempted=preempted)
-        for seq, n in picked:
-            batch.seqs.append(seq)
-            batch.num_new_tokens.append(n)
-        return batch
+        return picked
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Retire a running sequence. One that holds its pages (prefill-only ones do) keeps them

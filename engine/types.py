@@ -51,6 +51,28 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """An engine's load, as its worker reports it to the router (``worker.types.WorkerLoad``
+    extends it with the worker's own counters).
+
+    ``queued_prefill_tokens`` counts prompt tokens not yet computed (waiting sequences and running
+    ones still in prefill). The step line ``seconds = step_fixed_s + step_per_token_s * tokens`` is
+    the engine's online fit over its recent busy steps (``engine.step_cost``); ``step_samples`` is 0
+    until it has run one.
+    """
+
+    num_running: int = 0
+    num_waiting: int = 0
+    queued_prefill_tokens: int = 0
+    free_pages: int = 0
+    total_pages: int = 0
+    step_ms: float = 0.0  # recent mean busy step time
+    step_fixed_s: float = 0.0
+    step_per_token_s: float = 0.0
+    step_samples: int = 0
+
+
 @dataclass
 class TokenLogprobs:
     """Log-probability of the sampled token and the top-N alternatives (token id → logprob)."""

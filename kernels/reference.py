@@ -179,30 +179,42 @@ def prefill_attention(
     tokens per sequence (cached prefix + new). New K/V must already be written to the cache.
     Returns [T, Hq, D]. One fused attention call per sequence: the work is the matmuls, not the loop.
     """
-    num_heads = q.shape[1]
-    num_kv_heads, _, page_size, head_dim = k_cache.shape
     out = torch.empty_like(q)
     starts = cu_seqlens_q.tolist()
-    lens = context_lens.tolist()
-    for i, ctx in enumerate(lens):
+    for i, ctx in enumerate(context_lens.tolist()):
         q_start, q_end = starts[i], starts[i + 1]
-        q_len = q_end - q_start
-        pages = block_tables[i : i + 1, : (ctx + page_size - 1) // page_size]
-        keys = gather_kv(k_cache, pages)[:, 0, :ctx]  # [Hk, ctx, D]
-        values = gather_kv(v_cache, pages)[:, 0, :ctx]
-        qs = q[q_start:q_end].transpose(0, 1)  # [Hq, q_len, D]
-        mask = _causal_mask(q_len, ctx, sliding_window, q.device)
-        o = F.scaled_dot_product_attention(
-            qs.unsqueeze(0),
-            keys.unsqueeze(0),
-            values.unsqueeze(0),
-            attn_mask=mask,
-            is_causal=mask is None,
-            scale=scale,
-            enable_gqa=num_heads != num_kv_heads,
+        out[q_start:q_end] = _prefill_sequence(
+            q[q_start:q_end], k_cache, v_cache, block_tables[i : i + 1], ctx, scale, sliding_window
         )
-        out[q_start:q_end] = o[0].transpose(0, 1)
     return out
+
+
+def _prefill_sequence(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    ctx: int,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """One sequence's new tokens q ``[q_len, Hq, D]`` over its first ``ctx`` cached tokens, paged
+    through ``block_table [1, n]``; returns ``[q_len, Hq, D]``."""
+    num_kv_heads, _, page_size, _ = k_cache.shape
+    pages = block_table[:, : (ctx + page_size - 1) // page_size]
+    keys = gather_kv(k_cache, pages)[:, 0, :ctx]  # [Hk, ctx, D]
+    values = gather_kv(v_cache, pages)[:, 0, :ctx]
+    mask = _causal_mask(q.shape[0], ctx, sliding_window, q.device)
+    o = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0),  # [1, Hq, q_len, D]
+        keys.unsqueeze(0),
+        values.unsqueeze(0),
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=scale,
+        enable_gqa=q.shape[1] != num_kv_heads,
+    )
+    return o[0].transpose(0, 1)
 
 
 def _causal_mask(

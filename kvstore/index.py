@@ -84,18 +84,25 @@ def _redis_errors(url: str) -> Iterator[None]:
         raise IndexUnavailable(f"store index at {url} unavailable: {e}") from e
 
 
+def connect(redis_url: str, timeout_s: float = 2.0, *, decode_responses: bool = False) -> redis.Redis:
+    """A Redis client as every member of the cluster uses one: bounded waits, and one retry that
+    re-dials a connection a Redis restart broke."""
+    return redis.Redis.from_url(
+        redis_url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1),
+        decode_responses=decode_responses,
+    )
+
+
 class StoreIndex:
     """Reads and writes of the index. Thread-safe (redis-py's connection pool)."""
 
     def __init__(self, redis_url: str, *, prefix: str = DEFAULT_PREFIX, timeout_s: float = 2.0) -> None:
         self.url = redis_url
         self.prefix = prefix
-        self._redis = redis.Redis.from_url(
-            redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),  # one retry re-dials a connection a Redis restart broke
-        )
+        self._redis = connect(redis_url, timeout_s)
         self._locate = self._redis.register_script(_LOCATE)
         self._live_nodes = self._redis.register_script(_LIVE_NODES)
         self._reap = self._redis.register_script(_REAP)

@@ -13,65 +13,41 @@ from __future__ import annotations
 import logging
 import time
 
-from engine import SamplingParams
-from engine.llm_engine import LLMEngine
 from engine.sequence import Sequence
 from kvstore.keys import chain_keys
 from kvstore.tensors import nbytes, to_buffer
 from kvstore.types import StoreError
-from kvstore.workers import WorkerCounters, WorkerInfo
-from kvstore.workers_loop import put_chunks
-from transfer.channel import OutboxPool
 from transfer.errors import TransferError
-from transfer.messages import (
-    BAD_REQUEST,
-    UNAVAILABLE,
-    AbortTask,
-    DecodeTask,
-    GenerateTask,
-    Message,
-    RequestFailed,
-    TokenEvent,
-)
+from transfer.messages import BAD_REQUEST, UNAVAILABLE, AbortTask, DecodeTask, GenerateTask, TokenEvent
+from worker.base import BaseWorker, sampling_params
 
 log = logging.getLogger("tandem.prefill")
 
 
-class PrefillWorker:
-    def __init__(self, engine: LLMEngine, info: WorkerInfo, store=None) -> None:
-        if info.chunk_tokens % engine.pool.page_size:
-            raise ValueError(
-                f"chunk_tokens {info.chunk_tokens} must be a multiple of page_size {engine.pool.page_size}"
-            )
-        self.engine = engine
-        self.info = info
-        self.store = store  # kvstore.StoreClient bound to this worker's node, or None
-        self.outboxes = OutboxPool()
-        self.counters = WorkerCounters()
+class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
+    """Run a prefill worker: prompts in, first token out, KV handed to decode workers and written
+    to the KV store."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self._tasks: dict[str, GenerateTask] = {}
         self._store_hits: dict[str, int] = {}  # tokens fetched from the store, per request
         self._stored_chunks: dict[str, int] = {}  # leading chunks already in the store, per request
 
-    # -- inbox ------------------------------------------------------------------------------------
+    def handlers(self):
+        return {GenerateTask: self._start, AbortTask: self._abort}
 
-    def handle(self, message: Message) -> None:
-        if isinstance(message, GenerateTask):
-            self._start(message)
-        elif isinstance(message, AbortTask):
-            if self._tasks.pop(message.request_id, None) is not None:
-                seq = self.engine.abort(message.request_id)
-                if seq is not None and seq.block_table:
-                    self.engine.release(seq)
-        else:
-            log.warning("prefill worker ignores a %s message", message.KIND)
+    def _abort(self, message: AbortTask) -> None:
+        if self._tasks.pop(message.request_id, None) is not None:
+            self.drop(message.request_id)
 
     def _start(self, task: GenerateTask) -> None:
         try:
-            params = SamplingParams(**task.sampling)
+            params = sampling_params(task.sampling)
             prompt = list(task.token_ids)
             self.engine.validate(prompt, params)
         except (TypeError, ValueError) as e:
-            self._fail(task, BAD_REQUEST, str(e))
+            self.fail(task.reply_to, task.request_id, BAD_REQUEST, str(e))
             return
         self._store_hits[task.request_id] = self._fetch_prefix(task.request_id, prompt)
         self.engine.add_request(prompt, params, request_id=task.request_id, prefill_only=True)
@@ -111,8 +87,7 @@ class PrefillWorker:
                 if task is not None and seq.finish_reason != "abort":
                     self._hand_off(task, seq)
             finally:
-                if seq.block_table:
-                    self.engine.release(seq)
+                self.release(seq)
 
     def _hand_off(self, task: GenerateTask, seq: Sequence) -> None:
         first = seq.output_token_ids[0]
@@ -124,7 +99,7 @@ class PrefillWorker:
         kv = None if done else self.engine.export_kv(seq)
         exported_s = time.perf_counter() - started
         self._write_back(task.request_id, seq)
-        self._send(
+        self.send(
             task.reply_to,
             TokenEvent(
                 request_id=task.request_id, worker_id=self.info.worker_id, token_ids=(first,),
@@ -135,7 +110,7 @@ class PrefillWorker:
         if done:
             return
         if task.decode_address is None:
-            self._fail(task, BAD_REQUEST, "a prefill worker needs a decode_address")
+            self.fail(task.reply_to, task.request_id, BAD_REQUEST, "a prefill worker needs a decode_address")
             return
         started = time.perf_counter()
         handoff = DecodeTask(
@@ -145,35 +120,12 @@ class PrefillWorker:
         try:
             self.outboxes.send(task.decode_address, handoff)
         except TransferError as e:
-            self._fail(task, UNAVAILABLE, f"decode worker at {task.decode_address} did not take the KV: {e}")
+            text = f"decode worker at {task.decode_address} did not take the KV: {e}"
+            self.fail(task.reply_to, task.request_id, UNAVAILABLE, text)
             return
         self.counters.transferred("kv_send", nbytes([kv]), exported_s + time.perf_counter() - started)
 
     def _write_back(self, request_id: str, seq: Sequence) -> None:
         """Put the prompt's full chunks that no store node holds yet to this worker's node."""
         already = self._stored_chunks.pop(request_id, 0)
-        if self.store is None:
-            return
-        keys, chunks = self.engine.pack_chunks(seq, seq.num_prompt_tokens, self.info.chunk_tokens, already)
-        if keys:
-            put_chunks(self.store, self.counters, request_id, keys, chunks)
-
-    def _send(self, address: str, message: Message) -> None:
-        try:
-            self.outboxes.send(address, message)
-        except TransferError as e:
-            log.error("cannot reach the router at %s: %s", address, e)
-
-    def _fail(self, task: GenerateTask, code: str, text: str) -> None:
-        log.info("request %s failed: %s", task.request_id, text)
-        self._send(task.reply_to, RequestFailed(task.request_id, self.info.worker_id, code, text))
-
-    def report(self) -> dict[str, int | float]:
-        """This worker's ``WorkerLoad`` fields: the engine's load and the worker's counters."""
-        return {**self.engine.load_report(), **self.counters.fields()}
-
-    def has_work(self) -> bool:
-        return self.engine.has_unfinished()
-
-    def close(self) -> None:
-        self.outboxes.close()
+        self.write_chunks(seq, seq.num_prompt_tokens, already)

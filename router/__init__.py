@@ -1,11 +1,17 @@
-"""The router: OpenAI-compatible HTTP front end and conductor (torch-free).
+"""The router: OpenAI-compatible HTTP edge, conductor, dispatch and observability (torch-free).
 
+The HTTP edge, at this level:
 - ``main``: ``tandem serve router`` (argparse + uvicorn); ``app``: the FastAPI app and endpoints.
-- ``serving``: one request from HTTP body to response; ``generation``: its trip through the
-  workers (events → text deltas, failures, aborts); ``dispatch``: the inbox thread and outboxes.
-- ``protocol`` / ``validation``: OpenAI requests → sampling fields, 400s; ``responses``: bodies.
+- ``admission``: parse → tokenize → route (or refuse) one request; ``serving``: its attempts and
+  response (retried on other workers when one fails it early).
+- ``protocol`` / ``validation``: OpenAI requests → typed sampling, 400s; ``responses``: bodies;
+  ``errors``: ``ApiError``, the one failure type a client sees.
 - ``tokenizer`` / ``detokenizer``: text ⇄ token ids with ``tokenizers`` + jinja2, stop strings.
-- ``cluster``: live workers (registry) and cached prefixes (store index); ``policies`` (pure) and
-  ``costs``: where a request goes, or why it is rejected; ``types``: the domain types.
-- ``config``: frozen configuration; ``metrics``: Prometheus.
+- ``config``: ``RouterConfig``, frozen.
+
+- ``conductor/``: where a request goes, or why it is rejected (pure: plain types, costs,
+  policies, pending prefills; imports only ``worker.types``).
+- ``dispatch/``: the cluster view, the worker channels, one request's trip through the workers,
+  and every way a worker can fail it (suspects, retries, lost workers, deferred aborts).
+- ``observe/``: Prometheus metrics, their recent history, the dashboard and its static files.
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,16 +19,17 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kvstore.client import StoreClient
-from kvstore.workers import WorkerRegistry, WorkerState
-from router.cluster import ClusterView
 from router.config import RouterConfig
-from router.dashboard import dashboard_router
-from router.dispatch import Dispatcher
-from router.history import MetricsHistory
-from router.metrics import RouterMetrics
+from router.dispatch.cluster import ClusterView
+from router.dispatch.dispatcher import Dispatcher
+from router.errors import ApiError
+from router.observe.dashboard import dashboard_router
+from router.observe.history import MetricsHistory
+from router.observe.metrics import RouterMetrics
 from router.serving import Router, error_response
 from router.tokenizer import TextTokenizer
-from router.types import ApiError
+from worker.registry import WorkerRegistry
+from worker.types import ROLES, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,18 @@ def create_app(config: RouterConfig) -> FastAPI:
     tokenizer = TextTokenizer(config.model_dir)
     metrics = RouterMetrics()
     metrics.set_slo(config.slo.ttft_s, config.slo.tbt_s)
+    app = FastAPI(title="Tandem router", lifespan=_lifespan(config, tokenizer, metrics))
+    app.state.metrics = metrics
+    _add_error_handlers(app)
+    _add_endpoints(app, config, metrics)
+    app.include_router(dashboard_router())
+    return app
+
+
+def _lifespan(
+    config: RouterConfig, tokenizer: TextTokenizer, metrics: RouterMetrics
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Start the dispatcher, the registry refresh and the metrics history; stop them on shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,15 +63,7 @@ def create_app(config: RouterConfig) -> FastAPI:
             lost_grace_s=config.lost_grace_s,
         )
         dispatcher.start()
-
-        def on_refresh(workers: tuple[WorkerState, ...]) -> None:
-            dispatcher.fail_lost({w.info.worker_id for w in workers})
-            dispatcher.prune({w.info.address for w in workers})
-
-        cluster = ClusterView(
-            registry, store, refresh_interval_s=config.refresh_interval_s,
-            stale_after_s=config.stale_after_s, on_refresh=on_refresh, model=config.model_dir.resolve().name,
-        )  # fmt: skip
+        cluster = _cluster_view(config, registry, store, dispatcher)
         metrics.watch(lambda: cluster.snapshot.workers, lambda: cluster.snapshot.store_nodes)
         await cluster.refresh()
         refresher = asyncio.create_task(cluster.run(), name="router-registry-refresh")
@@ -76,8 +81,26 @@ def create_app(config: RouterConfig) -> FastAPI:
             registry.close()
             store.close()
 
-    app = FastAPI(title="Tandem router", lifespan=lifespan)
-    app.state.metrics = metrics
+    return lifespan
+
+
+def _cluster_view(
+    config: RouterConfig, registry: WorkerRegistry, store: StoreClient, dispatcher: Dispatcher
+) -> ClusterView:
+    """The cluster view of the router's model; every refresh tells the dispatcher who is live."""
+
+    def on_refresh(workers: tuple[WorkerState, ...]) -> None:
+        dispatcher.fail_lost({w.info.worker_id for w in workers})
+        dispatcher.prune({w.info.address for w in workers})
+
+    return ClusterView(
+        registry, store, refresh_interval_s=config.refresh_interval_s, stale_after_s=config.stale_after_s,
+        on_refresh=on_refresh, model=config.model_dir.resolve().name,
+    )  # fmt: skip
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as an OpenAI-shaped body, FastAPI's and Starlette's own included."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -97,6 +120,8 @@ def create_app(config: RouterConfig) -> FastAPI:
         log.exception("unhandled error on %s", request.url.path)
         return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal"))
 
+
+def _add_endpoints(app: FastAPI, config: RouterConfig, metrics: RouterMetrics) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await request.app.state.router.serve(request, chat=False)
@@ -115,8 +140,7 @@ def create_app(config: RouterConfig) -> FastAPI:
         """200 when a request could be routed now (fresh cluster view, a prefill or colocated
         worker, and a decode worker for any prefill-role one); 503 otherwise. Counts workers by role."""
         cluster: ClusterView = request.app.state.router.cluster
-        snapshot = cluster.snapshot
-        counts = {role: len(snapshot.by_role(role)) for role in ("prefill", "decode", "colocated")}
+        counts = {role: len(cluster.snapshot.by_role(role)) for role in ROLES}
         ready = cluster.fresh and (
             counts["colocated"] > 0 or (counts["prefill"] > 0 and counts["decode"] > 0)
         )
@@ -130,6 +154,3 @@ def create_app(config: RouterConfig) -> FastAPI:
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
-
-    app.include_router(dashboard_router())
-    return app

@@ -10,7 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from router.config import POLICY_NAMES, CostModel, RouterConfig, Slo, kv_bytes_per_token
+from router.conductor import DEFAULT_POLICY, POLICY_NAMES, CostModel, Slo
+from router.config import RouterConfig
 
 DESCRIPTION = """\
 Run the router: OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models,
@@ -26,6 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_serving_args(p)
+    _add_request_args(p)
+    _add_cost_args(p.add_argument_group("cost model (what the conductor predicts TTFT and TBT from)"))
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return p
+
+
+def _add_serving_args(p: argparse.ArgumentParser) -> None:
+    """What the router serves, where, and how it reaches the workers."""
     p.add_argument(
         "--model", required=True, type=Path, help="HF model directory (tokenizer, chat template, config)"
     )
@@ -38,17 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--served-model-name", default="", help="the model name clients use (default: the directory name)"
     )
     p.add_argument(
-        "--policy", default="cache_aware", choices=POLICY_NAMES,
+        "--inbox", default="tcp://127.0.0.1:0", help="ZeroMQ address for worker events (default: any port)"
+    )
+    p.add_argument("--advertise-inbox", help="address workers send events to (default: the bound inbox)")
+
+
+def _add_request_args(p: argparse.ArgumentParser) -> None:
+    """How requests are routed, admitted, retried and capped."""
+    p.add_argument(
+        "--policy", default=DEFAULT_POLICY, choices=POLICY_NAMES,
         help="routing policy (default cache_aware: min predicted TTFT from cache locality, load and cost models)",
     )  # fmt: skip
     p.add_argument(
         "--ttft-slo-ms", type=float, default=30_000, help="time-to-first-token SLO (default 30000)"
     )
     p.add_argument("--tbt-slo-ms", type=float, default=5_000, help="time-between-tokens SLO (default 5000)")
-    p.add_argument(
-        "--inbox", default="tcp://127.0.0.1:0", help="ZeroMQ address for worker events (default: any port)"
-    )
-    p.add_argument("--advertise-inbox", help="address workers send events to (default: the bound inbox)")
     p.add_argument(
         "--request-timeout-s", type=float, default=120.0,
         help="fail a request that receives no worker event for this long (default 120)",
@@ -62,34 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--default-max-tokens", type=int, default=256,
         help="max_tokens of chat requests that set none (default 256; completions: 16, as OpenAI)",
     )  # fmt: skip
-    costs = p.add_argument_group("cost model (what the conductor predicts TTFT and TBT from)")
+
+
+def _add_cost_args(costs: argparse._ArgumentGroup) -> None:
     d = CostModel()
     for flag, default, what in (
         ("--prefill-fixed-ms", d.prefill_fixed_s * 1e3, "per prefill, until the worker reports its own fit"),
         ("--prefill-per-token-ms", d.prefill_per_token_s * 1e3, "per uncached prompt token, likewise"),
-        (
-            "--fetch-fixed-ms",
-            d.fetch_fixed_s * 1e3,
-            "per fetch from a store node (fitted: bench/results/transfer.json)",
-        ),
+        ("--fetch-fixed-ms", d.fetch_fixed_s * 1e3, "per fetch from a store node (fitted: bench/results/transfer.json)"),
         ("--fetch-per-byte-ns", d.fetch_per_byte_s * 1e9, "per fetched KV byte (fitted likewise)"),
         ("--decode-base-ms", d.decode_base_s * 1e3, "floor of a decode step's time"),
         ("--decode-per-seq-ms", d.decode_per_seq_s * 1e3, "added per sequence joining a decode batch"),
-    ):
+    ):  # fmt: skip
         costs.add_argument(flag, type=float, default=default, help=f"{what} (default %(default)g)")
     costs.add_argument(
-        "--kv-bytes-per-token", type=int, default=None,
-        help="KV bytes per token (default: from the model's config.json: layers*2*kv_heads*head_dim*dtype size)",
+        "--kv-bytes-per-token", type=int, default=d.kv_bytes_per_token,
+        help="KV bytes per token a fetch moves (default 0: what each worker publishes for its model and dtype)",
     )  # fmt: skip
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
     """Raises ``ValueError`` naming the bad value."""
-    kv_bytes = (
-        args.kv_bytes_per_token if args.kv_bytes_per_token is not None else kv_bytes_per_token(args.model)
-    )
     costs = CostModel(
         prefill_fixed_s=args.prefill_fixed_ms / 1e3,
         prefill_per_token_s=args.prefill_per_token_ms / 1e3,
@@ -97,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         fetch_per_byte_s=args.fetch_per_byte_ns / 1e9,
         decode_base_s=args.decode_base_ms / 1e3,
         decode_per_seq_s=args.decode_per_seq_ms / 1e3,
-        kv_bytes_per_token=kv_bytes,
+        kv_bytes_per_token=args.kv_bytes_per_token,
     )
     return RouterConfig(
         model_dir=args.model,

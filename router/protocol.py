@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.types import ApiError
+from router.errors import ApiError
 from router.validation import (
     bad,
     get_bool,
@@ -22,6 +22,7 @@ from router.validation import (
     get_token_ids,
     reject_unsupported,
 )
+from transfer.messages import Sampling
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -146,7 +147,7 @@ def parse_chat(body: dict, served_model: str, vocab_size: int) -> ParsedRequest:
 
 def sampling_fields(
     request: ParsedRequest, num_prompt_tokens: int, max_model_len: int, default_max_tokens: int
-) -> dict[str, Any]:
+) -> Sampling:
     """``GenerateTask.sampling``: the request's sampling with ``max_tokens`` fixed.
 
     400 (code ``context_length_exceeded``) if the prompt leaves no room in the context, or if an
@@ -176,4 +177,4 @@ def sampling_fields(
         )
     else:
         max_tokens = request.max_tokens
-    return {**request.sampling, "max_tokens": max_tokens}
+    return Sampling(**request.sampling, max_tokens=max_tokens)

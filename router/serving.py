@@ -1,4 +1,6 @@
-"""Serving one OpenAI request: parse → tokenize → route (conductor) → generate → respond.
+"""Serving one OpenAI request: admit (``admission``: parse → tokenize → route) → attempt
+(generate → respond), with another attempt on other workers when a worker fails it before anything
+of the response is sent (``dispatch.failures``); the router's metrics count every outcome.
 
 Every failure before the first token is an HTTP error with its status (the response waits for the
 first token before it commits to 200, streaming or not); a failure after it, in a stream, is an
@@ -13,33 +15,31 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from router.cluster import SERVING_ROLES, ClusterSnapshot, ClusterView
+from router.admission import Admission, Admitted
+from router.conductor import PendingPrefills, Route
+from router.conductor.costs import cached_split
 from router.config import RouterConfig
-from router.costs import cached_split
-from router.dispatch import Dispatcher
-from router.generation import Delta, Generation
-from router.metrics import PrefillReport, RouterMetrics
-from router.pending import PendingPrefills
-from router.policies import POLICIES
-from router.protocol import ParsedRequest, parse_chat, parse_completion, sampling_fields
+from router.dispatch.cluster import ClusterView
+from router.dispatch.dispatcher import Dispatcher
+from router.dispatch.failures import Suspects, should_retry
+from router.dispatch.generation import Delta, Generation
+from router.errors import ApiError
+from router.observe.metrics import PrefillReport, RouterMetrics
+from router.protocol import ParsedRequest
 from router.responses import SSE_DONE, ResponseHead, sse, usage
 from router.tokenizer import TextTokenizer
-from router.types import ApiError, Rejection, Route, RoutingProblem
-from router.validation import parse_body
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _REJECTED_CODES = {"no_workers", "no_decode", "cluster_unavailable", "ttft_slo", "tbt_slo"}
-# A worker that just failed a request (unreachable, silent, refused the KV) gets no new requests for
-# this long, unless no other worker of its kind is live: longer than the registry's heartbeat TTL
-# (3 s), so a dead one has dropped out of the registry by the time it would be tried again.
-SUSPECT_S = 5.0
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class ClientGone(Exception):
@@ -51,6 +51,15 @@ def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JS
     if error.retry_after_s is not None:
         headers["retry-after"] = str(error.retry_after_s)
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every attempt at one admitted request shares."""
+
+    head: ResponseHead  # the response's id, creation time and model
+    admitted: Admitted
+    arrived_at: float  # time.monotonic() at arrival: TTFT and E2E count from here
 
 
 class Router:
@@ -67,117 +76,96 @@ class Router:
         self.dispatcher = dispatcher
         self.cluster = cluster
         self.metrics = metrics
-        self._policy = POLICIES[config.policy]
-        self._turn = 0
         self._pending = PendingPrefills()
-        self._suspects: dict[str, float] = {}  # worker id -> until (time.monotonic())
+        self._suspects = Suspects()
+        self.admission = Admission(config, tokenizer, cluster, self._pending, self._suspects)
 
     async def serve(self, request: Request, *, chat: bool) -> Response:
+        """Admit the request, then attempt it until it is answered: a worker's failure before
+        anything of the response is sent is retried on other workers, up to ``max_retries`` times."""
         arrived_at = time.monotonic()
         try:
-            parsed, token_ids, route, sampling = await self._admit(request, chat=chat)
+            admitted = await self.admission.admit(request, chat=chat)
         except ApiError as e:
             self._count_refusal(e)
             return error_response(e)
-        prefix = "chatcmpl-" if chat else "cmpl-"
-        request_id = prefix + uuid.uuid4().hex
+        request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         head = ResponseHead(request_id, int(time.time()), self.config.model_name, chat)
+        job = Job(head, admitted, arrived_at)
         self.metrics.request_started()
-        attempt = 0
-        while True:  # one pass per attempt: a worker's failure before any response is sent is retried
-            gen = Generation(
-                self.dispatcher, route, request_id if not attempt else f"{request_id}.{attempt}", token_ids, sampling,
-                decoder=self.tokenizer, stop=parsed.stop, timeout_s=self.config.request_timeout_s, arrived_at=arrived_at,
-            )  # fmt: skip
-            headers = {
-                "x-tandem-prefill": gen.prefill_id,
-                "x-tandem-decode": gen.decode_id,
-                "x-request-id": request_id,
-            }
-            if attempt:
-                headers["x-tandem-retries"] = str(attempt)
-            self._pending.add(
-                gen.request_id, route.prefill.worker_id, cached_split(route.prefill, len(token_ids))[2]
-            )
-            streaming = False
+        route, attempt = admitted.route, 0
+        while True:  # one attempt per pass: only a failure another route may fix goes round again
+            gen = self._generation(job, route, attempt)
+            headers = _headers(job, gen, attempt)
             try:
-                await gen.start()
-                deltas = gen.deltas()
-                first = await _until_disconnected(request, anext(deltas))
-                self._pending.done(gen.request_id)  # prefilled: the worker's own reports cover the rest
-                if parsed.stream:
-                    streaming = True
-                    stream = self._stream(gen, head, parsed, first, deltas)
-                    sse_headers = {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-                    return StreamingResponse(stream, media_type="text/event-stream", headers=sse_headers)
-                text = [first.text]
-                if first.finish_reason is None:
-                    text += await _until_disconnected(request, _collect(deltas))
-                body = head.complete("".join(text), gen.finish_reason, self._usage(gen))
-                self._finish(gen, "ok")
-                return JSONResponse(body, headers=headers)
-            except ApiError as e:
-                self._suspect(e)
-                error = e
-                if e.failed_worker is not None and attempt < self.config.max_retries:
-                    self._count_prefill(gen)  # the prefill worker counted it; so does the router
-                    try:  # the failed worker is a suspect now: the conductor avoids it
-                        route = await self._route(self.cluster.current(), token_ids, sampling["max_tokens"])
-                        attempt += 1
-                        self.metrics.retries.inc()
-                        log.warning(
-                            "request %s: %s; routing it again (retry %d)", request_id, e.message, attempt
-                        )
-                        continue
-                    except ApiError as reroute:
-                        error = reroute
-                self._finish(gen, "failed")
-                log.warning("request %s failed: %s", request_id, error.message)
-                return error_response(error, headers)
+                return await self._attempt(request, job, gen, headers)
             except ClientGone:
                 self._finish(gen, "cancelled")
                 return Response(status_code=499)
-            finally:
-                if not streaming:
-                    gen.close()
+            except ApiError as failure:
+                next_route = await self._after_failure(job, gen, failure, attempt)
+                if isinstance(next_route, ApiError):
+                    self._finish(gen, "failed")
+                    log.warning("request %s failed: %s", request_id, next_route.message)
+                    return error_response(next_route, headers)
+            route, attempt = next_route, attempt + 1
 
-    async def _admit(self, request: Request, *, chat: bool) -> tuple[ParsedRequest, list[int], Route, dict]:
-        body = parse_body(await request.body())
-        parse = parse_chat if chat else parse_completion
-        parsed = parse(body, self.config.model_name, self.tokenizer.vocab_size)
+    def _generation(self, job: Job, route: Route, attempt: int) -> Generation:
+        request_id = job.head.request_id if not attempt else f"{job.head.request_id}.{attempt}"
+        admitted = job.admitted
+        return Generation(
+            self.dispatcher, route, request_id, admitted.token_ids, admitted.sampling, decoder=self.tokenizer,
+            stop=admitted.parsed.stop, timeout_s=self.config.request_timeout_s, arrived_at=job.arrived_at,
+        )  # fmt: skip
+
+    async def _attempt(
+        self, request: Request, job: Job, gen: Generation, headers: dict[str, str]
+    ) -> Response:
+        """One attempt, up to its response. Raises ``ApiError`` (it failed) or ``ClientGone``.
+
+        ``gen`` is closed when this returns or raises, except when it returns a stream: the
+        stream then owns ``gen`` and closes it when it ends."""
+        uncached = cached_split(gen.route.prefill, len(gen.token_ids))[2]
+        self._pending.add(gen.request_id, gen.prefill_id, uncached)
+        streaming = False
         try:
-            if parsed.messages is not None:
-                token_ids = self.tokenizer.apply_chat_template(parsed.messages)
-            else:
-                token_ids = (
-                    self.tokenizer.encode(parsed.prompt) if isinstance(parsed.prompt, str) else parsed.prompt
+            await gen.start()
+            deltas = gen.deltas()
+            first = await _until_disconnected(request, anext(deltas))
+            self._pending.done(gen.request_id)  # prefilled: the worker's own reports cover the rest
+            if job.admitted.parsed.stream:
+                streaming = True
+                stream = self._stream(gen, job.head, job.admitted.parsed, first, deltas)
+                return StreamingResponse(
+                    stream, media_type="text/event-stream", headers={**headers, **_SSE_HEADERS}
                 )
-        except ValueError as e:
-            raise ApiError(400, str(e), param="messages" if chat else "prompt") from e
-        if not token_ids:
-            raise ApiError(400, "the prompt tokenizes to nothing", param="messages" if chat else "prompt")
-        snapshot = self.cluster.current()
-        sampling = sampling_fields(
-            parsed, len(token_ids), _max_model_len(snapshot), self.config.default_max_tokens
-        )
-        route = await self._route(snapshot, token_ids, sampling["max_tokens"])
-        return parsed, token_ids, route, sampling
+            text = [first.text]
+            if first.finish_reason is None:
+                text += await _until_disconnected(request, _collect(deltas))
+            body = job.head.complete("".join(text), gen.finish_reason, self._usage(gen))
+            self._finish(gen, "ok")
+            return JSONResponse(body, headers=headers)
+        finally:
+            if not streaming:
+                gen.close()
 
-    async def _route(self, snapshot: ClusterSnapshot, token_ids: list[int], max_tokens: int) -> Route:
-        # every policy gets the cached prefixes (one index read): those that ignore them still have
-        # their choice's cache predicted, so predicted vs realised hits compare across policies
-        candidates = await self.cluster.prefill_candidates(snapshot, token_ids)
-        candidates = tuple(self._pending.adjust(c) for c in self._trusted(candidates, lambda c: c.worker_id))
-        decode = self._trusted(snapshot.by_role("decode"), lambda w: w.info.worker_id)
-        problem = RoutingProblem(len(token_ids), max_tokens, candidates, decode, self._turn)
-        self._turn += 1
-        decision = self._policy(problem, self.config.costs, self.config.slo)
-        if isinstance(decision, Rejection):
-            status = 429 if decision.reason in ("ttft_slo", "tbt_slo") else 503
-            raise ApiError(
-                status, decision.message, code=decision.reason, retry_after_s=decision.retry_after_s
-            )
-        return decision
+    async def _after_failure(
+        self, job: Job, gen: Generation, failure: ApiError, attempt: int
+    ) -> Route | ApiError:
+        """The route of the next attempt after ``failure``, or the error to answer with."""
+        self._blame(failure)
+        if not should_retry(failure, attempt, self.config.max_retries):
+            return failure
+        self._count_prefill(gen)  # the prefill worker counted it; so does the router
+        try:  # the failed worker is a suspect now: the conductor avoids it
+            route = await self.admission.reroute(job.admitted)
+        except ApiError as reroute:
+            return reroute
+        self.metrics.retries.inc()
+        log.warning(
+            "request %s: %s; routing it again (retry %d)", job.head.request_id, failure.message, attempt + 1
+        )
+        return route
 
     async def _stream(
         self,
@@ -201,7 +189,7 @@ class Router:
             yield SSE_DONE
         except ApiError as e:
             outcome = "failed"
-            self._suspect(e)
+            self._blame(e)
             log.warning("request %s failed mid-stream: %s", gen.request_id, e.message)
             yield sse(e.body())
             yield SSE_DONE
@@ -209,18 +197,10 @@ class Router:
             gen.close()
             self._finish(gen, outcome)
 
-    def _suspect(self, error: ApiError) -> None:
-        if error.failed_worker is not None:
-            self.metrics.worker_failures.labels(error.failed_worker).inc()
-            log.warning("avoiding worker %s for %gs: %s", error.failed_worker, SUSPECT_S, error.message)
-            self._suspects[error.failed_worker] = time.monotonic() + SUSPECT_S
-
-    def _trusted(self, workers: tuple[T, ...], worker_id: Callable[[T], str]) -> tuple[T, ...]:
-        """``workers`` less the recent suspects, or all of them if none else is left."""
-        now = time.monotonic()
-        self._suspects = {w: until for w, until in self._suspects.items() if until > now}
-        trusted = tuple(w for w in workers if worker_id(w) not in self._suspects)
-        return trusted or workers
+    def _blame(self, error: ApiError) -> None:
+        worker_id = self._suspects.blame(error)
+        if worker_id is not None:
+            self.metrics.worker_failures.labels(worker_id).inc()
 
     def _usage(self, gen: Generation) -> dict[str, Any]:
         cached = gen.num_cached_local + gen.num_cached_store
@@ -266,9 +246,16 @@ class Router:
                 m.tpot.observe((e2e - ttft) / (gen.num_output_tokens - 1))
 
 
-def _max_model_len(snapshot: ClusterSnapshot) -> int:
-    """The context every worker can hold (workers may differ: take the smallest)."""
-    return min(w.info.max_model_len for w in snapshot.by_role(*SERVING_ROLES))
+def _headers(job: Job, gen: Generation, attempt: int) -> dict[str, str]:
+    """Which workers serve this attempt, and how many attempts came before it."""
+    headers = {
+        "x-tandem-prefill": gen.prefill_id,
+        "x-tandem-decode": gen.decode_id,
+        "x-request-id": job.head.request_id,
+    }
+    if attempt:
+        headers["x-tandem-retries"] = str(attempt)
+    return headers
 
 
 async def _collect(deltas: AsyncIterator[Delta]) -> list[str]:

@@ -10,7 +10,7 @@ import json
 import math
 from typing import Any
 
-from router.types import ApiError
+from router.errors import ApiError
 
 _MISSING = object()
 

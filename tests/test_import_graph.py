@@ -1,7 +1,9 @@
 """The import graph of DESIGN.md is the architecture: every first-party import must be allowed.
 
 Checked on the source (AST), including imports inside functions, so a lazy import cannot hide an
-edge. ``engine`` may use exactly one module of ``kvstore``: the torch-free ``kvstore.keys``.
+edge. Rules are per package, and a sub-package or module may have a stricter rule of its own (the
+longest matching path wins): the router's conductor and the worker's leaf types stay pure.
+``engine`` may use exactly one module of ``kvstore``: the torch-free ``kvstore.keys``.
 """
 
 from __future__ import annotations
@@ -13,22 +15,41 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("kernels", "engine", "transfer", "kvstore", "prefill", "decode", "router", "cluster", "bench")
+PACKAGES = (
+    "kernels", "engine", "transfer", "kvstore", "worker", "prefill", "decode", "colocated", "router",
+    "sim", "cluster", "bench",
+)  # fmt: skip
+_WORKER_ROLE = {"worker", "engine", "kernels", "kvstore", "transfer"}  # prefill, decode, colocated
 
-# package → first-party packages (or single modules) it may import, besides itself
+# path (a package, sub-package or module) → first-party packages or modules it may import, besides
+# itself; the longest path that contains a file decides
 ALLOWED: dict[str, set[str]] = {
     "kernels": set(),
     "engine": {"kernels", "kvstore.keys"},
     "transfer": set(),
     "kvstore": {"transfer"},
-    "prefill": {"engine", "kernels", "kvstore", "transfer"},
-    "decode": {"engine", "kernels", "kvstore", "transfer"},
-    "router": {"kvstore", "transfer"},
+    "worker": {"engine", "kernels", "kvstore", "transfer"},
+    "worker/types.py": set(),  # the router reads it: no engine
+    "prefill": _WORKER_ROLE,
+    "decode": _WORKER_ROLE,
+    "colocated": _WORKER_ROLE,
+    "router": {"kvstore", "transfer", "worker.types", "worker.registry"},
+    "router/conductor": {"worker.types"},
+    "sim": {"router.conductor", "worker.types", "kvstore.keys"},
     "cluster": set(PACKAGES) - {"bench"},  # the composition root
     "bench": set(PACKAGES) - {"cluster"},  # nothing imports cluster or bench
 }
-# third-party modules a package must not touch (the router and the wire stay torch-free)
-FORBIDDEN_THIRD_PARTY = {"router": {"torch", "triton"}, "transfer": {"torch", "triton"}}
+# third-party modules a path must not touch (the router, its conductor and the wire stay light)
+_HEAVY = {"torch", "triton"}
+FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
+    "router": _HEAVY,
+    "router/conductor": _HEAVY | {"redis", "zmq", "fastapi", "starlette", "prometheus_client", "msgpack"},
+    "transfer": _HEAVY,
+    "worker/types.py": _HEAVY | {"redis", "zmq"},
+    "worker/registry.py": _HEAVY,
+    "engine/types.py": _HEAVY,
+    "sim": _HEAVY | {"redis", "zmq"},
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -43,14 +64,21 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
+def rule_for(rules: dict[str, set[str]], rel: Path) -> set[str]:
+    """The rule of the longest path in ``rules`` that is ``rel`` or contains it."""
+    matching = [key for key in rules if rel.as_posix() == key or rel.as_posix().startswith(key + "/")]
+    return rules[max(matching, key=len)] if matching else set()
+
+
 def violations(package: str) -> list[str]:
     bad = []
-    allowed = ALLOWED[package]
     for path in sorted((ROOT / package).rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        allowed = rule_for(ALLOWED, rel)
+        forbidden = rule_for(FORBIDDEN_THIRD_PARTY, rel)
         for mod in imported_modules(path):
             top = mod.split(".")[0]
-            rel = path.relative_to(ROOT)
-            if top in FORBIDDEN_THIRD_PARTY.get(package, ()):
+            if top in forbidden:
                 bad.append(f"{rel} imports {mod}")
             if top not in PACKAGES or top == package:
                 continue
@@ -71,12 +99,25 @@ def test_the_checker_catches_a_forbidden_edge(tmp_path, monkeypatch):
         "import router.app\nfrom kvstore.client import StoreClient\nfrom kvstore import keys\n"
         "def lazy():\n    import transfer.wire\n"
     )
-    (tmp_path / "router").mkdir()
-    (tmp_path / "router" / "app.py").write_text("import torch\n")
+    (tmp_path / "router" / "conductor").mkdir(parents=True)
+    (tmp_path / "router" / "app.py").write_text("import torch\nimport redis\nfrom worker.registry import R\n")
+    (tmp_path / "router" / "conductor" / "p.py").write_text("import redis\nfrom worker.registry import R\n")
+    for role in ("prefill", "decode", "colocated", "kvstore"):
+        (tmp_path / role).mkdir()
+    (tmp_path / "prefill" / "w.py").write_text("from decode.worker import DecodeWorker\nimport worker.base\n")
+    (tmp_path / "colocated" / "w.py").write_text("import prefill.worker\n")
+    (tmp_path / "kvstore" / "n.py").write_text("from worker.types import WorkerInfo\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert sorted(violations("engine")) == [
         "engine/bad.py imports kvstore.client.StoreClient",
         "engine/bad.py imports router.app",
         "engine/bad.py imports transfer.wire",
     ]
-    assert violations("router") == ["router/app.py imports torch"]
+    assert sorted(violations("router")) == [
+        "router/app.py imports torch",
+        "router/conductor/p.py imports redis",
+        "router/conductor/p.py imports worker.registry.R",
+    ]
+    assert violations("prefill") == ["prefill/w.py imports decode.worker.DecodeWorker"]
+    assert violations("colocated") == ["colocated/w.py imports prefill.worker"]
+    assert violations("kvstore") == ["kvstore/n.py imports worker.types.WorkerInfo"]

@@ -3,7 +3,7 @@
 - ``messages``: every message kind, as typed frozen structs (the protocol in one file).
 - ``wire``: message ⇄ frames (MessagePack header + zero-copy buffer frames), validating decode.
 - ``sockets``: the one module that creates sockets, with size limits and high-water marks.
-- ``reqrep``: request/reply with ids and timeouts; ``stream``: streams with back-pressure.
+- ``reqrep``: request/reply with ids and timeouts; ``channel``: one-way typed inboxes and outboxes.
 - ``errors``: what can go wrong, one class per thing a caller can act on.
 """
 
@@ -13,14 +13,12 @@ from transfer.errors import (
     PeerTimeout,
     PeerUnavailable,
     RemoteError,
-    StreamAborted,
     TransferError,
     WireError,
 )
 from transfer.messages import Buffer, Message
 from transfer.reqrep import Incoming, ReplyServer, RequestClient
 from transfer.sockets import SocketOptions
-from transfer.stream import StreamReceiver, StreamSender
 
 __all__ = [
     "Buffer",
@@ -32,9 +30,6 @@ __all__ = [
     "ReplyServer",
     "RequestClient",
     "SocketOptions",
-    "StreamAborted",
-    "StreamReceiver",
-    "StreamSender",
     "TransferError",
     "WireError",
 ]

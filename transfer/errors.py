@@ -40,12 +40,3 @@ class RemoteError(TransferError):
         super().__init__(f"peer replied {code}: {detail}")
         self.code = code
         self.detail = detail
-
-
-class StreamAborted(TransferError):
-    """The sender aborted the stream; ``reason`` is what it said."""
-
-    def __init__(self, stream_id: int, reason: str) -> None:
-        super().__init__(f"stream {stream_id} aborted by sender: {reason}")
-        self.stream_id = stream_id
-        self.reason = reason

@@ -3,7 +3,7 @@
 A message class names its ``kind`` tag and ``version`` at definition
 (``class GetRequest(Message, kind="get_request")``) and registers itself in ``MESSAGE_TYPES``.
 Its fields are plain values that MessagePack carries (int, float, str, bytes, bool, tuples and
-str-keyed dicts of those, ``X | None``). Bulk data goes in a field named ``buffers`` holding
+str-keyed dicts of those, ``X | None``) or frozen dataclasses of such fields (travelling as maps). Bulk data goes in a field named ``buffers`` holding
 ``Buffer`` s: each travels as its own raw frame, zero-copy, described in the header by dtype and
 shape. ``transfer.wire`` checks every field against these annotations on decode, and each class's
 ``__post_init__`` checks what the types cannot (lengths that must agree).
@@ -110,20 +110,6 @@ class ErrorReply(Message, kind="error"):
     message: str
 
 
-@dataclass(frozen=True)
-class StreamEnd(Message, kind="stream_end"):
-    """Last message of a stream; ``num_items`` lets the receiver check nothing was lost."""
-
-    num_items: int
-
-
-@dataclass(frozen=True)
-class StreamAbort(Message, kind="stream_abort"):
-    """The sender gives up on a stream; the receiver raises ``StreamAborted`` with ``reason``."""
-
-    reason: str
-
-
 # ---- store node ----------------------------------------------------------------------------------
 # Keys are chunk keys (``kvstore.keys``). Every request is batched; replies answer key by key, in
 # request order.
@@ -207,14 +193,27 @@ class StatsReply(Message, kind="store_stats_reply"):
 
 
 # ---- serving: router ⇄ prefill / decode workers ------------------------------------------------
-# Every message names its request. Sampling travels as a dict of SamplingParams' fields (the router
-# validated them; workers rebuild SamplingParams and so re-validate). Workers never see text.
-
-SamplingFields = dict[str, int | float | bool | None | tuple[int, ...]]
+# Every message names its request. Workers never see text.
 
 
 @dataclass(frozen=True)
-class GenerateTask(Message, kind="generate_task"):
+class Sampling:
+    """How a worker samples a request: the fields of the engine's ``SamplingParams`` as they
+    travel (the router validated them; the worker's ``SamplingParams`` validates them again).
+    A nested struct on the wire: ``transfer.wire`` checks each field against these annotations."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 16
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerateTask(Message, kind="generate_task", version=2):
     """Router → prefill worker: prefill ``token_ids`` and sample the first token.
 
     ``decode_address`` is the chosen decode worker's inbox; the prefill worker hands the KV over
@@ -223,13 +222,13 @@ class GenerateTask(Message, kind="generate_task"):
 
     request_id: str
     token_ids: tuple[int, ...]
-    sampling: SamplingFields
+    sampling: Sampling
     reply_to: str
     decode_address: str | None
 
 
 @dataclass(frozen=True)
-class DecodeTask(Message, kind="decode_task"):
+class DecodeTask(Message, kind="decode_task", version=2):
     """Prefill → decode worker: continue a prefilled request.
 
     ``buffers[0]`` holds the KV of the first ``len(token_ids)`` tokens as packed pages
@@ -239,7 +238,7 @@ class DecodeTask(Message, kind="decode_task"):
     request_id: str
     token_ids: tuple[int, ...]
     first_token: int
-    sampling: SamplingFields
+    sampling: Sampling
     reply_to: str
     buffers: tuple[Buffer, ...]
 

@@ -1,6 +1,6 @@
 """The one place that creates ZeroMQ sockets, so every socket gets the same limits and options.
 
-Patterns (``reqrep``, ``stream``) build on these; components use the patterns, never raw sockets.
+Patterns (``reqrep``, ``channel``) build on these; components use the patterns, never raw sockets.
 Every socket gets:
 
 - ``MAXMSGSIZE``: a peer that sends a larger frame is disconnected by ZeroMQ before the frame is
@@ -112,12 +112,12 @@ def connect_dealer(address: str, opts: SocketOptions) -> zmq.Socket:
 
 
 def bind_pull(address: str, opts: SocketOptions) -> zmq.Socket:
-    """Receiving end of streams; any number of senders connect to it."""
+    """Receiving end of a channel (an inbox); any number of senders connect to it."""
     return _bind(_socket(zmq.PULL, opts), address)
 
 
 def connect_push(address: str, opts: SocketOptions) -> zmq.Socket:
-    """Sending end of streams to one receiver."""
+    """Sending end of a channel (an outbox) to one inbox."""
     return _connect(_socket(zmq.PUSH, opts), address, opts)
 
 

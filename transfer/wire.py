@@ -41,7 +41,9 @@ class Envelope:
 def encode(message: Message, *, msg_id: int | None = None, seq: int | None = None) -> list[Any]:
     """Frames for ``message``: the header bytes, then each buffer's data object (not copied)."""
     buffers: tuple[Buffer, ...] = getattr(message, "buffers", ())
-    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message) if f.name != "buffers"}
+    fields = {
+        f.name: _plain(getattr(message, f.name)) for f in dataclasses.fields(message) if f.name != "buffers"
+    }
     header = {
         "kind": message.KIND,
         "version": message.VERSION,
@@ -51,6 +53,13 @@ def encode(message: Message, *, msg_id: int | None = None, seq: int | None = Non
         "buffers": [[b.dtype, list(b.shape), i + 1] for i, b in enumerate(buffers)],
     }
     return [msgpack.packb(header, use_bin_type=True), *(b.data for b in buffers)]
+
+
+def _plain(value: Any) -> Any:
+    """A field as MessagePack carries it: a nested struct (dataclass) becomes a map of its fields."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
 
 
 def decode(frames: Sequence[Any]) -> Envelope:
@@ -78,6 +87,27 @@ def decode(frames: Sequence[Any]) -> Envelope:
 
 
 def _decode_header(header: dict, frames: Sequence[Any], msg_id: int | None) -> Envelope:
+    cls = _message_class(header)
+    kind = cls.KIND
+    fields = header["fields"]
+    if not isinstance(fields, dict):
+        raise WireError(f"{kind}: fields must be a map, got {type(fields).__name__}")
+    hints = {name: tp for name, tp in _field_types(cls).items() if name != "buffers"}
+    values = _field_values(fields, hints, kind)
+    buffers = _buffers(kind, header["buffers"], frames)
+    if "buffers" in _field_types(cls):
+        values["buffers"] = buffers
+    elif buffers:
+        raise WireError(f"{kind}: carries no buffers, got {len(buffers)}")
+    try:
+        message = cls(**values)
+    except ValueError as e:
+        raise WireError(str(e)) from None
+    return Envelope(message, header["id"], header["seq"])
+
+
+def _message_class(header: dict) -> type[Message]:
+    """The message class a header names, once its keys, kind, version and ids are checked."""
     if set(header) != _HEADER_KEYS:
         missing, extra = sorted(_HEADER_KEYS - set(header)), sorted(set(header) - _HEADER_KEYS)
         raise WireError(f"header keys wrong: missing {missing}, unexpected {extra}")
@@ -91,18 +121,18 @@ def _decode_header(header: dict, frames: Sequence[Any], msg_id: int | None) -> E
         )
     for name in ("id", "seq"):
         _coerce(header[name], int | None, f"header.{name}")
+    return cls
 
-    hints = _field_types(cls)
-    fields = header["fields"]
-    if not isinstance(fields, dict):
-        raise WireError(f"{kind}: fields must be a map, got {type(fields).__name__}")
-    expected = set(hints) - {"buffers"}
-    if set(fields) != expected:
-        missing, extra = sorted(expected - set(fields)), sorted(set(fields) - expected)
-        raise WireError(f"{kind}: missing fields {missing}, unexpected fields {extra}")
-    values = {name: _coerce(fields[name], hints[name], f"{kind}.{name}") for name in expected}
 
-    descriptors = header["buffers"]
+def _field_values(fields: dict, hints: dict[str, Any], where: str) -> dict[str, Any]:
+    """Exactly the fields ``hints`` names, each checked against its annotation."""
+    if set(fields) != set(hints):
+        missing, extra = sorted(set(hints) - set(fields)), sorted(set(fields) - set(hints))
+        raise WireError(f"{where}: missing fields {missing}, unexpected fields {extra}")
+    return {name: _coerce(fields[name], hints[name], f"{where}.{name}") for name in hints}
+
+
+def _buffers(kind: str, descriptors: Any, frames: Sequence[Any]) -> tuple[Buffer, ...]:
     if not isinstance(descriptors, list):
         raise WireError(f"{kind}: buffers must be a list, got {type(descriptors).__name__}")
     if len(frames) != 1 + len(descriptors):
@@ -110,15 +140,7 @@ def _decode_header(header: dict, frames: Sequence[Any], msg_id: int | None) -> E
             f"{kind}: frame count mismatch: header describes {len(descriptors)} buffer frames, "
             f"got {len(frames) - 1}"
         )
-    if descriptors and "buffers" not in hints:
-        raise WireError(f"{kind}: carries no buffers, got {len(descriptors)}")
-    if "buffers" in hints:
-        values["buffers"] = tuple(_buffer(kind, i, d, frames[i + 1]) for i, d in enumerate(descriptors))
-    try:
-        message = cls(**values)
-    except ValueError as e:
-        raise WireError(str(e)) from None
-    return Envelope(message, header["id"], header["seq"])
+    return tuple(_buffer(kind, i, d, frames[i + 1]) for i, d in enumerate(descriptors))
 
 
 def _buffer(kind: str, i: int, descriptor: Any, frame: Any) -> Buffer:
@@ -144,7 +166,7 @@ def _buffer(kind: str, i: int, descriptor: Any, frame: Any) -> Buffer:
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _field_types(cls: type[Message]) -> dict[str, Any]:
+def _field_types(cls: type) -> dict[str, Any]:
     if cls not in _HINTS:
         hints = typing.get_type_hints(cls)
         _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -184,9 +206,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp in (str, bytes, bool):
         if isinstance(value, tp):
             return value
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _struct(value, tp, where)
     else:
         raise AssertionError(f"{where}: unsupported field annotation {tp!r}")
     raise WireError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__}")
+
+
+def _struct(value: dict, cls: type, where: str) -> Any:
+    """A nested struct from its map: exactly its fields, each of its annotated type."""
+    values = _field_values(value, _field_types(cls), where)
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise WireError(f"{where}: {e}") from None
 
 
 def _type_name(tp: Any) -> str:

@@ -10,6 +10,9 @@ partials onto a common maximum and normalizes. With one split the first kernel w
 Tiles are gathered token by token through the block table, so ``BLOCK_N`` is independent of the page
 size and a tile may straddle pages. Scores use base-2 exponentials with ``log2(e)`` folded into the
 scale; all softmax arithmetic is float32 whatever the cache dtype.
+
+:func:`kernels.triton.paged_tiles.attend_paged_kv`, the tile walk with its online softmax, is shared
+with the prefill kernel.
 """
 
 from __future__ import annotations
@@ -21,45 +24,15 @@ import triton
 import triton.language as tl
 
 from kernels.triton.checks import as_index, check_attention, dot_precision, next_pow2
-
-LOG2E = 1.4426950408889634
+from kernels.triton.paged_tiles import LOG2E, attend_paged_kv
 
 
 @triton.jit
-def _decode_split_kernel(
-    q_ptr,
-    k_cache_ptr,
-    v_cache_ptr,
-    block_tables_ptr,
-    context_lens_ptr,
-    out_ptr,
-    part_acc_ptr,
-    part_max_ptr,
-    part_sum_ptr,
-    qk_scale,
-    window,
-    q_batch_stride,
-    q_head_stride,
-    cache_head_stride,
-    cache_page_stride,
-    cache_tok_stride,
-    block_table_stride,
-    num_heads,
-    group,
-    head_dim,
-    page_size,
-    num_splits,
-    HAS_WINDOW: tl.constexpr,
-    ONE_SPLIT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+def _split_bounds(
+    context_lens_ptr, seq, split, window, num_splits, HAS_WINDOW: tl.constexpr, BLOCK_N: tl.constexpr
 ):
-    seq = tl.program_id(0).to(tl.int64)
-    kv_head = tl.program_id(1).to(tl.int64)
-    split = tl.program_id(2)
-
+    """This split's token range ``[lo, hi)``: an equal run of whole ``BLOCK_N`` tiles of the
+    attended range ``[max(ctx - window, 0), ctx)``."""
     ctx = tl.load(context_lens_ptr + seq).to(tl.int32)
     seq_lo = 0
     if HAS_WINDOW:
@@ -67,45 +40,17 @@ def _decode_split_kernel(
     run = tl.cdiv(tl.cdiv(ctx - seq_lo, num_splits), BLOCK_N) * BLOCK_N
     lo = seq_lo + split * run
     hi = tl.minimum(lo + run, ctx)
+    return lo, hi
 
-    g = tl.arange(0, BLOCK_G)
+
+@triton.jit
+def _store_split(
+    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, acc, m_i, l_i, seq, heads, split, g_mask,
+    num_heads, head_dim, num_splits, ONE_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The normalized output (one split) or this split's unnormalized partial ``(acc, max, sum)``."""
     d = tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    heads = kv_head * group + g  # query heads of this group
-    g_mask = g < group
-    d_mask = d < head_dim
-    q = tl.load(
-        q_ptr + seq * q_batch_stride + heads[:, None] * q_head_stride + d[None, :],
-        mask=g_mask[:, None] & d_mask[None, :],
-        other=0.0,
-    )
-
-    # Running maxima start finite: a row masked out of a whole tile then gets exp2(-inf - m) = 0,
-    # never exp2(-inf - -inf) = NaN.
-    m_i = tl.full([BLOCK_G], -1.0e30, tl.float32)
-    l_i = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    head_base = kv_head * cache_head_stride
-    for start in tl.range(lo, hi, BLOCK_N):
-        tok = start + n
-        n_mask = tok < hi
-        page = tl.load(block_tables_ptr + seq * block_table_stride + tok // page_size, mask=n_mask, other=0)
-        row = head_base + page.to(tl.int64) * cache_page_stride + (tok % page_size) * cache_tok_stride
-        kv_offs = row[:, None] + d[None, :]
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
-
-    out_mask = g_mask[:, None] & d_mask[None, :]
+    out_mask = g_mask[:, None] & (d < head_dim)[None, :]
     if ONE_SPLIT:
         out = acc / l_i[:, None]
         out_offs = (seq * num_heads + heads[:, None]) * head_dim + d[None, :]
@@ -115,6 +60,42 @@ def _decode_split_kernel(
         tl.store(part_acc_ptr + part[:, None] * head_dim + d[None, :], acc, mask=out_mask)
         tl.store(part_max_ptr + part, m_i, mask=g_mask)
         tl.store(part_sum_ptr + part, l_i, mask=g_mask)
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
+    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, qk_scale, window,
+    q_batch_stride, q_head_stride, cache_head_stride, cache_page_stride, cache_tok_stride, block_table_stride,
+    num_heads, group, head_dim, page_size, num_splits,
+    HAS_WINDOW: tl.constexpr, ONE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    seq = tl.program_id(0).to(tl.int64)
+    kv_head = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
+    lo, hi = _split_bounds(context_lens_ptr, seq, split, window, num_splits, HAS_WINDOW, BLOCK_N)
+
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    heads = kv_head * group + g  # query heads of this group
+    g_mask = g < group
+    q = tl.load(
+        q_ptr + seq * q_batch_stride + heads[:, None] * q_head_stride + d[None, :],
+        mask=g_mask[:, None] & (d < head_dim)[None, :],
+        other=0.0,
+    )
+    # The window is applied through lo, so the walk masks only keys past hi (q_pos is unused).
+    m_i, l_i, acc = attend_paged_kv(
+        q, 0, lo, hi, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * block_table_stride,
+        kv_head * cache_head_stride, qk_scale, window, head_dim, page_size, cache_page_stride, cache_tok_stride,
+        CAUSAL=False, HAS_WINDOW=False, DOT_PRECISION=DOT_PRECISION, BLOCK_ROWS=BLOCK_G, BLOCK_N=BLOCK_N,
+        BLOCK_D=BLOCK_D,
+    )  # fmt: skip
+    _store_split(
+        out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, acc, m_i, l_i, seq, heads, split, g_mask,
+        num_heads, head_dim, num_splits, ONE_SPLIT, BLOCK_D,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -162,6 +143,63 @@ def default_num_splits(
     return max(1, min(wanted, triton.cdiv(max_tokens, block_n), 64))
 
 
+def _check_tables(
+    q: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``block_tables`` and ``context_lens`` as contiguous index tensors on q's device, one row per
+    sequence of ``q``."""
+    batch = q.shape[0]
+    block_tables = as_index("block_tables", block_tables, 2, q.device)
+    context_lens = as_index("context_lens", context_lens, 1, q.device)
+    if block_tables.shape[0] != batch or context_lens.shape[0] != batch:
+        raise ValueError(
+            f"block_tables {tuple(block_tables.shape)} and context_lens {tuple(context_lens.shape)} "
+            f"need one row per sequence ({batch})"
+        )
+    return block_tables, context_lens
+
+
+def _max_attended_tokens(block_tables: torch.Tensor, page_size: int, sliding_window: int | None) -> int:
+    """An upper bound on the keys one sequence attends to: its table's capacity, capped by the window."""
+    max_tokens = block_tables.shape[1] * page_size
+    if sliding_window is not None:
+        max_tokens = min(max_tokens, sliding_window)
+    return max_tokens
+
+
+def _split_config(
+    q: torch.Tensor, num_kv_heads: int, max_tokens: int, num_splits: int | None, block_n: int | None
+) -> tuple[int, int]:
+    """``(num_splits, BLOCK_N)``: the overrides where given, else 64-token tiles and enough splits
+    to fill the GPU (:func:`default_num_splits`)."""
+    block_n = block_n or 64
+    if num_splits is None:
+        num_splits = default_num_splits(q.shape[0], num_kv_heads, max_tokens, block_n, q.device)
+    return num_splits, block_n
+
+
+def _alloc_partials(out: torch.Tensor, num_splits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float32 partials ``(acc [B, Hq, S, D], max [B, Hq, S], sum [B, Hq, S])`` of the splits. With
+    one split the kernel writes ``out`` directly and never touches them, so ``out`` stands in."""
+    if num_splits == 1:
+        return out, out, out
+    batch, num_heads, head_dim = out.shape
+    part_acc = torch.empty((batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=out.device)
+    part_max = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=out.device)
+    return part_acc, part_max, torch.empty_like(part_max)
+
+
+def _reduce_partials(
+    part_acc: torch.Tensor, part_max: torch.Tensor, part_sum: torch.Tensor, out: torch.Tensor
+) -> None:
+    """Rescale the splits' partials onto their common maximum and write the normalized ``out``."""
+    batch, num_heads, num_splits, head_dim = part_acc.shape
+    _decode_reduce_kernel[(batch * num_heads,)](
+        part_acc, part_max, part_sum, out, head_dim, num_splits,
+        BLOCK_S=next_pow2(num_splits), BLOCK_D=next_pow2(head_dim, 16), num_warps=4,
+    )  # fmt: skip
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -181,75 +219,23 @@ def paged_decode_attention(
     (it would need a device sync).
     """
     num_heads, num_kv_heads, page_size, head_dim = check_attention(q, k_cache, v_cache, sliding_window)
-    batch = q.shape[0]
-    block_tables = as_index("block_tables", block_tables, 2, q.device)
-    context_lens = as_index("context_lens", context_lens, 1, q.device)
-    if block_tables.shape[0] != batch or context_lens.shape[0] != batch:
-        raise ValueError(
-            f"block_tables {tuple(block_tables.shape)} and context_lens {tuple(context_lens.shape)} "
-            f"need one row per sequence ({batch})"
-        )
+    block_tables, context_lens = _check_tables(q, block_tables, context_lens)
+    batch, group = q.shape[0], num_heads // num_kv_heads
     out = torch.empty((batch, num_heads, head_dim), dtype=q.dtype, device=q.device)
     if batch == 0:
         return out
-
-    group = num_heads // num_kv_heads
-    block_n = block_n or 64
-    max_tokens = block_tables.shape[1] * page_size
-    if sliding_window is not None:
-        max_tokens = min(max_tokens, sliding_window)
-    if num_splits is None:
-        num_splits = default_num_splits(batch, num_kv_heads, max_tokens, block_n, q.device)
-    block_d = next_pow2(head_dim, 16)  # tl.dot needs every dimension >= 16
-    one_split = num_splits == 1
-    if one_split:
-        part_acc = part_max = part_sum = out  # unused
-    else:
-        part_acc = torch.empty((batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
-        part_max = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
-        part_sum = torch.empty_like(part_max)
+    max_tokens = _max_attended_tokens(block_tables, page_size, sliding_window)
+    num_splits, block_n = _split_config(q, num_kv_heads, max_tokens, num_splits, block_n)
+    part_acc, part_max, part_sum = _alloc_partials(out, num_splits)
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
-        q,
-        k_cache,
-        v_cache,
-        block_tables,
-        context_lens,
-        out,
-        part_acc,
-        part_max,
-        part_sum,
-        scale * LOG2E,
-        sliding_window or 0,
-        q.stride(0),
-        q.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        block_tables.stride(0),
-        num_heads,
-        group,
-        head_dim,
-        page_size,
-        num_splits,
-        HAS_WINDOW=sliding_window is not None,
-        ONE_SPLIT=one_split,
-        DOT_PRECISION=dot_precision(q.dtype),
-        BLOCK_G=next_pow2(group, 16),
-        BLOCK_N=block_n,
-        BLOCK_D=block_d,
-        num_warps=4,
-        num_stages=2,
-    )
-    if not one_split:
-        _decode_reduce_kernel[(batch * num_heads,)](
-            part_acc,
-            part_max,
-            part_sum,
-            out,
-            head_dim,
-            num_splits,
-            BLOCK_S=next_pow2(num_splits),
-            BLOCK_D=block_d,
-            num_warps=4,
-        )
+        q, k_cache, v_cache, block_tables, context_lens, out, part_acc, part_max, part_sum,
+        scale * LOG2E, sliding_window or 0,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        num_heads, group, head_dim, page_size, num_splits,
+        HAS_WINDOW=sliding_window is not None, ONE_SPLIT=num_splits == 1, DOT_PRECISION=dot_precision(q.dtype),
+        BLOCK_G=next_pow2(group, 16), BLOCK_N=block_n, BLOCK_D=next_pow2(head_dim, 16),  # tl.dot needs >= 16
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    if num_splits != 1:
+        _reduce_partials(part_acc, part_max, part_sum, out)
     return out

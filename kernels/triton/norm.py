@@ -39,10 +39,8 @@ def _rms_norm_kernel(
     tl.store(out_ptr + row * hidden + cols, (w * h).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`kernels.reference.rms_norm`: ``(normed, new_residual)`` over ``x[..., H]``."""
+def _check_x_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x viewed as rows ``[N, H]`` after checking that ``weight`` is its ``[H]`` scale."""
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
     hidden = x.shape[-1]
@@ -52,32 +50,37 @@ def rms_norm(
     check_same_device("x and weight", x, weight)
     x2 = x.reshape(-1, hidden)
     check_float("x", x2, 2)
-    res_dtype = x.dtype
-    res2 = x2
-    if residual is not None:
-        if residual.shape != x.shape:
-            raise ValueError(f"residual {tuple(residual.shape)} must match x {tuple(x.shape)}")
-        check_same_device("x and residual", x, residual)
-        res2 = residual.reshape(-1, hidden)
-        check_float("residual", res2, 2)
-        res_dtype = torch.promote_types(x.dtype, residual.dtype)
+    return x2
+
+
+def _residual_rows(
+    x: torch.Tensor, x2: torch.Tensor, residual: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.dtype]:
+    """``(residual rows, dtype of the residual stream)``; without a residual, ``x2`` stands in
+    (the kernel does not read it) and the stream keeps x's dtype."""
+    if residual is None:
+        return x2, x.dtype
+    if residual.shape != x.shape:
+        raise ValueError(f"residual {tuple(residual.shape)} must match x {tuple(x.shape)}")
+    check_same_device("x and residual", x, residual)
+    res2 = residual.reshape(-1, x.shape[-1])
+    check_float("residual", res2, 2)
+    return res2, torch.promote_types(x.dtype, residual.dtype)
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`kernels.reference.rms_norm`: ``(normed, new_residual)`` over ``x[..., H]``."""
+    x2 = _check_x_weight(x, weight)
+    res2, res_dtype = _residual_rows(x, x2, residual)
     out = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, res_dtype), device=x.device)
     new_res = torch.empty(x.shape, dtype=res_dtype, device=x.device) if residual is not None else x
-    rows = x2.shape[0]
+    rows, hidden = x2.shape
     if rows > 0:
         block = next_pow2(hidden)
         _rms_norm_kernel[(rows,)](
-            x2,
-            res2,
-            weight,
-            out,
-            new_res,
-            x2.stride(0),
-            res2.stride(0),
-            hidden,
-            eps,
-            HAS_RESIDUAL=residual is not None,
-            BLOCK_H=block,
-            num_warps=min(16, max(1, block // 512)),
-        )
+            x2, res2, weight, out, new_res, x2.stride(0), res2.stride(0), hidden, eps,
+            HAS_RESIDUAL=residual is not None, BLOCK_H=block, num_warps=min(16, max(1, block // 512)),
+        )  # fmt: skip
     return out, new_res

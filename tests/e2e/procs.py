@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from kvstore.workers import WorkerRegistry
+from worker.registry import WorkerRegistry
 
 
 def spawn(module: str, *args: str) -> subprocess.Popen:

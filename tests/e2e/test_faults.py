@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from engine import LLM, SamplingParams
-from kvstore.workers import WorkerRegistry
 from tests.e2e.test_serving import client, start
+from worker.registry import WorkerRegistry
 
 pytestmark = pytest.mark.slow
 

@@ -136,6 +136,16 @@ def test_counters_equal_what_the_workers_reused(cluster):
     assert bad.status_code in (400, 404)
     s = settled(cluster.url)
 
+    assert_request_counts(s)
+    prompt, cached, prefill_ids = assert_totals_are_the_workers(s, reported_cached)
+    assert_hit_rates_are_ratios(s, prompt, cached, prefill_ids)
+    assert_kv_moved_byte_for_byte(s)
+    assert_store_usage_and_idle_workers(s)
+    assert_step_cost_fits(s, prefill_ids)
+
+
+def assert_request_counts(s: Scrape) -> None:
+    """The replay's requests all succeeded and were timed; the bad one was counted as invalid."""
     n = 2 * len(USERS) + 1
     assert s.value("tandem_requests_total", outcome="ok") == n
     assert s.value("tandem_requests_total", outcome="invalid") == 1
@@ -143,6 +153,13 @@ def test_counters_equal_what_the_workers_reused(cluster):
     assert s.value("tandem_e2e_request_latency_seconds_count") == n
     assert s.value("tandem_time_per_output_token_seconds_count") == n
 
+
+def assert_totals_are_the_workers(
+    s: Scrape, reported_cached: list[int]
+) -> tuple[float, dict[str, float], set[str]]:
+    """The router's prompt and cached-token totals agree with the workers' own counts (in total,
+    tier by tier and instance by instance) and with the clients' ``usage``. Returns the prompt total,
+    the cached totals by tier and the prefill instances."""
     # the router's totals = the sum of what the workers say they did, tier by tier
     prompt = s.value("tandem_prompt_tokens_total")
     cached = {tier: s.value("tandem_cached_tokens_total", tier=tier) for tier in ("local", "store")}
@@ -162,8 +179,13 @@ def test_counters_equal_what_the_workers_reused(cluster):
         )
     # ... and what the clients were told
     assert sum(reported_cached) == sum(cached.values())
+    return prompt, cached, prefill_ids
 
-    # hit-rate gauges are the counters' ratios
+
+def assert_hit_rates_are_ratios(
+    s: Scrape, prompt: float, cached: dict[str, float], prefill_ids: set[str]
+) -> None:
+    """Hit-rate gauges are the counters' ratios: overall, by tier and by instance."""
     assert s.value("tandem_kv_hit_rate") == pytest.approx(sum(cached.values()) / prompt, rel=1e-12)
     for tier in cached:
         assert s.value("tandem_kv_hit_rate_by_tier", tier=tier) == pytest.approx(
@@ -178,7 +200,9 @@ def test_counters_equal_what_the_workers_reused(cluster):
     predicted = sum(s.by("tandem_predicted_cached_tokens_total", "tier").values())
     assert 0 <= predicted <= prompt
 
-    # every prompt's KV went from a prefill worker to the decode worker, byte for byte
+
+def assert_kv_moved_byte_for_byte(s: Scrape) -> None:
+    """Every prompt's KV went from a prefill worker to the decode worker, byte for byte."""
     sent = s.by("tandem_transfer_bytes_total", "instance", kind="kv_send")
     received = s.by("tandem_transfer_bytes_total", "instance", kind="kv_recv")
     assert sum(sent.values()) == sum(received.values()) > 0
@@ -186,7 +210,9 @@ def test_counters_equal_what_the_workers_reused(cluster):
     assert sum(s.by("tandem_transfer_bytes_total", "instance", kind="store_fetch").values()) > 0
     assert all(v >= 0 for v in s.by("tandem_transfer_seconds_total", "instance", kind="kv_send").values())
 
-    # the store nodes' usage, and the workers' queues (idle now)
+
+def assert_store_usage_and_idle_workers(s: Scrape) -> None:
+    """The store nodes' usage, and the workers' queues (idle now)."""
     used = s.by("tandem_store_bytes_used", "node")
     capacity = s.by("tandem_store_capacity_bytes", "node")
     assert len(used) == 3 and set(used) == set(capacity)  # one per prefill and per decode worker
@@ -198,7 +224,10 @@ def test_counters_equal_what_the_workers_reused(cluster):
         "tandem_worker_running", "instance"
     )
     assert s.value("tandem_slo_seconds", kind="ttft") > 0
-    # the step-time line each prefill worker fitted (the conductor's TTFT input) predicts some time
+
+
+def assert_step_cost_fits(s: Scrape, prefill_ids: set[str]) -> None:
+    """The step-time line each prefill worker fitted (the conductor's TTFT input) predicts some time."""
     fixed = s.by("tandem_worker_step_fixed_seconds", "instance", role="prefill")
     per_token = s.by("tandem_worker_step_seconds_per_token", "instance", role="prefill")
     assert set(fixed) == set(per_token) == prefill_ids

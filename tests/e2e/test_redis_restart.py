@@ -63,25 +63,10 @@ def test_the_cluster_rides_out_a_redis_restart(default_model):
         first_worker, _, answer = ask(c, model)
 
         redis.stop()
-        # no Redis: served (the workers talk over ZeroMQ) or refused precisely. Another prompt, so
-        # that the worker which never saw MESSAGES still has not when Redis is back
-        for _ in range(3):
-            try:
-                assert ask(c, model, [{"role": "user", "content": "Say hi."}])[2]
-            except openai.APIStatusError as e:
-                assert e.status_code == 503, e
-                assert e.body["code"] in ("cluster_unavailable", "no_workers", "worker_lost"), e.body
-            time.sleep(0.5)
-
+        ask_during_the_outage(c, model)
         redis.start()  # empty, same port
         wait_registered(cluster.url, {"prefill": 2, "decode": 1, "colocated": 0}, num_nodes=3)
-        seen = {}
-        deadline = time.monotonic() + 30
-        while len(seen) < 2:  # round robin: both prefill workers get the prompt
-            worker, cached, text = ask(c, model)
-            assert text == answer
-            seen[worker] = cached
-            assert time.monotonic() < deadline
+        seen = ask_both_prefill_workers(c, model, answer)
         other = next(w for w in seen if w != first_worker)
         assert seen[first_worker] >= 64  # its own pages
         assert seen[other] >= 64, f"{other} recomputed: the store index was not rebuilt ({seen})"
@@ -90,3 +75,30 @@ def test_the_cluster_rides_out_a_redis_restart(default_model):
     finally:
         cluster.stop()
         redis.stop()
+
+
+def ask_during_the_outage(c: openai.OpenAI, model: str) -> None:
+    """No Redis: each request is served (the workers talk over ZeroMQ) or refused precisely. Another
+    prompt, so that the worker which never saw MESSAGES still has not when Redis is back."""
+    for _ in range(3):
+        try:
+            assert ask(c, model, [{"role": "user", "content": "Say hi."}])[2]
+        except openai.APIStatusError as e:
+            assert e.status_code == 503, e
+            assert e.body["code"] in ("cluster_unavailable", "no_workers", "worker_lost"), e.body
+        time.sleep(0.5)
+
+
+def ask_both_prefill_workers(
+    c: openai.OpenAI, model: str, answer: str, timeout_s: float = 30
+) -> dict[str, int]:
+    """Ask MESSAGES until both prefill workers have answered it (round robin), each with the
+    pre-restart ``answer``; returns the cached tokens by prefill worker."""
+    seen = {}
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < 2:  # round robin: both prefill workers get the prompt
+        worker, cached, text = ask(c, model)
+        assert text == answer
+        seen[worker] = cached
+        assert time.monotonic() < deadline
+    return seen

@@ -13,7 +13,7 @@ from tests.e2e.procs import spawn, stop, wait_for_workers
 from tests.engine.conftest import build_tiny
 from tests.engine.reference import mixed_prompts
 from transfer.channel import Inbox, Outbox
-from transfer.messages import AbortTask, GenerateTask, RequestFailed, TokenEvent
+from transfer.messages import AbortTask, GenerateTask, RequestFailed, Sampling, TokenEvent
 
 GREEDY = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
 
@@ -67,7 +67,7 @@ class Router:
 
     def run(self, address: str, prompt: list[int], sampling: dict, decode: str | None, rid: str) -> list:
         box = self.outboxes.setdefault(address, Outbox(address))
-        box.send(GenerateTask(rid, tuple(prompt), sampling, self.inbox.address, decode))
+        box.send(GenerateTask(rid, tuple(prompt), Sampling(**sampling), self.inbox.address, decode))
         events = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -168,7 +168,9 @@ def test_an_abort_that_overtakes_the_hand_off_drops_the_kv(cluster, router):
     decode.send(AbortTask("early-abort"))  # the client hung up before prefill finished
     prefill = router.outboxes.setdefault(addresses["prefill-0"], Outbox(addresses["prefill-0"]))
     prefill.send(
-        GenerateTask("early-abort", (5, 6, 7, 8), GREEDY, router.inbox.address, addresses["decode-0"])
+        GenerateTask(
+            "early-abort", (5, 6, 7, 8), Sampling(**GREEDY), router.inbox.address, addresses["decode-0"]
+        )
     )
     events = []
     deadline = time.monotonic() + 3.0

@@ -11,7 +11,7 @@ from kvstore.types import IndexUnavailable, NodeUnavailable
 from tests.kvstore.procs import TTL_S, wait_until
 from transfer import RequestClient, SocketOptions
 from transfer import sockets as zsockets
-from transfer.messages import ErrorReply, GetRequest, StatsReply, StatsRequest, StreamEnd
+from transfer.messages import AbortTask, ErrorReply, GetRequest, StatsReply, StatsRequest
 from transfer.wire import decode, encode
 
 KEYS = [bytes([i]) * 16 for i in range(6)]
@@ -105,7 +105,7 @@ def test_malformed_frames_get_an_error_reply_and_the_node_keeps_serving(redis_se
             ([msgpack.packb([1, 2])], "header must be a map"),
             ([b"\xc1garbage"], "not valid MessagePack"),
             (encode(GetRequest((KEYS[0],)))[:1] + [b"stray frame"], "frame count mismatch"),
-            (encode(StreamEnd(0)), "a store node does not serve stream_end"),
+            (encode(AbortTask("r")), "a store node does not serve abort_task"),
         ]:
             raw.send_multipart(frames)
             assert raw.poll(10_000), f"no reply to a message with {problem}"

@@ -12,9 +12,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from kvstore.workers import WorkerInfo, WorkerLoad, WorkerRegistry
 from transfer.channel import Inbox, Outbox
 from transfer.messages import AbortTask, Buffer, DecodeTask, GenerateTask, Message, RequestFailed, TokenEvent
+from worker.registry import WorkerRegistry
+from worker.types import WorkerInfo, WorkerLoad
 
 TTL_S = 1.0
 
@@ -133,45 +134,31 @@ class FakeWorker:
         if b.fail is not None:
             self._send(message.reply_to, RequestFailed(message.request_id, self.worker_id, *b.fail))
             return
-        max_tokens = message.sampling["max_tokens"]
+        max_tokens = message.sampling.max_tokens
         output = b.reply[:max_tokens]
         finish = "length" if len(b.reply) >= max_tokens else "stop"
         if isinstance(message, DecodeTask):
             self._running.append(
                 _Running(message.request_id, message.reply_to, output[1:], finish, time.monotonic())
             )
-            return
+        else:
+            self._prefill(message, output, finish)
+
+    def _prefill(self, task: GenerateTask, output: list[int], finish: str) -> None:
+        """Answer the first token; hand the rest to the decode worker named, or decode it here."""
+        b = self.behaviour
         time.sleep(b.prefill_delay_s)
         first_done = len(output) == 1
         first = TokenEvent(
-            message.request_id,
-            self.worker_id,
-            (output[0],),
-            finish if first_done else None,
-            b.cached_local,
-            b.cached_store,
-        )
-        if first_done:
-            self._send(message.reply_to, first)
-        elif message.decode_address is None:  # colocated: decode here
-            self._send(message.reply_to, first)
-            self._running.append(
-                _Running(
-                    message.request_id,
-                    message.reply_to,
-                    output[1:],
-                    finish,
-                    time.monotonic() + b.token_delay_s,
-                )
+            task.request_id, self.worker_id, (output[0],), finish if first_done else None,
+            b.cached_local, b.cached_store,
+        )  # fmt: skip
+        if not first_done and task.decode_address is None:  # colocated: decode here
+            start_at = time.monotonic() + b.token_delay_s
+            self._running.append(_Running(task.request_id, task.reply_to, output[1:], finish, start_at))
+        elif not first_done:
+            handoff = DecodeTask(
+                task.request_id, task.token_ids, output[0], task.sampling, task.reply_to, (Buffer.raw(b"kv"),)
             )
-        else:
-            task = DecodeTask(
-                message.request_id,
-                message.token_ids,
-                output[0],
-                message.sampling,
-                message.reply_to,
-                (Buffer.raw(b"kv"),),
-            )
-            self._send(message.decode_address, task)
-            self._send(message.reply_to, first)
+            self._send(task.decode_address, handoff)
+        self._send(task.reply_to, first)

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from router.tokenizer import TextTokenizer
+from transfer.messages import Sampling
 
 ANSWER = "Hello there! 🤖 How can I help you today?"
 
@@ -56,10 +57,9 @@ def test_chat_non_streaming(disagg, default_model):
     (task,) = p.of_kind(__import__("transfer.messages", fromlist=["GenerateTask"]).GenerateTask)
     assert list(task.token_ids) == expected_prompt and out.usage.prompt_tokens == len(expected_prompt)
     assert task.decode_address == d.info.address
-    assert task.sampling == {
-        "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None, "stop_token_ids": (), "ignore_eos": False,
-        "max_tokens": 100,
-    }  # fmt: skip
+    assert task.sampling == Sampling(
+        temperature=0.0, top_p=1.0, top_k=0, seed=None, stop_token_ids=(), ignore_eos=False, max_tokens=100
+    )
     assert out.usage.completion_tokens == len(TextTokenizer(default_model).encode(ANSWER))
 
 
@@ -96,7 +96,7 @@ def test_default_max_tokens(disagg, default_model):
     c.chat.completions.create(model=default_model.name, messages=[{"role": "user", "content": "x"}])
     from transfer.messages import GenerateTask
 
-    assert [t.sampling["max_tokens"] for t in p.of_kind(GenerateTask)] == [16, 256]
+    assert [t.sampling.max_tokens for t in p.of_kind(GenerateTask)] == [16, 256]
 
 
 def test_raw_sse_format(disagg, default_model):

@@ -10,10 +10,11 @@ import time
 import pytest
 import requests
 
-from kvstore.workers import WorkerInfo, WorkerLoad, WorkerRegistry
-from router.config import CostModel, Slo
+from router.conductor import CostModel, Slo
 from tests.router.fake_worker import TTL_S
 from transfer.messages import INTERNAL, UNAVAILABLE, AbortTask, GenerateTask
+from worker.registry import WorkerRegistry
+from worker.types import WorkerInfo, WorkerLoad
 
 COMPLETIONS = "/v1/completions"
 

@@ -34,7 +34,11 @@ def test_config_from_args(default_model):
     )  # fmt: skip
     config = config_from_args(args)
     assert config.slo.ttft_s == 0.25 and config.policy == "prefix" and config.model_name == "small"
-    assert config.costs.kv_bytes_per_token == 30 * 2 * 3 * 64 * 4  # SmolLM2-135M, float32
+    assert config.costs.kv_bytes_per_token == 0  # no override: each worker publishes its own
+    args = build_parser().parse_args(
+        ["--model", str(default_model), "--redis-url", "redis://127.0.0.1:1", "--kv-bytes-per-token", "46080"]
+    )
+    assert config_from_args(args).costs.kv_bytes_per_token == 30 * 2 * 3 * 64 * 4  # SmolLM2-135M, float32
 
 
 def test_bad_arguments_exit_2(tmp_path, capsys):

@@ -26,10 +26,9 @@ from transfer.messages import (
     PutReply,
     PutRequest,
     RequestFailed,
+    Sampling,
     StatsReply,
     StatsRequest,
-    StreamAbort,
-    StreamEnd,
     TokenEvent,
 )
 from transfer.wire import decode, encode
@@ -72,8 +71,6 @@ def test_buffers_are_views_of_the_frames_not_copies():
 
 SAMPLES = [
     ErrorReply("bad_request", "what was wrong"),
-    StreamEnd(3),
-    StreamAbort("client went away"),
     PutRequest((b"k",), (Buffer.raw(b"v"),)),
     PutReply((True, False), 1),
     GetRequest((b"k", b"j")),
@@ -87,11 +84,11 @@ SAMPLES = [
     GenerateTask(
         "r1",
         (1, 2, 3),
-        {"temperature": 0.7, "max_tokens": 5, "seed": None, "stop_token_ids": (2,)},
+        Sampling(temperature=0.7, max_tokens=5, seed=None, stop_token_ids=(2,)),
         "tcp://127.0.0.1:5000",
         None,
     ),  # fmt: skip
-    DecodeTask("r1", (1, 2, 3), 9, {"ignore_eos": True}, "tcp://127.0.0.1:5000", (Buffer.raw(b"kv"),)),
+    DecodeTask("r1", (1, 2, 3), 9, Sampling(ignore_eos=True), "tcp://127.0.0.1:5000", (Buffer.raw(b"kv"),)),
     AbortTask("r1"),
     TokenEvent("r1", "decode-0", (4, 5), "stop", 16, 32),
     RequestFailed("r1", "prefill-0", "bad_request", "temperature must be >= 0"),
@@ -149,6 +146,25 @@ def test_missing_unexpected_and_mistyped_fields_are_named():
     fields = header_of(put)["fields"] | {"keys": [b"k", "not bytes"]}
     with pytest.raises(WireError, match=r"store_put.keys\[1\]: expected bytes, got str"):
         decode(with_header(put, fields=fields))
+
+
+def test_a_nested_struct_is_checked_field_by_field():
+    task = encode(GenerateTask("r", (1,), Sampling(max_tokens=3), "tcp://127.0.0.1:1", None))
+    sampling = header_of(task)["fields"]["sampling"]
+    assert decode(task).message.sampling == Sampling(max_tokens=3)
+    for bad, problem in [
+        ({**sampling, "top_k": "5"}, r"generate_task.sampling.top_k: expected int, got str"),
+        (
+            {**sampling, "stop_token_ids": [1, None]},
+            r"sampling.stop_token_ids\[1\]: expected int, got NoneType",
+        ),
+        ({k: v for k, v in sampling.items() if k != "seed"}, r"sampling: missing fields \['seed'\]"),
+        ({**sampling, "beam": 2}, r"sampling: missing fields \[\], unexpected fields \['beam'\]"),
+        ([1, 2], r"generate_task.sampling: expected Sampling, got list"),
+    ]:
+        fields = header_of(task)["fields"] | {"sampling": bad}
+        with pytest.raises(WireError, match=problem):
+            decode(with_header(task, fields=fields))
 
 
 def test_frame_count_and_buffer_sizes_must_match_the_header():

@@ -1,0 +1,55 @@
+"""The conductor's configuration: the coefficients of its latency predictions and the targets it
+admits requests against. Frozen, validated on construction.
+
+``CostModel``'s coefficients are fitted offline (``bench/results/transfer.json`` for the fetch
+line); the prefill line is each worker's own online fit once it reports one, these defaults before;
+the decode line is configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Linear latency models, in seconds.
+
+    - prefill of n tokens: ``prefill_fixed_s + prefill_per_token_s * n``
+    - fetch of n cached tokens from another node: ``fetch_fixed_s + fetch_per_byte_s * n * kv_bytes_per_token``
+    - one decode step on a worker running b sequences: ``max(reported step, decode_base_s) + decode_per_seq_s * extra``
+
+    The defaults are a CPU ballpark for a ~100M-parameter model (prefill) and the fitted fetch line
+    of ``bench/results/transfer.json``. ``kv_bytes_per_token`` is an override: 0 (the default)
+    uses what each candidate worker publishes (``WorkerInfo.kv_bytes_per_token``); when that is 0
+    too, a fetch is modelled by its fixed cost only.
+    """
+
+    prefill_fixed_s: float = 0.02
+    prefill_per_token_s: float = 1e-3
+    fetch_fixed_s: float = 8.1e-4
+    fetch_per_byte_s: float = 5.2e-10
+    decode_base_s: float = 0.02
+    decode_per_seq_s: float = 1e-3
+    kv_bytes_per_token: int = 0  # > 0: overrides what the workers publish
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_fixed_s", "prefill_per_token_s", "fetch_fixed_s", "fetch_per_byte_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.decode_base_s < 0 or self.decode_per_seq_s < 0 or self.kv_bytes_per_token < 0:
+            raise ValueError("decode_base_s, decode_per_seq_s and kv_bytes_per_token must be >= 0")
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Latency targets. A request whose best predicted TTFT, or whose decode pool's predicted
+    time between tokens, exceeds its target is rejected early (429). Defaults are generous: a
+    small CPU cluster never hits them."""
+
+    ttft_s: float = 30.0
+    tbt_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.ttft_s <= 0 or self.tbt_s <= 0:
+            raise ValueError(f"SLOs must be positive, got ttft_s={self.ttft_s}, tbt_s={self.tbt_s}")

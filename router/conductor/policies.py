@@ -1,0 +1,137 @@
+"""Routing policies: pure functions ``(RoutingProblem, CostModel, Slo) -> Route | Rejection``.
+
+- ``cache_aware`` (default): the prefill candidate with the smallest predicted TTFT (queue +
+  uncached prefill + fetch), the decode worker with the most headroom; rejects early when the
+  best TTFT or the decode worker's predicted time between tokens breaks its SLO.
+- ``prefix``: the candidate with the longest cached prefix (ties: least loaded).
+- ``least_loaded``: the candidate with the least queued prefill work.
+- ``round_robin``: candidates in turn.
+
+Only ``cache_aware`` rejects on SLOs; the baselines always route (they exist to be compared
+against). Every policy rejects with ``no_workers`` / ``no_decode`` when nothing can serve.
+A prefill-role worker is a candidate only when some decode worker is live; a colocated worker
+decodes on itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from router.conductor.config import CostModel, Slo
+from router.conductor.costs import cached_split, pages_needed, predicted_tbt_s, predicted_ttft_s
+from router.conductor.types import PrefillCandidate, Rejection, Route, RoutingProblem
+from worker.types import WorkerState
+
+Policy = Callable[[RoutingProblem, CostModel, Slo], "Route | Rejection"]
+
+
+def _candidates(problem: RoutingProblem) -> tuple[PrefillCandidate, ...] | Rejection:
+    usable = tuple(c for c in problem.prefill if c.colocated or problem.decode)
+    if usable:
+        return usable
+    if problem.prefill:
+        return Rejection("no_decode", "no decode worker is live; retry when one has registered")
+    return Rejection("no_workers", "no prefill or colocated worker is live; retry when one has registered")
+
+
+def _route(
+    problem: RoutingProblem, costs: CostModel, prefill: PrefillCandidate, decode: WorkerState | None
+) -> Route:
+    decoder = prefill.worker if prefill.colocated else decode
+    assert decoder is not None
+    return Route(
+        prefill=prefill,
+        decode=None if prefill.colocated else decode,
+        predicted_ttft_s=predicted_ttft_s(costs, prefill, problem.num_prompt_tokens),
+        predicted_tbt_s=predicted_tbt_s(costs, decoder.load),
+    )
+
+
+def most_headroom(problem: RoutingProblem, costs: CostModel) -> WorkerState | None:
+    """The decode worker to use: one with free pages for the whole request if any, then the
+    smallest predicted time between tokens, then the most free pages."""
+
+    def key(w: WorkerState) -> tuple:
+        fits = w.load.free_pages >= pages_needed(w, problem.num_prompt_tokens + problem.max_tokens)
+        return (not fits, predicted_tbt_s(costs, w.load), -w.load.free_pages, w.info.worker_id)
+
+    return min(problem.decode, key=key, default=None)
+
+
+def _load_key(c: PrefillCandidate) -> tuple:
+    load = c.worker.load
+    return (load.queued_prefill_tokens, load.num_waiting, load.num_running, c.worker_id)
+
+
+def round_robin(problem: RoutingProblem, costs: CostModel, slo: Slo) -> Route | Rejection:
+    candidates = _candidates(problem)
+    if isinstance(candidates, Rejection):
+        return candidates
+    prefill = candidates[problem.turn % len(candidates)]
+    decode = problem.decode[problem.turn % len(problem.decode)] if problem.decode else None
+    return _route(problem, costs, prefill, decode)
+
+
+def least_loaded(problem: RoutingProblem, costs: CostModel, slo: Slo) -> Route | Rejection:
+    candidates = _candidates(problem)
+    if isinstance(candidates, Rejection):
+        return candidates
+    decode = min(
+        problem.decode,
+        key=lambda w: (w.load.num_running + w.load.num_waiting, -w.load.free_pages, w.info.worker_id),
+        default=None,
+    )
+    return _route(problem, costs, min(candidates, key=_load_key), decode)
+
+
+def prefix(problem: RoutingProblem, costs: CostModel, slo: Slo) -> Route | Rejection:
+    candidates = _candidates(problem)
+    if isinstance(candidates, Rejection):
+        return candidates
+
+    def key(c: PrefillCandidate) -> tuple:
+        local, store, _ = cached_split(c, problem.num_prompt_tokens)
+        return (-(local + store), -local, *_load_key(c))
+
+    return _route(problem, costs, min(candidates, key=key), most_headroom(problem, costs))
+
+
+def cache_aware(problem: RoutingProblem, costs: CostModel, slo: Slo) -> Route | Rejection:
+    candidates = _candidates(problem)
+    if isinstance(candidates, Rejection):
+        return candidates
+    decode = most_headroom(problem, costs)
+    n = problem.num_prompt_tokens
+    best = min(candidates, key=lambda c: (predicted_ttft_s(costs, c, n), *_load_key(c)))
+    route = _route(problem, costs, best, decode)
+    if route.predicted_ttft_s > slo.ttft_s:
+        return Rejection(
+            "ttft_slo",
+            f"predicted time to first token {route.predicted_ttft_s:.2f}s exceeds the SLO of "
+            f"{slo.ttft_s:.2f}s; the cluster is overloaded, retry later",
+            _retry_after_s(route.predicted_ttft_s - slo.ttft_s),
+        )
+    if route.predicted_tbt_s > slo.tbt_s:
+        return Rejection(
+            "tbt_slo",
+            f"predicted time between tokens {route.predicted_tbt_s * 1000:.0f}ms exceeds the SLO of "
+            f"{slo.tbt_s * 1000:.0f}ms; the decode pool is overloaded, retry later",
+            _retry_after_s(route.predicted_tbt_s - slo.tbt_s),
+        )
+    return route
+
+
+def _retry_after_s(excess_s: float) -> int:
+    """A whole number of seconds in [1, 60]: roughly how long the overload takes to drain."""
+    return int(min(60, max(1, math.ceil(excess_s))))
+
+
+POLICIES: dict[str, Policy] = {
+    "cache_aware": cache_aware,
+    "round_robin": round_robin,
+    "least_loaded": least_loaded,
+    "prefix": prefix,
+}
+POLICY_NAMES = tuple(POLICIES)  # what --policy accepts
+DEFAULT_POLICY = "cache_aware"

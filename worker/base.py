@@ -1,0 +1,158 @@
+"""What every worker does the same way, whatever its role.
+
+A worker owns an engine, an optional store client bound to its own store node, outboxes to the
+router and its peers, and its counters. Subclasses name the messages they take
+(``handlers``) and what a step does (``step``); this class routes messages, turns a wire
+``Sampling`` into engine ``SamplingParams``, fails requests back to the router, drops requests
+with their pages, writes chunks to the store, and reports load.
+
+A message a role does not take is refused: a prompt (``GenerateTask``) gets a ``RequestFailed``
+so the router is not left waiting, anything else is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+from engine.llm_engine import LLMEngine
+from engine.sequence import Sequence
+from engine.types import EngineLoad, SamplingParams
+from kvstore.tensors import nbytes
+from kvstore.types import StoreError
+from transfer.channel import OutboxPool
+from transfer.errors import TransferError
+from transfer.messages import BAD_REQUEST, GenerateTask, Message, RequestFailed, Sampling
+from worker.counters import WorkerCounters
+from worker.types import ROLES, WorkerInfo, WorkerLoad, WorkerTotals
+
+log = logging.getLogger("tandem.worker")
+
+
+def load_report(engine: EngineLoad, totals: WorkerTotals) -> WorkerLoad:
+    """What a worker publishes: its engine's load and its totals, field by field."""
+    return WorkerLoad(**dataclasses.asdict(engine), **dataclasses.asdict(totals))
+
+
+def sampling_params(sampling: Sampling) -> SamplingParams:
+    """The engine's parameters for a request's wire ``Sampling`` (``ValueError`` if invalid)."""
+    return SamplingParams(
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        max_tokens=sampling.max_tokens,
+        seed=sampling.seed,
+        stop_token_ids=sampling.stop_token_ids,
+        ignore_eos=sampling.ignore_eos,
+        logprobs=sampling.logprobs,
+    )
+
+
+class BaseWorker:
+    """A role is a subclass naming itself: ``class DecodeWorker(StreamingWorker, role="decode",
+    writes="...")``, whose docstring is what ``tandem serve <role> --help`` says it does and
+    ``writes`` what it writes to a store node of its own (None: it takes no store)."""
+
+    ROLE: ClassVar[str]
+    WRITES: ClassVar[str | None]
+
+    def __init_subclass__(cls, *, role: str | None = None, writes: str | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if role is not None:
+            if role not in ROLES:
+                raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+            cls.ROLE, cls.WRITES = role, writes
+
+    def __init__(self, engine: LLMEngine, info: WorkerInfo, store=None) -> None:
+        if store is not None and info.chunk_tokens % engine.pool.page_size:
+            raise ValueError(
+                f"chunk_tokens {info.chunk_tokens} must be a multiple of page_size {engine.pool.page_size}"
+            )
+        self.engine = engine
+        self.info = info
+        self.store = store  # kvstore.StoreClient bound to this worker's node, or None
+        self.outboxes = OutboxPool()
+        self.counters = WorkerCounters()
+
+    # -- what a role defines ------------------------------------------------------------------
+
+    def handlers(self) -> dict[type[Message], Callable[[Message], None]]:
+        """The messages this role takes, each with what to do with it."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    # -- the loop's side (worker.loop) ----------------------------------------------------------
+
+    def handle(self, message: Message) -> None:
+        handler = self.handlers().get(type(message))
+        if handler is not None:
+            handler(message)
+        elif isinstance(message, GenerateTask):
+            self.fail(
+                message.reply_to,
+                message.request_id,
+                BAD_REQUEST,
+                f"this {self.info.role} worker takes no prompts",
+            )
+        else:
+            log.warning("%s worker ignores a %s message", self.info.role, message.KIND)
+
+    def report(self) -> WorkerLoad:
+        """This worker's load: its engine's and its own counters."""
+        return load_report(self.engine.load(), self.counters.totals())
+
+    def has_work(self) -> bool:
+        return self.engine.has_unfinished()
+
+    def close(self) -> None:
+        self.outboxes.close()
+
+    # -- helpers for the roles -------------------------------------------------------------------
+
+    def send(self, address: str, message: Message) -> bool:
+        """Send ``message``; False (logged) if the peer cannot be reached."""
+        try:
+            self.outboxes.send(address, message)
+            return True
+        except TransferError as e:
+            log.error("cannot reach %s to send a %s: %s", address, message.KIND, e)
+            return False
+
+    def fail(self, reply_to: str, request_id: str, code: str, text: str) -> None:
+        """Tell the router the request cannot complete (``code``: a ``transfer.messages`` code)."""
+        log.info("request %s failed: %s", request_id, text)
+        self.send(reply_to, RequestFailed(request_id, self.info.worker_id, code, text))
+
+    def drop(self, request_id: str) -> None:
+        """Abort a request in the engine and free its pages, wherever it is."""
+        seq = self.engine.abort(request_id)
+        if seq is not None:
+            self.release(seq)
+
+    def release(self, seq: Sequence) -> None:
+        """Free a finished sequence's pages if the engine held them for us."""
+        if seq.block_table:
+            self.engine.release(seq)
+
+    def write_chunks(self, seq: Sequence, num_tokens: int, first_chunk: int) -> None:
+        """Write ``seq``'s full chunks from ``first_chunk`` up to ``num_tokens`` tokens to this
+        worker's store node and count the transfer. Store trouble is logged, never the request's
+        failure: the chunks are a cache."""
+        if self.store is None:
+            return
+        keys, chunks = self.engine.pack_chunks(seq, num_tokens, self.info.chunk_tokens, first_chunk)
+        if not keys:
+            return
+        try:
+            started = time.perf_counter()
+            self.store.put(keys, chunks)
+            self.counters.transferred("store_put", nbytes(chunks), time.perf_counter() - started)
+        except (StoreError, TransferError) as e:
+            log.warning(
+                "request %s: could not write %d chunks to the store: %s", seq.request_id, len(chunks), e
+            )

@@ -1,0 +1,140 @@
+"""Process plumbing shared by the worker entry points: flags, logging, signals, the process's life.
+
+Each role's ``main`` is ``role_main(its worker class)``: it parses the flags below and runs the
+process; everything about a worker process but the worker class happens here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from engine.args import add_engine_args, build_engine
+from engine.llm_engine import LLMEngine
+from transfer.channel import Inbox
+from worker.base import BaseWorker
+from worker.loop import run_worker_loop
+from worker.registry import WorkerRegistry
+from worker.types import WorkerInfo
+
+log = logging.getLogger("tandem.worker")
+
+WorkerFactory = Callable[[LLMEngine, WorkerInfo, object], BaseWorker]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so the serve loop can deregister and exit cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def worker_parser(role: str, description: str, writes: str | None) -> argparse.ArgumentParser:
+    """The parser of ``tandem serve <role>``: the flags every worker takes, the store flags when the
+    role writes chunks to a store node of its own (``writes``: what it writes), the engine's flags."""
+    parser = argparse.ArgumentParser(prog=f"tandem serve {role}", description=description)
+    add_worker_args(parser, role)
+    if writes is not None:
+        add_store_args(parser, writes)
+    add_engine_args(parser)
+    return parser
+
+
+def add_worker_args(parser: argparse.ArgumentParser, role: str) -> None:
+    """The flags every worker role takes (the engine's own come from ``engine.args``)."""
+    parser.add_argument("--model", required=True, help="HF model directory")
+    parser.add_argument("--redis-url", required=True, help="the cluster's Redis (membership, store index)")
+    parser.add_argument(
+        "--listen", default="tcp://127.0.0.1:0", help="inbox address (port 0: pick a free one)"
+    )
+    parser.add_argument(
+        "--advertise",
+        default=None,
+        help="inbox address published for others to reach this worker, e.g. tcp://prefill:7001 when "
+        "binding tcp://0.0.0.0:7001 in a container (default: the bound address)",
+    )
+    parser.add_argument("--worker-id", default=None, help=f"unique id (default {role}@<inbox address>)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+
+
+def add_store_args(parser: argparse.ArgumentParser, writes: str) -> None:
+    """The flags of a worker that writes KV chunks to a store node of its own (``writes``: what)."""
+    parser.add_argument(
+        "--store-node",
+        default="",
+        help=f"id of this worker's store node, where it writes {writes} ('' = none)",
+    )
+    parser.add_argument(
+        "--chunk-tokens", type=int, default=64,
+        help="tokens per store chunk (a multiple of the page size; equal on every worker, or keys differ)",
+    )  # fmt: skip
+
+
+def store_client(args: argparse.Namespace):
+    """A ``StoreClient`` bound to ``--store-node``, or None without one."""
+    if not getattr(args, "store_node", ""):
+        return None
+    from kvstore.client import StoreClient
+
+    return StoreClient(args.redis_url, node_id=args.store_node)
+
+
+def default_worker_id(role: str, inbox_address: str) -> str:
+    return f"{role}@{inbox_address.removeprefix('tcp://')}"
+
+
+def worker_info(args: argparse.Namespace, role: str, engine: LLMEngine, address: str) -> WorkerInfo:
+    """What this worker publishes about itself; ``address`` is where others reach its inbox."""
+    return WorkerInfo(
+        worker_id=args.worker_id or default_worker_id(role, address),
+        role=role, address=address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
+        page_size=engine.pool.page_size, chunk_tokens=getattr(args, "chunk_tokens", 64),
+        max_model_len=engine.max_model_len, store_node_id=getattr(args, "store_node", ""),
+        kv_bytes_per_token=engine.kv_bytes_per_token,
+    )  # fmt: skip
+
+
+def role_main(worker_class: type[BaseWorker], module_name: str) -> Callable[[list[str] | None], int]:
+    """The ``main(argv)`` of ``tandem serve <role>`` for a worker class (see ``BaseWorker``);
+    runs it at once when ``module_name`` is ``"__main__"`` (``python -m <role>.main``)."""
+
+    def main(argv: list[str] | None = None) -> int:
+        description = " ".join((worker_class.__doc__ or "").split())
+        parser = worker_parser(worker_class.ROLE, description, worker_class.WRITES)
+        return run_worker_process(parser.parse_args(argv), worker_class.ROLE, worker_class)
+
+    if module_name == "__main__":
+        sys.exit(main())
+    return main
+
+
+def run_worker_process(args: argparse.Namespace, role: str, make_worker: WorkerFactory) -> int:
+    """A worker process's whole life: engine, inbox, registration, the loop until SIGTERM / SIGINT,
+    then deregistration and closing."""
+    setup_logging(args.log_level)
+    engine = build_engine(args, args.model)
+    inbox = Inbox(args.listen)
+    info = worker_info(args, role, engine, args.advertise or inbox.address)
+    worker = make_worker(engine, info, store_client(args))
+    if info.store_node_id:
+        log.info("%s writes chunks to store node %s", info.worker_id, info.store_node_id)
+    log.info("%s ready: inbox %s", info.worker_id, inbox.address)
+    try:
+        run_worker_loop(
+            info, inbox, WorkerRegistry(args.redis_url), handle=worker.handle, step=worker.step,
+            has_work=worker.has_work, report=worker.report, stop=stop_on_signals(),
+        )  # fmt: skip
+    finally:
+        worker.close()
+        inbox.close()
+    log.info("%s stopped", info.worker_id)
+    return 0

@@ -18,18 +18,21 @@ Commands:
              the OpenAI API on http://127.0.0.1:8000 until Ctrl-C
   chat       stream an answer from a running cluster (`tandem up` in another terminal)
   serve      run one cluster role: store, prefill, decode, colocated or router (what compose.yaml runs)
+  simulate   replay a trace on a simulated cluster (virtual time, the real conductor) per policy
   generate   run the engine offline on a prompt and print the answer
   convert    turn a GGUF file into an HF safetensors directory (the default model, or --gguf FILE)
 """
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # its flags (--help included) are all the simulator's
+        return _simulate(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=env.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"generate": _generate, "convert": _convert, "serve": _serve, "up": _up, "chat": _chat}[
-            args.command
-        ](args)
+        commands = {"generate": _generate, "convert": _convert, "serve": _serve, "up": _up, "chat": _chat}
+        return {**commands, "simulate": _simulate}[args.command](args)
     except ValueError as e:
         print(f"tandem: error: {e}", file=sys.stderr)
         return 2
@@ -48,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "role", choices=sorted(ROLES), help="which role to run; `tandem serve ROLE --help` for its flags"
     )
     serve.add_argument("rest", nargs=argparse.REMAINDER)
+    simulate = sub.add_parser("simulate", help="simulate a cluster over a trace", add_help=False)
+    simulate.add_argument("rest", nargs=argparse.REMAINDER)
     _add_up(sub)
     return parser
 
@@ -162,6 +167,12 @@ ROLES = {
     "colocated": "colocated.main",
     "router": "router.main",
 }
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from sim.cli import main as simulate
+
+    return simulate(args.rest)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from kvstore.client import PrefixMatch, StoreClient
 from kvstore.keys import chain_keys
 from kvstore.types import IndexUnavailable, NodeInfo
+from router.conductor.prefix import prefill_candidate
 from router.conductor.types import PrefillCandidate
 from router.errors import ApiError
 from worker.registry import WorkerRegistry
@@ -138,7 +139,9 @@ class ClusterView:
         except IndexUnavailable as e:
             log.warning("prefix lookup failed, routing without it: %s", e)
             return tuple(PrefillCandidate(w) for w in workers)
-        return tuple(_candidate(w, matches[_group(w)]) for w in workers)
+        return tuple(
+            prefill_candidate(w, matches[_group(w)].per_node, matches[_group(w)].anywhere) for w in workers
+        )
 
     def _match_all(
         self, workers: Sequence[WorkerState], token_ids: list[int]
@@ -157,15 +160,3 @@ class ClusterView:
 
 def _group(worker: WorkerState) -> tuple[int, str]:
     return worker.info.chunk_tokens, worker.info.fingerprint
-
-
-def _candidate(worker: WorkerState, matched: PrefixMatch) -> PrefillCandidate:
-    """The leading chunks on the worker's own store node are local; the rest of the longest prefix
-    the live nodes hold between them is what it would fetch. A worker with no store node
-    (colocated) uses no store: the index says nothing about its own pages."""
-    own = worker.info.store_node_id
-    if not own:
-        return PrefillCandidate(worker)
-    local = matched.per_node[own]
-    chunk = worker.info.chunk_tokens
-    return PrefillCandidate(worker, local * chunk, max(0, matched.anywhere - local) * chunk)

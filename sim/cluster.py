@@ -1,0 +1,149 @@
+"""A simulated cluster and its router, in virtual time: the conductor decides every placement.
+
+For each arrival the router does what Tandem's does: it asks the store's index for the prompt's
+cached prefix on every node, builds each prefill candidate with the conductor's own
+``prefill_candidate``, sees every instance's load as that instance last reported it (every
+heartbeat, so with the real report lag) adjusted by the prefill work it routed since
+(``PendingPrefills``), and calls the policy by name from ``POLICIES``: a policy added there is
+simulated as it is. A ``Rejection`` is counted and the request dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router.conductor import POLICIES, PendingPrefills, Rejection, Route, RoutingProblem
+from router.conductor.costs import cached_split
+from router.conductor.prefix import prefill_candidate
+from router.conductor.profile import CostProfile
+from sim.caches import StoreIndex
+from sim.decode import ColocatedInstance, DecodeInstance, DecodeSeq
+from sim.events import EventLoop
+from sim.prefill import PrefillInstance, PrefillJob
+from sim.records import RequestRecord
+from sim.reports import LoadReporter
+from sim.trace import TraceRequest
+from worker.types import MEMBERSHIP, WorkerInfo, WorkerState
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    num_prefill: int = 8
+    num_decode: int = 8
+    colocated: bool = False  # num_prefill + num_decode colocated instances instead
+    store: bool = True  # a store node per instance (prefill fetches from any of them)
+
+    @property
+    def num_instances(self) -> int:
+        return self.num_prefill + self.num_decode
+
+
+class SimCluster:
+    def __init__(
+        self, profile: CostProfile, shape: ClusterShape, policy: str, *, lag_s: float = MEMBERSHIP.heartbeat_s
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+        self.profile, self.shape, self.policy = profile, shape, policy
+        self.costs, self.slo = profile.cost_model(), profile.slo_targets()
+        self.loop = EventLoop()
+        self.store = StoreIndex() if shape.store and not shape.colocated else None
+        self.prefill: dict[str, PrefillInstance] = {}
+        self.decode: dict[str, DecodeInstance] = {}
+        self.infos: dict[str, WorkerInfo] = {}
+        self._build()
+        self.reporter = LoadReporter(self, lag_s)
+        self.pending = PendingPrefills()
+        self.records: dict[int, RequestRecord] = {}
+        self._turn = 0
+
+    def _build(self) -> None:
+        p, shape = self.profile, self.shape
+        node_chunks = p.kv.store_tokens_per_node // p.kv.chunk_tokens
+        if shape.colocated:
+            for i in range(shape.num_instances):
+                inst = ColocatedInstance(f"colocated-{i}", p, self.loop, self._decoded, self._prefilled)
+                self.prefill[inst.instance_id] = inst.prefill
+                self.decode[inst.instance_id] = inst
+                self._info(inst.instance_id, "colocated", "")
+            return
+        for i in range(shape.num_prefill):
+            node = f"store-{i}" if self.store is not None else ""
+            if self.store is not None:
+                self.store.add_node(node, node_chunks)
+            self.prefill[f"prefill-{i}"] = PrefillInstance(
+                f"prefill-{i}", p, self.loop, self.store, node, self._prefilled
+            )
+            self._info(f"prefill-{i}", "prefill", node)
+        for i in range(shape.num_decode):
+            if self.store is not None:  # decode nodes hold what decode writes back; counted in capacity
+                self.store.add_node(f"store-decode-{i}", node_chunks)
+            self.decode[f"decode-{i}"] = DecodeInstance(f"decode-{i}", p, self.loop, self._decoded)
+            self._info(f"decode-{i}", "decode", f"store-decode-{i}" if self.store is not None else "")
+
+    def _info(self, worker_id: str, role: str, store_node: str) -> None:
+        self.infos[worker_id] = WorkerInfo(
+            worker_id=worker_id, role=role, address=f"sim://{worker_id}", model="sim", fingerprint="00",
+            page_size=16, chunk_tokens=self.profile.kv.chunk_tokens, max_model_len=1 << 30,
+            store_node_id=store_node, kv_bytes_per_token=self.profile.kv.bytes_per_token,
+        )  # fmt: skip
+
+    # ---- the router ----------------------------------------------------------------------------
+
+    def run(self, requests: list[TraceRequest], progress=None) -> list[RequestRecord]:
+        for request in requests:
+            self.loop.at(request.arrival_s, lambda r=request: self._arrive(r, progress))
+        self.loop.run()
+        return [self.records[r.index] for r in requests]
+
+    def _arrive(self, request: TraceRequest, progress) -> None:
+        if progress is not None:
+            progress(1)
+        record = self.records[request.index] = RequestRecord.of(request)
+        decision = self._route(request)
+        if isinstance(decision, Rejection):
+            record.rejected = decision.reason
+            return
+        prefill_id = decision.prefill.worker_id
+        decode_id = None if decision.decode is None else decision.decode.info.worker_id
+        record.routed(prefill_id, decode_id or prefill_id, decision)
+        self.pending.add(
+            str(request.index), prefill_id, cached_split(decision.prefill, request.input_tokens)[2]
+        )
+        self.prefill[prefill_id].submit(PrefillJob(request, decode_id))
+
+    def _route(self, request: TraceRequest) -> Route | Rejection:
+        per_node, anywhere = self.store.match(request.keys) if self.store is not None else ({}, 0)
+        states = self.reporter.states(self.loop.now)
+        candidates = tuple(
+            self.pending.adjust(prefill_candidate(states[wid], per_node, anywhere)) for wid in self.prefill
+        )
+        decoders = tuple(states[wid] for wid in self.decode if self.infos[wid].role == "decode")
+        problem = RoutingProblem(
+            request.input_tokens, request.output_tokens, candidates, decoders, self._turn
+        )
+        self._turn += 1
+        return POLICIES[self.policy](problem, self.costs, self.slo)
+
+    # ---- the instances' callbacks ----------------------------------------------------------------
+
+    def _prefilled(self, job: PrefillJob, now: float) -> None:
+        request = job.request
+        self.pending.done(str(request.index))
+        record = self.records[request.index]
+        record.prefilled(now, job.cached_local, job.cached_store)
+        if request.output_tokens <= 1:
+            record.finish(now, 0.0)
+            return
+        seq = DecodeSeq(request.index, request.input_tokens + 1, request.output_tokens - 1)
+        if job.decode_id is None:  # colocated: decode where it was prefilled
+            self.decode[record.prefill_id].submit(seq)
+            return
+        target = self.decode[job.decode_id]
+        self.loop.after(self.profile.handoff_s(request.input_tokens), lambda: target.submit(seq))
+
+    def _decoded(self, seq: DecodeSeq, now: float, mean_step_s: float) -> None:
+        self.records[seq.request_id].finish(now, mean_step_s)
+
+    def state_of(self, worker_id: str) -> WorkerState:
+        return self.reporter.current(worker_id)

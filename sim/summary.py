@@ -1,0 +1,89 @@
+"""A simulation's results: hit ratios by tier against the cache ceilings, latency distributions,
+SLO attainment, rejections, and how far the conductor's predictions were from what happened."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+
+from sim.records import RequestRecord
+from sim.trace import TraceRequest
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"mean": statistics.fmean(ordered), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99)}
+
+
+def summarize(records: Sequence[RequestRecord], ttft_slo_s: float, tbt_slo_s: float) -> dict:
+    served = [r for r in records if r.first_token_s is not None]
+    # over every request's prompt (a rejected one reused nothing), as the ceilings are
+    prompt = sum(r.input_tokens for r in records) or 1
+    local = sum(r.cached_local_tokens for r in served)
+    store = sum(r.cached_store_tokens for r in served)
+    finished = [r for r in served if r.finished_s is not None]
+    return {
+        "requests": len(records),
+        "completed": len(finished),
+        "rejected": dict(Counter(r.rejected for r in records if r.rejected)),
+        "hit_ratio": {"total": (local + store) / prompt, "local": local / prompt, "store": store / prompt},
+        "hit_ratio_served": (local + store) / (sum(r.input_tokens for r in served) or 1),
+        "ttft_s": percentiles([r.ttft_s for r in served]),
+        "tpot_s": percentiles([r.tpot_s for r in finished if r.output_tokens > 1]),
+        "decode_step_s": percentiles([r.mean_step_s for r in finished if r.output_tokens > 1]),
+        "slo": {"ttft_s": ttft_slo_s, "tbt_s": tbt_slo_s, "tbt_measured_as": "TPOT"},
+        "slo_attainment": sum(r.meets(ttft_slo_s, tbt_slo_s) for r in records) / max(1, len(records)),
+        "prediction_error": prediction_error(served),
+        "placements": dict(Counter(r.prefill_id for r in served)),
+    }
+
+
+def prediction_error(served: Sequence[RequestRecord]) -> dict:
+    """The conductor's TTFT and cached-token predictions against what the simulated cluster did."""
+    ttft = [r.predicted_ttft_s - r.ttft_s for r in served]
+    rel = [abs(e) / max(r.ttft_s, 1e-9) for e, r in zip(ttft, served)]
+    cached = [
+        (r.predicted_local_tokens + r.predicted_store_tokens)
+        - (r.cached_local_tokens + r.cached_store_tokens)
+        for r in served
+    ]
+    return {
+        "ttft_s_mean_signed": statistics.fmean(ttft) if ttft else 0.0,
+        "ttft_relative_abs_p50": percentiles(rel)["p50"],
+        "cached_tokens_mean_signed": statistics.fmean(cached) if cached else 0.0,
+    }
+
+
+def ceilings(requests: Sequence[TraceRequest], block_tokens: int, capacity_chunks: int) -> dict:
+    """Token hit ratios no placement can beat: an infinite cache that keeps every prefix, and one
+    LRU of the cluster's whole capacity that every request reads and writes (the oracle LRU)."""
+    prompt = sum(r.input_tokens for r in requests) or 1
+    seen: set[int] = set()
+    lru: OrderedDict[int, None] = OrderedDict()
+    infinite = oracle = 0
+    for r in requests:
+        infinite += _leading(r.keys, seen) * block_tokens
+        oracle += _leading(r.keys, lru) * block_tokens
+        seen.update(r.keys)
+        for key in r.keys:
+            lru[key] = None
+            lru.move_to_end(key)
+        while len(lru) > capacity_chunks:
+            lru.popitem(last=False)
+    return {"infinite": infinite / prompt, "oracle_lru": oracle / prompt, "capacity_chunks": capacity_chunks}
+
+
+def _leading(keys: Sequence[int], cache) -> int:
+    n = 0
+    for key in keys:
+        if key not in cache:
+            break
+        n += 1
+    return n

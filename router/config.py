@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from router.conductor import DEFAULT_POLICY, POLICY_NAMES, CostModel, Slo
+from router.conductor.profile import default_costs
 from worker.types import MEMBERSHIP
 
 
@@ -32,7 +33,7 @@ class RouterConfig:
     served_model_name: str = ""  # "" = the model directory's name
     policy: str = DEFAULT_POLICY
     slo: Slo = field(default_factory=Slo)
-    costs: CostModel = field(default_factory=CostModel)
+    costs: CostModel = field(default_factory=default_costs)  # the cpu-smollm2 profile's
     inbox: str = "tcp://127.0.0.1:0"
     advertise_inbox: str | None = None
     request_timeout_s: float = 120.0

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from router.conductor import DEFAULT_POLICY, POLICY_NAMES, CostModel, Slo
+from router.conductor.profile import default_costs
 from router.config import RouterConfig
 
 DESCRIPTION = """\
@@ -79,14 +80,14 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_cost_args(costs: argparse._ArgumentGroup) -> None:
-    d = CostModel()
+    d = default_costs()  # the cpu-smollm2 profile's (router/conductor/profiles, fitted by the benchmarks)
     for flag, default, what in (
-        ("--prefill-fixed-ms", d.prefill_fixed_s * 1e3, "per prefill, until the worker reports its own fit"),
+        ("--prefill-fixed-ms", d.prefill_fixed_s * 1e3, "per prefill, until the worker reports its own fit (fitted: bench/profile_fit.py)"),
         ("--prefill-per-token-ms", d.prefill_per_token_s * 1e3, "per uncached prompt token, likewise"),
         ("--fetch-fixed-ms", d.fetch_fixed_s * 1e3, "per fetch from a store node (fitted: bench/results/transfer.json)"),
         ("--fetch-per-byte-ns", d.fetch_per_byte_s * 1e9, "per fetched KV byte (fitted likewise)"),
-        ("--decode-base-ms", d.decode_base_s * 1e3, "floor of a decode step's time"),
-        ("--decode-per-seq-ms", d.decode_per_seq_s * 1e3, "added per sequence joining a decode batch"),
+        ("--decode-base-ms", d.decode_base_s * 1e3, "floor of a decode step's time (fitted likewise)"),
+        ("--decode-per-seq-ms", d.decode_per_seq_s * 1e3, "added per sequence joining a decode batch (fitted likewise)"),
     ):  # fmt: skip
         costs.add_argument(flag, type=float, default=default, help=f"{what} (default %(default)g)")
     costs.add_argument(

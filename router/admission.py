@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from router.conductor import POLICIES, PendingPrefills, Rejection, Route, RoutingProblem
+from router.conductor import POLICIES, PendingDecodes, PendingPrefills, Rejection, Route, RoutingProblem
 from router.config import RouterConfig
 from router.dispatch.cluster import ClusterSnapshot, ClusterView
 from router.dispatch.failures import Suspects
@@ -45,11 +45,13 @@ class Admission:
         cluster: ClusterView,
         pending: PendingPrefills,
         suspects: Suspects,
+        decoding: PendingDecodes,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.cluster = cluster
         self._pending = pending
+        self._decoding = decoding
         self._suspects = suspects
         self._policy = POLICIES[config.policy]
         self._turn = 0
@@ -93,6 +95,7 @@ class Admission:
         trusted = self._suspects.trusted(candidates, lambda c: c.worker_id)
         candidates = tuple(self._pending.adjust(c) for c in trusted)
         decode = self._suspects.trusted(snapshot.by_role("decode"), lambda w: w.info.worker_id)
+        decode = tuple(self._decoding.adjust(w) for w in decode)
         problem = RoutingProblem(len(token_ids), max_tokens, candidates, decode, self._turn)
         self._turn += 1
         decision = self._policy(problem, self.config.costs, self.config.slo)

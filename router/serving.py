@@ -23,8 +23,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from router.admission import Admission, Admitted
-from router.conductor import PendingPrefills, Route
-from router.conductor.costs import cached_split
+from router.conductor import PendingDecodes, PendingPrefills, Route
+from router.conductor.costs import cached_split, pages_needed
 from router.config import RouterConfig
 from router.dispatch.cluster import ClusterView
 from router.dispatch.dispatcher import Dispatcher
@@ -77,8 +77,9 @@ class Router:
         self.cluster = cluster
         self.metrics = metrics
         self._pending = PendingPrefills()
+        self._decoding = PendingDecodes()
         self._suspects = Suspects()
-        self.admission = Admission(config, tokenizer, cluster, self._pending, self._suspects)
+        self.admission = Admission(config, tokenizer, cluster, self._pending, self._suspects, self._decoding)
 
     async def serve(self, request: Request, *, chat: bool) -> Response:
         """Admit the request, then attempt it until it is answered: a worker's failure before
@@ -127,6 +128,9 @@ class Router:
         stream then owns ``gen`` and closes it when it ends."""
         uncached = cached_split(gen.route.prefill, len(gen.token_ids))[2]
         self._pending.add(gen.request_id, gen.prefill_id, uncached)
+        if gen.route.decode is not None:
+            final_tokens = len(gen.token_ids) + job.admitted.sampling.max_tokens
+            self._decoding.add(gen.request_id, gen.decode_id, pages_needed(gen.route.decode, final_tokens))
         streaming = False
         try:
             await gen.start()
@@ -214,8 +218,10 @@ class Router:
             self.metrics.requests.labels("invalid" if error.status < 500 else "failed").inc()
 
     def _count_prefill(self, gen: Generation) -> None:
-        """Count an attempt's prefill (once), if its prefill worker reported one."""
+        """An attempt is over: its decode KV is no longer committed, and its prefill is counted
+        (once), if its prefill worker reported one."""
         self._pending.done(gen.request_id)
+        self._decoding.done(gen.request_id)
         if gen.first_token_at is None or gen.prefill_counted:  # never reported: nothing was reused
             return
         gen.prefill_counted = True

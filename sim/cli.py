@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no store nodes: each prefill instance reuses its own cache only",
     )
+    p.add_argument(
+        "--local-only",
+        action="store_true",
+        help="store nodes, but each prefill instance reads its own node only (FAST'25's local cache-aware)",
+    )
     p.add_argument("--policy", default="all", help=f"one of {', '.join(POLICIES)}, or all (default)")
     p.add_argument(
         "--speed", type=float, default=1.0, help="arrival-rate scale: 2 = arrivals twice as fast (default 1)"
@@ -80,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (OSError, ValueError) as e:
         raise SystemExit(f"tandem simulate: {e}") from None
-    shape = ClusterShape(args.prefill, args.decode, colocated=args.colocated, store=not args.no_store)
+    shape = ClusterShape(
+        args.prefill,
+        args.decode,
+        colocated=args.colocated,
+        store=not args.no_store,
+        remote_fetch=not args.local_only,
+    )
     result = {"trace": Path(args.trace).name, "speed": args.speed, **report(profile, shape, requests)}
     for policy in policies:
         result["policies"][policy] = _run_policy(profile, shape, policy, requests, args.capacity)
@@ -129,7 +140,11 @@ def format_table(result: dict) -> str:
 def _shape(shape: dict) -> str:
     if shape["colocated"]:
         return f"{shape['num_prefill'] + shape['num_decode']} colocated instances"
-    return f"{shape['num_prefill']}P+{shape['num_decode']}D{'' if shape['store'] else ', no store'}"
+    if not shape["store"]:
+        store = "no store"
+    else:
+        store = "store" if shape["remote_fetch"] else "store, own node only"
+    return f"{shape['num_prefill']}P+{shape['num_decode']}D, {store}"
 
 
 if __name__ == "__main__":

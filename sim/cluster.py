@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.conductor import POLICIES, PendingPrefills, Rejection, Route, RoutingProblem
-from router.conductor.costs import cached_split
+from router.conductor import POLICIES, PendingDecodes, PendingPrefills, Rejection, Route, RoutingProblem
+from router.conductor.costs import cached_split, pages_needed
 from router.conductor.prefix import prefill_candidate
 from router.conductor.profile import CostProfile
 from sim.caches import StoreIndex
@@ -32,6 +32,7 @@ class ClusterShape:
     num_decode: int = 8
     colocated: bool = False  # num_prefill + num_decode colocated instances instead
     store: bool = True  # a store node per instance (prefill fetches from any of them)
+    remote_fetch: bool = True  # False: each prefill instance reuses its own node's chunks only
 
     @property
     def num_instances(self) -> int:
@@ -54,6 +55,7 @@ class SimCluster:
         self._build()
         self.reporter = LoadReporter(self, lag_s)
         self.pending = PendingPrefills()
+        self.decoding = PendingDecodes()
         self.records: dict[int, RequestRecord] = {}
         self._turn = 0
 
@@ -74,6 +76,7 @@ class SimCluster:
             self.prefill[f"prefill-{i}"] = PrefillInstance(
                 f"prefill-{i}", p, self.loop, self.store, node, self._prefilled
             )
+            self.prefill[f"prefill-{i}"].remote_fetch = shape.remote_fetch
             self._info(f"prefill-{i}", "prefill", node)
         for i in range(shape.num_decode):
             if self.store is not None:  # decode nodes hold what decode writes back; counted in capacity
@@ -110,20 +113,32 @@ class SimCluster:
         self.pending.add(
             str(request.index), prefill_id, cached_split(decision.prefill, request.input_tokens)[2]
         )
+        if decision.decode is not None:
+            pages = pages_needed(decision.decode, request.input_tokens + request.output_tokens)
+            self.decoding.add(str(request.index), decode_id, pages)
         self.prefill[prefill_id].submit(PrefillJob(request, decode_id))
 
     def _route(self, request: TraceRequest) -> Route | Rejection:
         per_node, anywhere = self.store.match(request.keys) if self.store is not None else ({}, 0)
         states = self.reporter.states(self.loop.now)
         candidates = tuple(
-            self.pending.adjust(prefill_candidate(states[wid], per_node, anywhere)) for wid in self.prefill
+            self.pending.adjust(
+                prefill_candidate(states[wid], per_node, self._reachable(wid, per_node, anywhere))
+            )
+            for wid in self.prefill
         )
-        decoders = tuple(states[wid] for wid in self.decode if self.infos[wid].role == "decode")
+        decoders = tuple(
+            self.decoding.adjust(states[wid]) for wid in self.decode if self.infos[wid].role == "decode"
+        )
         problem = RoutingProblem(
             request.input_tokens, request.output_tokens, candidates, decoders, self._turn
         )
         self._turn += 1
         return POLICIES[self.policy](problem, self.costs, self.slo)
+
+    def _reachable(self, worker_id: str, per_node: dict[str, int], anywhere: int) -> int:
+        """The prefix ``worker_id`` can reuse: the nodes' together, or its own node's (local only)."""
+        return anywhere if self.shape.remote_fetch else per_node.get(self.infos[worker_id].store_node_id, 0)
 
     # ---- the instances' callbacks ----------------------------------------------------------------
 
@@ -133,7 +148,7 @@ class SimCluster:
         record = self.records[request.index]
         record.prefilled(now, job.cached_local, job.cached_store)
         if request.output_tokens <= 1:
-            record.finish(now, 0.0)
+            self._finished(request.index, now, 0.0)
             return
         seq = DecodeSeq(request.index, request.input_tokens + 1, request.output_tokens - 1)
         if job.decode_id is None:  # colocated: decode where it was prefilled
@@ -143,7 +158,11 @@ class SimCluster:
         self.loop.after(self.profile.handoff_s(request.input_tokens), lambda: target.submit(seq))
 
     def _decoded(self, seq: DecodeSeq, now: float, mean_step_s: float) -> None:
-        self.records[seq.request_id].finish(now, mean_step_s)
+        self._finished(seq.request_id, now, mean_step_s)
+
+    def _finished(self, index: int, now: float, mean_step_s: float) -> None:
+        self.decoding.done(str(index))
+        self.records[index].finish(now, mean_step_s)
 
     def state_of(self, worker_id: str) -> WorkerState:
         return self.reporter.current(worker_id)

@@ -50,6 +50,7 @@ class PrefillInstance:
         self.queue: deque[PrefillJob] = deque()
         self.busy = False
         self.on_prefilled = on_prefilled
+        self.remote_fetch = True  # False: reuse chunks on its own store node only
         self.num_steps = 0
         self.busy_s = 0.0
 
@@ -68,7 +69,9 @@ class PrefillInstance:
         local = self.cache.prefix_hits(keys)
         fetched = 0
         if self.store is not None:
-            _, anywhere = self.store.match(keys)
+            per_node, anywhere = self.store.match(keys)
+            if not self.remote_fetch:  # its own node only
+                anywhere = per_node.get(self.store_node_id, 0)
             job.store_chunks = anywhere
             more = max(0, anywhere - local) * self.block_tokens
             if more and self.profile.fetch_s(more) < self.profile.prefill.per_token_s * more:

@@ -40,6 +40,11 @@ def summarize(records: Sequence[RequestRecord], ttft_slo_s: float, tbt_slo_s: fl
         "decode_step_s": percentiles([r.mean_step_s for r in finished if r.output_tokens > 1]),
         "slo": {"ttft_s": ttft_slo_s, "tbt_s": tbt_slo_s, "tbt_measured_as": "TPOT"},
         "slo_attainment": sum(r.meets(ttft_slo_s, tbt_slo_s) for r in records) / max(1, len(records)),
+        "slo_misses": {
+            "ttft": sum(r.ttft_s > ttft_slo_s for r in served),
+            "tbt": sum(r.tpot_s > tbt_slo_s for r in finished),
+            "rejected": len(records) - len(served),
+        },
         "prediction_error": prediction_error(served),
         "placements": dict(Counter(r.prefill_id for r in served)),
     }

@@ -13,7 +13,7 @@ simulator and tests drive the same code.
 from __future__ import annotations
 
 from router.conductor.config import CostModel, Slo
-from router.conductor.pending import PendingPrefills
+from router.conductor.pending import PendingDecodes, PendingPrefills
 from router.conductor.policies import DEFAULT_POLICY, POLICIES, POLICY_NAMES, Policy
 from router.conductor.types import PrefillCandidate, Rejection, Route, RoutingProblem
 
@@ -22,6 +22,7 @@ __all__ = [
     "POLICIES",
     "POLICY_NAMES",
     "CostModel",
+    "PendingDecodes",
     "PendingPrefills",
     "Policy",
     "PrefillCandidate",

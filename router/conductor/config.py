@@ -15,9 +15,12 @@ from dataclasses import dataclass
 class CostModel:
     """Linear latency models, in seconds.
 
-    - prefill of n tokens: ``prefill_fixed_s + prefill_per_token_s * n``
+    - prefill of n tokens after c cached ones: ``prefill_fixed_s + prefill_per_token_s * n
+      + prefill_per_token_context_s * n * (c + n / 2)`` (the last term: attention to the prefix,
+      which grows with the context; 0 where no profile measured it)
     - fetch of n cached tokens from another node: ``fetch_fixed_s + fetch_per_byte_s * n * kv_bytes_per_token``
-    - one decode step on a worker running b sequences: ``max(reported step, decode_base_s) + decode_per_seq_s * extra``
+    - one decode step on a worker running b sequences: ``max(reported step, decode_base_s) +
+      decode_per_seq_s * extra + decode_per_context_token_s * the request's tokens``
 
     The defaults are a CPU ballpark for a ~100M-parameter model (prefill) and the fitted fetch line
     of ``bench/results/transfer.json``. ``kv_bytes_per_token`` is an override: 0 (the default)
@@ -27,18 +30,27 @@ class CostModel:
 
     prefill_fixed_s: float = 0.02
     prefill_per_token_s: float = 1e-3
+    prefill_per_token_context_s: float = 0.0
     fetch_fixed_s: float = 8.1e-4
     fetch_per_byte_s: float = 5.2e-10
     decode_base_s: float = 0.02
     decode_per_seq_s: float = 1e-3
+    decode_per_context_token_s: float = 0.0
     kv_bytes_per_token: int = 0  # > 0: overrides what the workers publish
 
     def __post_init__(self) -> None:
-        for name in ("prefill_fixed_s", "prefill_per_token_s", "fetch_fixed_s", "fetch_per_byte_s"):
+        for name in (
+            "prefill_fixed_s",
+            "prefill_per_token_s",
+            "prefill_per_token_context_s",
+            "fetch_fixed_s",
+            "fetch_per_byte_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.decode_base_s < 0 or self.decode_per_seq_s < 0 or self.kv_bytes_per_token < 0:
-            raise ValueError("decode_base_s, decode_per_seq_s and kv_bytes_per_token must be >= 0")
+        for name in ("decode_base_s", "decode_per_seq_s", "decode_per_context_token_s", "kv_bytes_per_token"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,11 @@ from router.conductor.types import PrefillCandidate
 from worker.types import WorkerLoad, WorkerState
 
 
-def prefill_time_s(costs: CostModel, num_tokens: int) -> float:
-    """One prefill of ``num_tokens`` uncached tokens."""
-    return costs.prefill_fixed_s + costs.prefill_per_token_s * num_tokens
+def prefill_time_s(costs: CostModel, num_tokens: int, context_tokens: int = 0) -> float:
+    """One prefill of ``num_tokens`` uncached tokens after ``context_tokens`` cached ones (each new
+    token attends to the context and to the new tokens before it)."""
+    attention = costs.prefill_per_token_context_s * num_tokens * (context_tokens + num_tokens / 2)
+    return costs.prefill_fixed_s + costs.prefill_per_token_s * num_tokens + attention
 
 
 def fetch_time_s(costs: CostModel, num_tokens: int) -> float:
@@ -65,16 +67,23 @@ def worker_costs(costs: CostModel, worker: WorkerState) -> CostModel:
 
 def predicted_ttft_s(costs: CostModel, candidate: PrefillCandidate, num_prompt_tokens: int) -> float:
     costs = worker_costs(costs, candidate.worker)
-    _, store, uncached = cached_split(candidate, num_prompt_tokens)
+    local, store, uncached = cached_split(candidate, num_prompt_tokens)
     remote = min(fetch_time_s(costs, store), costs.prefill_per_token_s * store)
-    return queue_wait_s(costs, candidate.worker.load) + prefill_time_s(costs, uncached) + remote
+    return (
+        queue_wait_s(costs, candidate.worker.load) + prefill_time_s(costs, uncached, local + store) + remote
+    )
 
 
-def predicted_tbt_s(costs: CostModel, load: WorkerLoad) -> float:
+def predicted_tbt_s(costs: CostModel, load: WorkerLoad, context_tokens: int = 0) -> float:
     """Time between tokens on a decode worker once this request joins its batch: its current step
-    time (or the base step when idle or unreported) plus the cost of the sequences it adds."""
+    time (or the base step when idle or unreported) plus the cost of the sequences it adds and of
+    the ``context_tokens`` this request will hold there."""
     step_s = max(load.step_ms / 1000.0, costs.decode_base_s)
-    return step_s + costs.decode_per_seq_s * (1 + load.num_waiting)
+    return (
+        step_s
+        + costs.decode_per_seq_s * (1 + load.num_waiting)
+        + costs.decode_per_context_token_s * context_tokens
+    )
 
 
 def pages_needed(worker: WorkerState, num_tokens: int) -> int:

@@ -6,6 +6,8 @@
 - ``prefix``: the candidate with the longest cached prefix (ties: least loaded).
 - ``least_loaded``: the candidate with the least queued prefill work.
 - ``round_robin``: candidates in turn.
+- ``random``: a candidate and a decode worker drawn at random (seeded by the request's turn, so a
+  replay is reproducible): the floor FAST'25 measures the others against.
 
 Only ``cache_aware`` rejects on SLOs; the baselines always route (they exist to be compared
 against). Every policy rejects with ``no_workers`` / ``no_decode`` when nothing can serve.
@@ -16,6 +18,7 @@ decodes on itself.
 from __future__ import annotations
 
 import math
+import random as _random
 from collections.abc import Callable
 
 from router.conductor.config import CostModel, Slo
@@ -44,7 +47,7 @@ def _route(
         prefill=prefill,
         decode=None if prefill.colocated else decode,
         predicted_ttft_s=predicted_ttft_s(costs, prefill, problem.num_prompt_tokens),
-        predicted_tbt_s=predicted_tbt_s(costs, decoder.load),
+        predicted_tbt_s=predicted_tbt_s(costs, decoder.load, _final_tokens(problem)),
     )
 
 
@@ -53,10 +56,19 @@ def most_headroom(problem: RoutingProblem, costs: CostModel) -> WorkerState | No
     smallest predicted time between tokens, then the most free pages."""
 
     def key(w: WorkerState) -> tuple:
-        fits = w.load.free_pages >= pages_needed(w, problem.num_prompt_tokens + problem.max_tokens)
-        return (not fits, predicted_tbt_s(costs, w.load), -w.load.free_pages, w.info.worker_id)
+        tbt = predicted_tbt_s(costs, w.load, _final_tokens(problem))
+        return (not has_room(problem, w), tbt, -w.load.free_pages, w.info.worker_id)
 
     return min(problem.decode, key=key, default=None)
+
+
+def has_room(problem: RoutingProblem, worker: WorkerState) -> bool:
+    """Whether ``worker`` has free pages for the request at its final size (prompt + max_tokens)."""
+    return worker.load.free_pages >= pages_needed(worker, _final_tokens(problem))
+
+
+def _final_tokens(problem: RoutingProblem) -> int:
+    return problem.num_prompt_tokens + problem.max_tokens
 
 
 def _load_key(c: PrefillCandidate) -> tuple:
@@ -112,6 +124,12 @@ def cache_aware(problem: RoutingProblem, costs: CostModel, slo: Slo) -> Route | 
             f"{slo.ttft_s:.2f}s; the cluster is overloaded, retry later",
             _retry_after_s(route.predicted_ttft_s - slo.ttft_s),
         )
+    if decode is not None and not best.colocated and not has_room(problem, decode):
+        return Rejection(
+            "tbt_slo",
+            f"no decode worker has room for this request's {_final_tokens(problem)} tokens of KV now "
+            "(it would wait for a slot); the decode pool is overloaded, retry later",
+        )
     if route.predicted_tbt_s > slo.tbt_s:
         return Rejection(
             "tbt_slo",
@@ -120,6 +138,15 @@ def cache_aware(problem: RoutingProblem, costs: CostModel, slo: Slo) -> Route | 
             _retry_after_s(route.predicted_tbt_s - slo.tbt_s),
         )
     return route
+
+
+def random(problem: RoutingProblem, costs: CostModel, slo: Slo) -> Route | Rejection:
+    candidates = _candidates(problem)
+    if isinstance(candidates, Rejection):
+        return candidates
+    draw = _random.Random(problem.turn)
+    decode = draw.choice(problem.decode) if problem.decode else None
+    return _route(problem, costs, draw.choice(candidates), decode)
 
 
 def _retry_after_s(excess_s: float) -> int:
@@ -132,6 +159,7 @@ POLICIES: dict[str, Policy] = {
     "round_robin": round_robin,
     "least_loaded": least_loaded,
     "prefix": prefix,
+    "random": random,
 }
 POLICY_NAMES = tuple(POLICIES)  # what --policy accepts
 DEFAULT_POLICY = "cache_aware"

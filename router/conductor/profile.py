@@ -119,15 +119,16 @@ class CostProfile:
         return self.handoff.latency_s + num_tokens * self.kv.bytes_per_token / self.handoff.bytes_per_s
 
     def cost_model(self) -> CostModel:
-        """The conductor's linear costs on this profile (its context terms are the simulator's:
-        the conductor predicts with lines, as the workers fit them)."""
+        """The conductor's costs on this profile."""
         return CostModel(
             prefill_fixed_s=self.prefill.fixed_s,
             prefill_per_token_s=self.prefill.per_token_s,
+            prefill_per_token_context_s=self.prefill.per_token_context_s,
             fetch_fixed_s=self.fetch.latency_s,
             fetch_per_byte_s=1.0 / self.fetch.bytes_per_s,
             decode_base_s=self.decode.base_s,
             decode_per_seq_s=self.decode.per_seq_s,
+            decode_per_context_token_s=self.decode.per_context_token_s,
         )
 
     def slo_targets(self) -> Slo:

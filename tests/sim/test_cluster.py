@@ -48,6 +48,15 @@ def test_without_a_store_another_instance_recomputes(small_profile):
     assert b.ttft_s == pytest.approx(0.01 + 0.250)
 
 
+def test_local_only_reads_its_own_node_and_the_router_sees_just_that(small_profile):
+    shape = ClusterShape(2, 1, remote_fetch=False)
+    _, b = SimCluster(small_profile, shape, "round_robin").run([A, B])
+    assert b.prefill_id == "prefill-1" and (b.cached_local_tokens, b.cached_store_tokens) == (0, 0)
+    assert (b.predicted_local_tokens, b.predicted_store_tokens) == (0, 0)
+    a, b = SimCluster(small_profile, shape, "cache_aware").run([A, B])
+    assert b.prefill_id == a.prefill_id and b.cached_local_tokens == 200  # follows its prefix
+
+
 def test_the_policy_is_the_routers_own_looked_up_by_name(small_profile, monkeypatch):
     calls = []
 

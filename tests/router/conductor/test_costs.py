@@ -25,6 +25,16 @@ def test_cost_model_lines():
     assert predicted_tbt_s(COSTS, WorkerLoad()) == pytest.approx(0.02 + 0.001)
 
 
+def test_the_attention_term_grows_with_the_cached_prefix():
+    costs = dataclasses.replace(COSTS, prefill_per_token_context_s=1e-6)
+    # 1000 tokens after 3000 cached (a 4000-token prompt): each attends to 3000 + half the new ones
+    cached = PrefillCandidate(worker("p"), 3000)
+    assert predicted_ttft_s(costs, cached, 4000) == pytest.approx(0.01 + 1.0 + 1e-6 * 1000 * (3000 + 500))
+    assert predicted_ttft_s(costs, PrefillCandidate(worker("p")), 1000) == pytest.approx(
+        0.01 + 1.0 + 1e-6 * 1000 * 500
+    )
+
+
 def test_a_worker_s_own_fitted_line_replaces_the_configured_one():
     fitted = {"step_fixed_s": 0.05, "step_per_token_s": 0.002}
     young = PrefillCandidate(worker("p", **fitted, step_samples=MIN_FITTED_STEPS - 1))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from router.conductor import CostModel, PendingPrefills, PrefillCandidate, RoutingProblem, Slo
+from router.conductor import CostModel, PendingDecodes, PendingPrefills, PrefillCandidate, RoutingProblem, Slo
 from router.conductor.policies import cache_aware
+from tests.router.conductor.workers import worker
 from worker.types import WorkerInfo, WorkerLoad, WorkerState
 
 
@@ -43,3 +44,19 @@ def test_a_burst_is_spread_before_any_report_shows_it():
         pending.add(f"r{i}", route.prefill.worker_id, 1000)
         chosen.append(route.prefill.worker_id)
     assert sorted(chosen) == ["p0", "p0", "p1", "p1"]
+
+
+def test_decode_commitments_shrink_the_free_pages_the_conductor_sees():
+    pending = PendingDecodes()
+    d = worker("d", "decode", free_pages=100, total_pages=100)  # idle as last reported
+    pending.add("r1", "d", 30)
+    pending.add("r2", "d", 50)
+    assert pending.adjust(d).load.free_pages == 20
+    # once the worker reports them in use, the two overlap: the larger counts
+    busy = worker("d", "decode", free_pages=10, total_pages=100)
+    assert pending.adjust(busy).load.free_pages == 10
+    pending.done("r1")
+    pending.done("r1")  # idempotent
+    assert pending.pages("d") == 50 and pending.adjust(d).load.free_pages == 50
+    pending.done("r2")
+    assert pending.adjust(d) is d

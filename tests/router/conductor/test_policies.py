@@ -6,7 +6,7 @@ import pytest
 
 from router.conductor import POLICIES, PrefillCandidate, Rejection, Route, Slo
 from router.conductor.costs import fetch_time_s
-from router.conductor.policies import cache_aware, least_loaded, prefix, round_robin
+from router.conductor.policies import cache_aware, least_loaded, most_headroom, prefix, random, round_robin
 from tests.router.conductor.workers import COSTS, SLO, problem, worker
 
 
@@ -44,9 +44,13 @@ def test_decode_goes_to_the_most_headroom():
     roomy = worker("d2", "decode", num_running=3, step_ms=10)
     route = cache_aware(problem([worker("p")], [full, slow, roomy]), COSTS, SLO)
     assert route.decode.info.worker_id == "d2"
-    # nobody has room for the request: the one with the most free pages
+    # nobody has room for the request: the one with the most free pages, for the baselines; the
+    # cache-aware conductor rejects instead of letting it wait for a slot
     tight = [worker("d0", "decode", free_pages=2), worker("d1", "decode", free_pages=5)]
-    assert cache_aware(problem([worker("p")], tight), COSTS, SLO).decode.info.worker_id == "d1"
+    assert most_headroom(problem([worker("p")], tight), COSTS).info.worker_id == "d1"
+    assert prefix(problem([worker("p")], tight), COSTS, SLO).decode.info.worker_id == "d1"
+    rejected = cache_aware(problem([worker("p")], tight), COSTS, SLO)
+    assert isinstance(rejected, Rejection) and rejected.reason == "tbt_slo" and "room" in rejected.message
 
 
 def test_slo_rejections():
@@ -55,7 +59,7 @@ def test_slo_rejections():
     assert isinstance(reject, Rejection) and reject.reason == "ttft_slo" and 1 <= reject.retry_after_s <= 60
     reject = cache_aware(problem([worker("p")], decode), COSTS, Slo(ttft_s=30, tbt_s=0.1))
     assert isinstance(reject, Rejection) and reject.reason == "tbt_slo"
-    for baseline in (round_robin, least_loaded, prefix):  # baselines never reject on SLOs
+    for baseline in (round_robin, least_loaded, prefix, random):  # baselines never reject on SLOs
         assert isinstance(
             baseline(problem([worker("p", queued_prefill_tokens=40_000)], decode), COSTS, SLO), Route
         )
@@ -91,3 +95,16 @@ def test_least_loaded_and_prefix():
     ll = least_loaded(problem(ps, ds), COSTS, SLO)
     assert (ll.prefill.worker_id, ll.decode.info.worker_id) == ("p1", "d1")
     assert prefix(problem(ps, ds), COSTS, SLO).prefill.worker_id == "p0"  # longest prefix, whatever the load
+
+
+def test_random_is_reproducible_per_turn_and_reaches_every_worker():
+    prefill = [worker(f"p{i}") for i in range(3)]
+    decode = [worker(f"d{i}", "decode") for i in range(2)]
+
+    def pick(turn: int) -> tuple[str, str]:
+        route = random(problem(prefill, decode, turn=turn), COSTS, SLO)
+        return route.prefill.worker_id, route.decode.info.worker_id
+
+    assert [pick(t) for t in range(40)] == [pick(t) for t in range(40)]
+    assert {pick(t)[0] for t in range(40)} == {"p0", "p1", "p2"}
+    assert {pick(t)[1] for t in range(40)} == {"d0", "d1"}

@@ -29,6 +29,8 @@ def _hit_ratios(plt, report: dict, names: list[str], path: Path, title: str) -> 
     store = [report["policies"][n]["hit_ratio"]["store"] for n in names]
     ax.bar(names, local, label="local (instance cache)")
     ax.bar(names, store, bottom=local, label="store (fetched)")
+    served = [report["policies"][n].get("hit_ratio_served", 0.0) for n in names]
+    ax.scatter(names, served, marker="D", color="black", zorder=3, label="over the served requests only")
     for value, label, style in ((report["ceilings"]["infinite"], "infinite cache", "--"),
                                 (report["ceilings"]["oracle_lru"], "oracle LRU, same capacity", ":")):  # fmt: skip
         ax.axhline(value, color="black", linestyle=style, label=f"{label} ({value:.3f})")

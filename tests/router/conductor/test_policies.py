@@ -65,6 +65,14 @@ def test_slo_rejections():
         )
 
 
+def test_a_request_too_long_for_the_slo_is_served_by_an_idle_worker_and_shed_by_a_busy_one():
+    decode = [worker("d", "decode", free_pages=10_000, total_pages=10_000)]
+    long = problem([worker("p")], decode, n=40_000)  # ~40 s of prefill on an idle worker: misses anyway
+    assert isinstance(cache_aware(long, COSTS, SLO), Route)
+    busy = problem([worker("p", queued_prefill_tokens=10)], decode, n=40_000)
+    assert cache_aware(busy, COSTS, SLO).reason == "ttft_slo"
+
+
 def test_colocated_workers_decode_themselves():
     route = cache_aware(
         problem([worker("c0", "colocated", queued_prefill_tokens=10), worker("c1", "colocated")]), COSTS, SLO

@@ -122,7 +122,8 @@ def format_table(result: dict) -> str:
     lines = [
         f"{result['requests']} requests of {result['trace']} (speed x{result['speed']:g}) on {result['profile']}, "
         f"{_shape(result['shape'])}; hit-ratio ceilings: infinite cache {c['infinite']:.3f}, "
-        f"oracle LRU of the same capacity {c['oracle_lru']:.3f}",
+        f"oracle LRU of the same capacity {c['oracle_lru']:.3f}; SLO attainment ceiling (requests no "
+        f"placement serves in time) {result['intrinsic_misses']['attainment_ceiling']:.3f}",
         f"{'policy':<14}{'done':>7}{'rejected':>9}{'hit (local+store)':>22}{'TTFT mean/p50/p99 s':>24}{'TPOT p50/p99 ms':>18}{'SLO met':>9}{'capacity':>10}",
     ]  # fmt: skip
     for name, r in result["policies"].items():

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from router.conductor.profile import CostProfile
 from sim.capacity import effective_capacity
 from sim.cluster import ClusterShape, SimCluster
-from sim.summary import ceilings, summarize
+from sim.summary import ceilings, intrinsic_misses, summarize
 from sim.trace import TraceRequest, rescale
 
 
@@ -65,5 +65,6 @@ def report(profile: CostProfile, shape: ClusterShape, requests: Sequence[TraceRe
         "shape": dataclasses.asdict(shape),
         "requests": len(requests),
         "ceilings": ceilings(requests, profile.kv.chunk_tokens, total_capacity_chunks(profile, shape)),
+        "intrinsic_misses": intrinsic_misses(requests, profile),
         "policies": {},
     }

@@ -92,3 +92,33 @@ def _leading(keys: Sequence[int], cache) -> int:
             break
         n += 1
     return n
+
+
+def intrinsic_misses(requests: Sequence[TraceRequest], profile) -> dict:
+    """Requests that miss an SLO even alone on an idle cluster with a perfect cache: TTFT = the
+    prefill of what no earlier request could have cached (fetched for free); TPOT = the hand-off
+    plus one-sequence decode steps, over the tokens after the first. No placement serves these
+    within the SLOs, so at most ``1 - fraction`` of requests can meet them at any load: the ceiling
+    of every policy's attainment."""
+    block = profile.kv.chunk_tokens
+    seen: set[int] = set()
+    ttft = tbt = either = 0
+    for r in requests:
+        cached = _leading(r.keys, seen) * block
+        seen.update(r.keys)
+        new = r.input_tokens - cached
+        first = profile.prefill_step_s(new, new * (cached + new / 2))
+        misses_ttft = first > profile.slo.ttft_s
+        misses_tbt = False
+        if r.output_tokens > 1:
+            m = r.output_tokens - 1  # decode steps of one sequence whose context grows by one each
+            steps = (
+                m * profile.decode_step_s(1, r.input_tokens)
+                + profile.decode.per_context_token_s * m * (m + 1) / 2
+            )
+            misses_tbt = (profile.handoff_s(r.input_tokens) + steps) / m > profile.slo.tbt_s
+        ttft += misses_ttft
+        tbt += misses_tbt
+        either += misses_ttft or misses_tbt
+    n = max(1, len(requests))
+    return {"ttft": ttft / n, "tbt": tbt / n, "either": either / n, "attainment_ceiling": 1 - either / n}

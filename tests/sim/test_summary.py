@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.summary import ceilings, percentiles
+from sim.summary import ceilings, intrinsic_misses, percentiles
 from sim.trace import TraceRequest
 
 
@@ -27,3 +27,20 @@ def test_percentiles_of_a_known_list():
     assert (p["p50"], p["p90"], p["p99"]) == (51.0, 91.0, 100.0)
     assert p["mean"] == pytest.approx(50.5)
     assert percentiles([]) == {"mean": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0}
+
+
+def test_requests_no_placement_serves_in_time_by_hand(small_profile):
+    # small profile: prefill 10 ms + 1 ms a token, TTFT SLO 10 s; decode 25 ms a step alone,
+    # hand-off 2 ms + 1 us a token, TBT SLO 1 s
+    requests = [
+        TraceRequest(0, 0.0, 20_000, 2, ()),  # 20 s of prefill: misses TTFT
+        TraceRequest(1, 0.0, 5_000, 2, ()),  # 5 s: meets it; 2nd token after 7 ms + 25 ms: meets TBT
+        TraceRequest(2, 0.0, 5_000, 1, ()),  # one token: no TBT to miss
+    ]
+    misses = intrinsic_misses(requests, small_profile)
+    assert misses["ttft"] == pytest.approx(1 / 3) and misses["tbt"] == 0
+    assert misses["attainment_ceiling"] == pytest.approx(2 / 3)
+    slow_link = small_profile.__class__(
+        **{**small_profile.__dict__, "handoff": small_profile.handoff.__class__(2.0, 1e9)}
+    )
+    assert intrinsic_misses(requests[1:2], slow_link)["tbt"] == 1.0  # the 2nd token waits 2 s for its KV

@@ -56,12 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", type=float, default=1.0, help="arrival-rate scale: 2 = arrivals twice as fast (default 1)"
     )
     p.add_argument("--limit", type=int, default=None, help="the trace's first N requests only")
-    p.add_argument(
-        "--cache-tokens-per-instance", type=int, default=None, help="override the profile's instance cache"
-    )
-    p.add_argument(
-        "--store-tokens", type=int, default=None, help="override the profile's tokens per store node"
-    )
+    for flag, what in (
+        ("--cache-tokens-per-instance", "instance cache"),
+        ("--store-tokens", "tokens per store node"),
+    ):
+        p.add_argument(flag, type=int, default=None, help=f"override the profile's {what}")
     p.add_argument(
         "--capacity", action="store_true", help="also find each policy's effective capacity (slow)"
     )

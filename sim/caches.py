@@ -103,3 +103,9 @@ class StoreIndex:
         for key in keys:
             for node_id in self._holders.get(key, ()):
                 self.nodes[node_id].prefix_hits([key])
+
+
+def reachable_prefix(per_node: dict[str, int], anywhere: int, own_node: str, remote_fetch: bool) -> int:
+    """The leading chunks an instance whose store node is ``own_node`` can reuse from the store:
+    what the nodes hold between them, or, without ``remote_fetch``, what its own node holds."""
+    return anywhere if remote_fetch else per_node.get(own_node, 0)

@@ -16,14 +16,14 @@ from router.conductor import POLICIES, PendingDecodes, PendingPrefills, Rejectio
 from router.conductor.costs import cached_split, pages_needed
 from router.conductor.prefix import prefill_candidate
 from router.conductor.profile import CostProfile
-from sim.caches import StoreIndex
+from sim.caches import StoreIndex, reachable_prefix
 from sim.decode import ColocatedInstance, DecodeInstance, DecodeSeq
 from sim.events import EventLoop
 from sim.prefill import PrefillInstance, PrefillJob
 from sim.records import RequestRecord
 from sim.reports import LoadReporter
 from sim.trace import TraceRequest
-from worker.types import MEMBERSHIP, WorkerInfo, WorkerState
+from worker.types import MEMBERSHIP, WorkerInfo
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,14 @@ class SimCluster:
             if self.store is not None:
                 self.store.add_node(node, node_chunks)
             self.prefill[f"prefill-{i}"] = PrefillInstance(
-                f"prefill-{i}", p, self.loop, self.store, node, self._prefilled
+                f"prefill-{i}",
+                p,
+                self.loop,
+                self.store,
+                node,
+                self._prefilled,
+                remote_fetch=shape.remote_fetch,
             )
-            self.prefill[f"prefill-{i}"].remote_fetch = shape.remote_fetch
             self._info(f"prefill-{i}", "prefill", node)
         for i in range(shape.num_decode):
             if self.store is not None:  # decode nodes hold what decode writes back; counted in capacity
@@ -137,8 +142,8 @@ class SimCluster:
         return POLICIES[self.policy](problem, self.costs, self.slo)
 
     def _reachable(self, worker_id: str, per_node: dict[str, int], anywhere: int) -> int:
-        """The prefix ``worker_id`` can reuse: the nodes' together, or its own node's (local only)."""
-        return anywhere if self.shape.remote_fetch else per_node.get(self.infos[worker_id].store_node_id, 0)
+        own = self.infos[worker_id].store_node_id
+        return reachable_prefix(per_node, anywhere, own, self.shape.remote_fetch)
 
     # ---- the instances' callbacks ----------------------------------------------------------------
 
@@ -163,6 +168,3 @@ class SimCluster:
     def _finished(self, index: int, now: float, mean_step_s: float) -> None:
         self.decoding.done(str(index))
         self.records[index].finish(now, mean_step_s)
-
-    def state_of(self, worker_id: str) -> WorkerState:
-        return self.reporter.current(worker_id)

@@ -108,12 +108,11 @@ class ColocatedInstance(DecodeInstance):
         self, instance_id: str, profile: CostProfile, loop: EventLoop, on_finished, on_prefilled
     ) -> None:
         super().__init__(instance_id, profile, loop, on_finished)
-        self.prefill = PrefillInstance(instance_id, profile, loop, None, "", on_prefilled)
-        self.prefill.submit = self._submit_prompt  # the prefill half steps inside this instance's steps
+        # the prefill half steps inside this instance's steps: a prompt wakes this instance
+        self.prefill = PrefillInstance(instance_id, profile, loop, None, "", on_prefilled, wake=self._wake)
         self._taken: list[tuple[PrefillJob, int]] = []
 
-    def _submit_prompt(self, job: PrefillJob) -> None:
-        self.prefill.queue.append(job)
+    def _wake(self) -> None:
         if not self.busy:
             self._step()
 

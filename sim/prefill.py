@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from router.conductor.profile import CostProfile
-from sim.caches import LruCache, StoreIndex
+from sim.caches import LruCache, StoreIndex, reachable_prefix
 from sim.events import EventLoop
 from sim.trace import TraceRequest
 
@@ -32,14 +32,17 @@ class PrefillJob:
     cached_store: int = 0
     fetch_s: float = 0.0
     store_chunks: int = 0  # leading chunks some store node already held
-    extra: dict = field(default_factory=dict)
 
 
 class PrefillInstance:
     def __init__(
         self, instance_id: str, profile: CostProfile, loop: EventLoop, store: StoreIndex | None,
-        store_node_id: str, on_prefilled: Callable[[PrefillJob, float], None],
+        store_node_id: str, on_prefilled: Callable[[PrefillJob, float], None], *, remote_fetch: bool = True,
+        wake: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
+        """``remote_fetch`` False: reuse chunks on its own store node only. ``wake``: what starts
+        work on a submitted job when idle (by default its own steps; a colocated instance steps
+        its prefill half inside its own steps)."""
         self.instance_id = instance_id
         self.profile = profile
         self.loop = loop
@@ -50,9 +53,8 @@ class PrefillInstance:
         self.queue: deque[PrefillJob] = deque()
         self.busy = False
         self.on_prefilled = on_prefilled
-        self.remote_fetch = True  # False: reuse chunks on its own store node only
-        self.num_steps = 0
-        self.busy_s = 0.0
+        self.remote_fetch = remote_fetch
+        self._wake = wake or self._step
 
     @property
     def queued_tokens(self) -> int:
@@ -61,7 +63,7 @@ class PrefillInstance:
     def submit(self, job: PrefillJob) -> None:
         self.queue.append(job)
         if not self.busy:
-            self._step()
+            self._wake()
 
     def _start(self, job: PrefillJob) -> float:
         """Reuse, fetch, and count what is left; returns the fetch time."""
@@ -70,8 +72,7 @@ class PrefillInstance:
         fetched = 0
         if self.store is not None:
             per_node, anywhere = self.store.match(keys)
-            if not self.remote_fetch:  # its own node only
-                anywhere = per_node.get(self.store_node_id, 0)
+            anywhere = reachable_prefix(per_node, anywhere, self.store_node_id, self.remote_fetch)
             job.store_chunks = anywhere
             more = max(0, anywhere - local) * self.block_tokens
             if more and self.profile.fetch_s(more) < self.profile.prefill.per_token_s * more:
@@ -105,8 +106,6 @@ class PrefillInstance:
         self.busy = True
         taken, tokens, products, fetch_s = self.plan_step(self.profile.prefill.max_batched_tokens)
         duration = self.profile.prefill_step_s(tokens, products) + fetch_s
-        self.num_steps += 1
-        self.busy_s += duration
         self.loop.after(duration, lambda: self._finish_step(taken))
 
     def _finish_step(self, taken: list[tuple[PrefillJob, int]]) -> None:

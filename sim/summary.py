@@ -4,9 +4,10 @@ SLO attainment, rejections, and how far the conductor's predictions were from wh
 from __future__ import annotations
 
 import statistics
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Sequence
 
+from sim.caches import LruCache
 from sim.records import RequestRecord
 from sim.trace import TraceRequest
 
@@ -70,28 +71,19 @@ def ceilings(requests: Sequence[TraceRequest], block_tokens: int, capacity_chunk
     """Token hit ratios no placement can beat: an infinite cache that keeps every prefix, and one
     LRU of the cluster's whole capacity that every request reads and writes (the oracle LRU)."""
     prompt = sum(r.input_tokens for r in requests) or 1
-    seen: set[int] = set()
-    lru: OrderedDict[int, None] = OrderedDict()
+    every, oracle_lru = _unbounded_cache(requests), LruCache(capacity_chunks)
     infinite = oracle = 0
     for r in requests:
-        infinite += _leading(r.keys, seen) * block_tokens
-        oracle += _leading(r.keys, lru) * block_tokens
-        seen.update(r.keys)
-        for key in r.keys:
-            lru[key] = None
-            lru.move_to_end(key)
-        while len(lru) > capacity_chunks:
-            lru.popitem(last=False)
+        infinite += every.prefix_hits(r.keys, touch=False) * block_tokens
+        oracle += oracle_lru.prefix_hits(r.keys, touch=False) * block_tokens
+        every.insert(r.keys)
+        oracle_lru.insert(r.keys)
     return {"infinite": infinite / prompt, "oracle_lru": oracle / prompt, "capacity_chunks": capacity_chunks}
 
 
-def _leading(keys: Sequence[int], cache) -> int:
-    n = 0
-    for key in keys:
-        if key not in cache:
-            break
-        n += 1
-    return n
+def _unbounded_cache(requests: Sequence[TraceRequest]) -> LruCache:
+    """A cache that keeps every chunk these requests name."""
+    return LruCache(sum(len(r.keys) for r in requests))
 
 
 def intrinsic_misses(requests: Sequence[TraceRequest], profile) -> dict:
@@ -101,11 +93,11 @@ def intrinsic_misses(requests: Sequence[TraceRequest], profile) -> dict:
     within the SLOs, so at most ``1 - fraction`` of requests can meet them at any load: the ceiling
     of every policy's attainment."""
     block = profile.kv.chunk_tokens
-    seen: set[int] = set()
+    seen = _unbounded_cache(requests)
     ttft = tbt = either = 0
     for r in requests:
-        cached = _leading(r.keys, seen) * block
-        seen.update(r.keys)
+        cached = seen.prefix_hits(r.keys, touch=False) * block
+        seen.insert(r.keys)
         new = r.input_tokens - cached
         first = profile.prefill_step_s(new, new * (cached + new / 2))
         misses_ttft = first > profile.slo.ttft_s

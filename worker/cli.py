@@ -24,6 +24,7 @@ from worker.types import WorkerInfo
 log = logging.getLogger("tandem.worker")
 
 WorkerFactory = Callable[[LLMEngine, WorkerInfo, object], BaseWorker]
+DEFAULT_CHUNK_TOKENS = 64  # a store chunk; a worker without a store publishes it all the same
 
 
 def setup_logging(level: str) -> None:
@@ -45,6 +46,8 @@ def worker_parser(role: str, description: str, writes: str | None) -> argparse.A
     add_worker_args(parser, role)
     if writes is not None:
         add_store_args(parser, writes)
+    else:  # no store node: the same attributes, fixed
+        parser.set_defaults(store_node="", chunk_tokens=DEFAULT_CHUNK_TOKENS)
     add_engine_args(parser)
     return parser
 
@@ -74,14 +77,14 @@ def add_store_args(parser: argparse.ArgumentParser, writes: str) -> None:
         help=f"id of this worker's store node, where it writes {writes} ('' = none)",
     )
     parser.add_argument(
-        "--chunk-tokens", type=int, default=64,
+        "--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS,
         help="tokens per store chunk (a multiple of the page size; equal on every worker, or keys differ)",
     )  # fmt: skip
 
 
 def store_client(args: argparse.Namespace):
     """A ``StoreClient`` bound to ``--store-node``, or None without one."""
-    if not getattr(args, "store_node", ""):
+    if not args.store_node:
         return None
     from kvstore.client import StoreClient
 
@@ -97,8 +100,8 @@ def worker_info(args: argparse.Namespace, role: str, engine: LLMEngine, address:
     return WorkerInfo(
         worker_id=args.worker_id or default_worker_id(role, address),
         role=role, address=address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
-        page_size=engine.pool.page_size, chunk_tokens=getattr(args, "chunk_tokens", 64),
-        max_model_len=engine.max_model_len, store_node_id=getattr(args, "store_node", ""),
+        page_size=engine.pool.page_size, chunk_tokens=args.chunk_tokens,
+        max_model_len=engine.max_model_len, store_node_id=args.store_node,
         kv_bytes_per_token=engine.kv_bytes_per_token,
     )  # fmt: skip
 

@@ -8,6 +8,7 @@ the decode line is configured.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -39,18 +40,9 @@ class CostModel:
     kv_bytes_per_token: int = 0  # > 0: overrides what the workers publish
 
     def __post_init__(self) -> None:
-        for name in (
-            "prefill_fixed_s",
-            "prefill_per_token_s",
-            "prefill_per_token_context_s",
-            "fetch_fixed_s",
-            "fetch_per_byte_s",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("decode_base_s", "decode_per_seq_s", "decode_per_context_token_s", "kv_bytes_per_token"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):  # every coefficient is a time, a rate or a size
+            if getattr(self, f.name) < 0:
+                raise ValueError(f"{f.name} must be >= 0, got {getattr(self, f.name)}")
 
 
 @dataclass(frozen=True)

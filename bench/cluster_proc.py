@@ -27,6 +27,7 @@ class ClusterSpec:
     policy: str
     num_prefill: int
     num_decode: int
+    up_args: tuple[str, ...] = ()  # more `tandem up` flags
 
 
 def default_model_dir() -> str:
@@ -64,6 +65,7 @@ class Cluster:
                "--num-pages", str(num_pages)]  # fmt: skip
         if spec.mode == "disaggregated":
             cmd += ["--decode", str(spec.num_decode)]
+        cmd += list(spec.up_args)
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         self.popen = subprocess.Popen(
             cmd,

@@ -160,12 +160,15 @@ def run_config(
     return {"cluster": asdict(spec), "summary": summary, "requests": [asdict(o) for o in outcomes]}
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_workload_flags(ap: argparse.ArgumentParser) -> None:
+    """The flags that pick the trace's requests, scale them, and size the cluster replaying them."""
     ap.add_argument("--trace", default=str(TRACES / "conversation_trace.jsonl"))
     ap.add_argument("--select", choices=["conversations", "window"], default="conversations")
     ap.add_argument("--num-conversations", type=int, default=10, help="conversations (default 10)")
     ap.add_argument("--scan", type=int, default=3000, help="trace requests searched for conversations")
+    ap.add_argument(
+        "--skip-conversations", type=int, default=0, help="conversations: skip the first N found (default 0)"
+    )
     ap.add_argument("--start", type=int, default=0, help="window: first request (default 0)")
     ap.add_argument("--num-requests", type=int, default=30, help="window: requests (default 30)")
     ap.add_argument(
@@ -178,13 +181,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-concurrency", type=int, default=4, help="requests in flight at most (default 4)")
     ap.add_argument("--ttft-slo-s", type=float, default=5.0, help="goodput TTFT SLO (default 5)")
     ap.add_argument("--tbt-slo-s", type=float, default=0.3, help="goodput TPOT SLO (default 0.3)")
-    ap.add_argument("--configs", nargs="+", choices=list(CLUSTERS), default=list(CLUSTERS))
     ap.add_argument(
         "--model", help="HF model directory (default: SmolLM2-135M-Instruct via `tandem convert`)"
     )
     ap.add_argument("--num-pages", type=int, default=1024, help="KV pages per worker (default 1024)")
     ap.add_argument("--startup-timeout-s", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=0)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_workload_flags(ap)
+    ap.add_argument("--configs", nargs="+", choices=list(CLUSTERS), default=list(CLUSTERS))
     ap.add_argument("--out", default=str(RESULTS))
     return ap.parse_args(argv)
 

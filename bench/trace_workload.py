@@ -44,7 +44,8 @@ def select(rows: list[dict], args: argparse.Namespace) -> list[tuple[int, dict]]
     for i, row in enumerate(rows[: args.scan]):
         if len(row["hash_ids"]) > 1:
             conversations.setdefault(row["hash_ids"][1], []).append(i)
-    chosen = [c for c in conversations.values() if len(c) > 1][: args.num_conversations]
+    skip = getattr(args, "skip_conversations", 0)
+    chosen = [c for c in conversations.values() if len(c) > 1][skip : skip + args.num_conversations]
     return [(i, rows[i]) for i in sorted(i for c in chosen for i in c)]
 
 

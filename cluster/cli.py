@@ -104,6 +104,10 @@ def _add_up(sub) -> None:
         "--store-capacity", type=int, default=1 << 30, help="bytes per store node (default 1 GiB)"
     )
     up.add_argument(
+        "--chunk-tokens", type=int, default=64,
+        help="tokens per store chunk, the unit of reuse across workers (a multiple of 16; default 64)",
+    )  # fmt: skip
+    up.add_argument(
         "--num-pages", type=int, default=None, help="KV pages per worker (default: from free memory)"
     )
     up.add_argument(
@@ -200,7 +204,7 @@ def _up(args: argparse.Namespace) -> int:
     config = ClusterConfig(
         model_dir=resolve_model(args.model), num_prefill=args.prefill, num_decode=args.decode, mode=args.mode,
         policy=args.policy, host=args.host, port=args.port, redis_url=args.redis_url,
-        store_capacity_bytes=args.store_capacity, num_pages=args.num_pages,
+        store_capacity_bytes=args.store_capacity, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
         max_num_batched_tokens=args.max_num_batched_tokens,
     )  # fmt: skip
     stop = {"now": False}

@@ -26,6 +26,9 @@ from worker.registry import WorkerRegistry
 log = logging.getLogger("tandem.up")
 
 
+WORKER_PAGE_SIZE = 16  # the engine's default --page-size, which `tandem up` keeps
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     model_dir: Path
@@ -51,6 +54,11 @@ class ClusterConfig:
             raise ValueError(f"mode must be 'disaggregated' or 'colocated', got {self.mode!r}")
         if self.num_prefill < 1 or (self.mode == "disaggregated" and self.num_decode < 1):
             raise ValueError("need at least one prefill and one decode worker (or one colocated worker)")
+        if self.chunk_tokens < WORKER_PAGE_SIZE or self.chunk_tokens % WORKER_PAGE_SIZE:
+            raise ValueError(
+                f"chunk_tokens must be a positive multiple of the workers' page size {WORKER_PAGE_SIZE}, "
+                f"got {self.chunk_tokens}"
+            )
 
     @property
     def num_engines(self) -> int:

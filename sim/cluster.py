@@ -6,11 +6,16 @@ cached prefix on every node, builds each prefill candidate with the conductor's 
 heartbeat, so with the real report lag) adjusted by the prefill work it routed since
 (``PendingPrefills``), and calls the policy by name from ``POLICIES``: a policy added there is
 simulated as it is. A ``Rejection`` is counted and the request dropped.
+
+``max_in_flight`` models a client that keeps at most that many requests open, as ``bench.serve``'s
+does: a request due while the client is full waits at the client, and its latencies count from
+when it is sent (so a simulated run and a replay against a real cluster measure the same thing).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, replace
 
 from router.conductor import POLICIES, PendingDecodes, PendingPrefills, Rejection, Route, RoutingProblem
 from router.conductor.costs import cached_split, pages_needed
@@ -41,10 +46,13 @@ class ClusterShape:
 
 class SimCluster:
     def __init__(
-        self, profile: CostProfile, shape: ClusterShape, policy: str, *, lag_s: float = MEMBERSHIP.heartbeat_s
-    ) -> None:
+        self, profile: CostProfile, shape: ClusterShape, policy: str, *,
+        lag_s: float = MEMBERSHIP.heartbeat_s, max_in_flight: int | None = None,
+    ) -> None:  # fmt: skip
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.profile, self.shape, self.policy = profile, shape, policy
         self.costs, self.slo = profile.cost_model(), profile.slo_targets()
         self.loop = EventLoop()
@@ -58,6 +66,9 @@ class SimCluster:
         self.decoding = PendingDecodes()
         self.records: dict[int, RequestRecord] = {}
         self._turn = 0
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._held: deque[TraceRequest] = deque()  # due, waiting for the client to have room
 
     def _build(self) -> None:
         p, shape = self.profile, self.shape
@@ -99,18 +110,27 @@ class SimCluster:
     # ---- the router ----------------------------------------------------------------------------
 
     def run(self, requests: list[TraceRequest], progress=None) -> list[RequestRecord]:
+        self._progress = progress
         for request in requests:
-            self.loop.at(request.arrival_s, lambda r=request: self._arrive(r, progress))
+            self.loop.at(request.arrival_s, lambda r=request: self._due(r))
         self.loop.run()
         return [self.records[r.index] for r in requests]
 
-    def _arrive(self, request: TraceRequest, progress) -> None:
-        if progress is not None:
-            progress(1)
+    def _due(self, request: TraceRequest) -> None:
+        if self.max_in_flight is not None and self._in_flight >= self.max_in_flight:
+            self._held.append(request)
+            return
+        self._arrive(request)
+
+    def _arrive(self, request: TraceRequest) -> None:
+        if self._progress is not None:
+            self._progress(1)
+        self._in_flight += 1
         record = self.records[request.index] = RequestRecord.of(request)
         decision = self._route(request)
         if isinstance(decision, Rejection):
             record.rejected = decision.reason
+            self._closed()
             return
         prefill_id = decision.prefill.worker_id
         decode_id = None if decision.decode is None else decision.decode.info.worker_id
@@ -168,3 +188,10 @@ class SimCluster:
     def _finished(self, index: int, now: float, mean_step_s: float) -> None:
         self.decoding.done(str(index))
         self.records[index].finish(now, mean_step_s)
+        self._closed()
+
+    def _closed(self) -> None:
+        """A request is answered: the client sends the next one it holds, now."""
+        self._in_flight -= 1
+        if self._held:
+            self._arrive(replace(self._held.popleft(), arrival_s=self.loop.now))

@@ -38,9 +38,10 @@ def total_capacity_chunks(profile: CostProfile, shape: ClusterShape) -> int:
 
 def simulate(
     profile: CostProfile, shape: ClusterShape, policy: str, requests: Sequence[TraceRequest],
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, *, max_in_flight: int | None = None,
 ) -> dict:  # fmt: skip
-    cluster = SimCluster(profile, shape, policy)
+    """One policy over ``requests``; ``max_in_flight``: a client that keeps at most that many open."""
+    cluster = SimCluster(profile, shape, policy, max_in_flight=max_in_flight)
     records = cluster.run(list(requests), progress)
     result = summarize(records, profile.slo.ttft_s, profile.slo.tbt_s)
     result["virtual_s"] = cluster.loop.now

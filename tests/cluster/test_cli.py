@@ -41,3 +41,12 @@ def test_generate_answers_with_the_default_model(default_model):
     )
     assert out.stdout.strip() == expect.text.strip()
     assert "Paris" in out.stdout
+
+
+@pytest.mark.parametrize("chunk_tokens", [0, 24])
+def test_a_chunk_size_the_workers_cannot_use_is_refused_before_anything_starts(tmp_path, chunk_tokens):
+    from cluster.launcher import ClusterConfig
+
+    with pytest.raises(ValueError, match="multiple of the workers' page size 16"):
+        ClusterConfig(model_dir=tmp_path, chunk_tokens=chunk_tokens)
+    assert ClusterConfig(model_dir=tmp_path, chunk_tokens=32).chunk_tokens == 32

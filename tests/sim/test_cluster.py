@@ -34,6 +34,17 @@ def test_a_repeated_prefix_hits_the_same_instances_cache(small_profile):
     assert b.finished_s == b.first_token_s  # one output token: done at prefill
 
 
+def test_a_client_with_one_slot_sends_the_next_request_when_the_first_is_answered(small_profile):
+    c = TraceRequest(1, 0.1, 250, 3, (7, 8))  # due while A runs, no shared prefix
+    shape = ClusterShape(1, 1)
+    a, c_free = SimCluster(small_profile, shape, "round_robin").run([A, c])
+    assert c_free.arrival_s == pytest.approx(0.1)  # no cap: sent when due, queues at the prefill
+    assert c_free.ttft_s == pytest.approx(0.26 - 0.1 + 0.26)
+    a, c_held = SimCluster(small_profile, shape, "round_robin", max_in_flight=1).run([A, c])
+    assert c_held.arrival_s == pytest.approx(a.finished_s)  # held at the client until A is done
+    assert c_held.ttft_s == pytest.approx(0.26)  # counted from sending: an idle prefill instance
+
+
 def test_another_instance_fetches_the_prefix_from_the_store(small_profile):
     _, b = SimCluster(small_profile, ClusterShape(2, 1), "round_robin").run([A, B])
     assert b.prefill_id == "prefill-1"

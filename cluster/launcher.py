@@ -136,10 +136,21 @@ class LocalCluster:
                 *common, *store, "--worker-id", f"decode-{i}", "--store-node", self._store_node(f"store-decode-{i}"),
             ])  # fmt: skip
 
+    def _chunk_bytes(self) -> int:
+        """Bytes of one store chunk of this model's KV as the workers hold it (float32, their
+        default): the only chunk size the store nodes accept."""
+        import torch
+
+        from engine.config import ModelConfig
+        from engine.runner import kv_bytes_per_page
+
+        model = ModelConfig.from_dir(self.config.model_dir)
+        return kv_bytes_per_page(model, self.config.chunk_tokens, torch.float32)
+
     def _store_node(self, node_id: str) -> str:
         self._spawn(node_id, "kvstore.node_main", [
             "--redis-url", self.redis_url, "--listen", "tcp://127.0.0.1:0", "--node-id", node_id,
-            "--capacity-bytes", str(self.config.store_capacity_bytes),
+            "--capacity-bytes", str(self.config.store_capacity_bytes), "--chunk-bytes", str(self._chunk_bytes()),
         ])  # fmt: skip
         return node_id
 

@@ -99,11 +99,7 @@ class LLMEngine:
         ``hold_pages``: keep its pages when it finishes (copy them out with :meth:`pack_pages`,
         then :meth:`release`), aborted or not."""
         self.validate(prompt, params)
-        num_pages = -(-len(prompt) // self.pool.page_size)
-        if kv.shape[3] != num_pages:
-            raise ValueError(
-                f"KV for a {len(prompt)}-token prompt needs {num_pages} pages, got {kv.shape[3]}"
-            )
+        self.check_kv(kv, -(-len(prompt) // self.pool.page_size), f"KV for a {len(prompt)}-token prompt")
         seq = Sequence(request_id, prompt, params)
         seq.token_ids.append(first_token)
         seq.pending_kv = kv
@@ -111,6 +107,22 @@ class LLMEngine:
         seq.hold_pages = hold_pages
         self.scheduler.add(seq)
         return seq
+
+    def check_kv(self, kv: object, num_pages: int | None = None, what: str = "a KV buffer") -> None:
+        """``ValueError`` unless ``kv`` is packed pages of this engine's layout and dtype (``num_pages``
+        of them, or any positive number): KV from another process is checked before it touches a page."""
+        layout = self.runner.kv_cache.shape
+        dtype = self.runner.kv_cache.dtype
+        if not isinstance(kv, torch.Tensor):
+            raise ValueError(f"{what} must be a tensor, got {type(kv).__name__}")
+        pages = kv.shape[3] if kv.dim() == len(layout) else None
+        expect = (*layout[:3], num_pages if num_pages is not None else pages, *layout[4:])
+        if kv.dtype != dtype or tuple(kv.shape) != expect or not pages:
+            want = "N" if num_pages is None else num_pages
+            raise ValueError(
+                f"{what} is {str(kv.dtype).removeprefix('torch.')}{list(kv.shape)}; this engine's "
+                f"pages need {str(dtype).removeprefix('torch.')}{[*layout[:3], want, *layout[4:]]}"
+            )
 
     def export_kv(self, seq: Sequence) -> torch.Tensor:
         """The computed prompt KV of a finished prefill-only sequence, packed (a copy)."""
@@ -145,11 +157,16 @@ class LLMEngine:
         """Load KV computed elsewhere (store chunks, in prefix order from ``start_token``, each a
         whole number of pages) into the local prefix cache so the next request with this prefix
         hits it. Returns how many leading tokens are now cached locally; stops early when pages run
-        out (never preempts). The prefix before ``start_token`` must be cached here already."""
+        out (never preempts). The prefix before ``start_token`` must be cached here already.
+        ``ValueError``, with nothing changed, if a chunk is not this engine's layout."""
         ps = self.pool.page_size
         if start_token % ps:
             raise ValueError(f"start_token must be a multiple of the page size {ps}, got {start_token}")
+        for i, chunk in enumerate(chunks):  # every chunk checked before any page is touched
+            self.check_kv(chunk, what=f"store chunk {i}")
         num_pages = start_token // ps + sum(c.shape[3] for c in chunks)
+        if num_pages * ps > len(token_ids):
+            raise ValueError(f"{num_pages} pages of KV for a {len(token_ids)}-token prompt: more than it has")
         keys = chain_keys(token_ids[: num_pages * ps], ps, self.fingerprint)
         blocks = [token_ids[i * ps : (i + 1) * ps] for i in range(num_pages)]
         held = self.pool.lookup(keys, blocks)

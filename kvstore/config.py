@@ -16,6 +16,9 @@ class StoreNodeConfig:
     ``listen`` is the address to bind (``tcp://HOST:0`` picks a free port); ``advertise`` is the
     address other processes use to reach the node, by default the bound one (required when
     binding a wildcard host). ``slot_bytes`` 0 sizes the slots to the first chunk stored.
+    ``chunk_bytes`` (0: any size that fits a slot) is the one chunk size the node accepts, and its
+    slot size: a deployment that knows its model's KV layout (``tandem up`` does) sets it, so that
+    no client's message can choose the node's geometry or store a chunk of another size.
     The node's lease lapses ``heartbeat_ttl_s`` after its last heartbeat; it heartbeats three
     times per TTL. A chunk being sent stays pinned while the reader makes progress; a reader that
     accepts no bytes for ``read_lease_s`` is disconnected, which releases its pins.
@@ -26,6 +29,7 @@ class StoreNodeConfig:
     redis_url: str
     capacity_bytes: int
     slot_bytes: int = 0
+    chunk_bytes: int = 0
     advertise: str | None = None
     heartbeat_ttl_s: float = 5.0
     evict_watermark: float = 0.9
@@ -46,6 +50,11 @@ class StoreNodeConfig:
             raise ValueError(f"capacity_bytes must be positive, got {self.capacity_bytes}")
         if not 0 <= self.slot_bytes <= self.capacity_bytes:
             raise ValueError(f"slot_bytes must be in [0, capacity_bytes], got {self.slot_bytes}")
+        if self.chunk_bytes < 0 or (self.chunk_bytes and self.slot_bytes not in (0, self.chunk_bytes)):
+            raise ValueError(
+                f"chunk_bytes must be 0 or positive and equal slot_bytes when both are set, "
+                f"got chunk_bytes={self.chunk_bytes}, slot_bytes={self.slot_bytes}"
+            )
         if self.slot_bytes > self.max_frame_bytes:
             raise ValueError(f"slot_bytes {self.slot_bytes} exceeds max_frame_bytes {self.max_frame_bytes}")
         if self.heartbeat_ttl_s <= 0:
@@ -54,6 +63,11 @@ class StoreNodeConfig:
             raise ValueError(f"read_lease_s must be positive, got {self.read_lease_s}")
         if not 0 < self.evict_watermark <= 1:
             raise ValueError(f"evict_watermark must be in (0, 1], got {self.evict_watermark}")
+
+    @property
+    def slot_size(self) -> int | None:
+        """The arena's slot size: fixed by ``chunk_bytes`` or ``slot_bytes``, else by the first chunk."""
+        return self.chunk_bytes or self.slot_bytes or None
 
     @property
     def heartbeat_interval_s(self) -> float:

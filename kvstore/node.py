@@ -52,9 +52,7 @@ class StoreNode:
 
     def __init__(self, config: StoreNodeConfig) -> None:
         self.config = config
-        self.pool = ChunkPool(
-            SlotArena(config.capacity_bytes, config.slot_bytes or None), config.evict_watermark
-        )
+        self.pool = ChunkPool(SlotArena(config.capacity_bytes, config.slot_size), config.evict_watermark)
         opts = SocketOptions(
             max_frame_bytes=config.max_frame_bytes, stall_timeout_ms=int(config.read_lease_s * 1000)
         )
@@ -117,7 +115,13 @@ class StoreNode:
                 self.pool.release(chunk)
 
     def _put(self, request: PutRequest) -> PutReply:
+        size = self.config.chunk_bytes
         for buffer in request.buffers:  # refuse the whole batch before storing any of it
+            if size and buffer.nbytes != size:
+                raise ValueError(
+                    f"refused a chunk of {buffer.nbytes} bytes: store node {self.config.node_id} "
+                    f"holds chunks of exactly {size} bytes (this cluster's model and chunk size)"
+                )
             self.pool.check_fits(buffer.nbytes)
         stored, writes = [], []
         for key, buffer in zip(request.keys, request.buffers):

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="slot size; 0 (default) sizes slots to the first chunk",
     )
+    parser.add_argument(
+        "--chunk-bytes",
+        type=parse_bytes,
+        default=0,
+        help="accept chunks of exactly this size only, one a slot (0, the default: any size that fits); "
+        "set it from the model's KV layout so that no client can store a chunk of another shape",
+    )
     parser.add_argument("--heartbeat-ttl-s", type=float, default=5.0, help="lease TTL in seconds (default 5)")
     parser.add_argument(
         "--evict-watermark", type=float, default=0.9, help="evict LRU chunks above this use fraction (0.9)"
@@ -80,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_url=args.redis_url,
             capacity_bytes=args.capacity_bytes,
             slot_bytes=args.slot_bytes,
+            chunk_bytes=args.chunk_bytes,
             advertise=args.advertise,
             heartbeat_ttl_s=args.heartbeat_ttl_s,
             evict_watermark=args.evict_watermark,

@@ -71,12 +71,27 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
                 return 0
             started = time.perf_counter()
             chunks = self.store.get(keys[local:best])
-        except (StoreError, KeyError, TransferError) as e:
+        except (StoreError, KeyError, TransferError, ValueError) as e:
             log.warning("request %s: store fetch failed, recomputing: %s", request_id, e)
             return 0
-        imported = self.engine.import_prefix(prompt, chunks, start_token=local * ct)
+        try:
+            imported = self.engine.import_prefix(prompt, chunks, start_token=local * ct)
+        except ValueError as e:  # not KV this engine can use: never trusted, recomputed, and dropped
+            log.warning(
+                "request %s: the store's chunks are not this model's KV, recomputing: %s", request_id, e
+            )
+            self._stored_chunks[request_id] = local
+            self._forget(keys[local:best])
+            return 0
         self.counters.transferred("store_fetch", nbytes(chunks), time.perf_counter() - started)
         return max(0, imported - local * ct)
+
+    def _forget(self, keys: list[bytes]) -> None:
+        """Delete chunks that failed the check from every node, so the write-back replaces them."""
+        try:
+            self.store.delete(keys)
+        except (StoreError, TransferError) as e:
+            log.warning("could not delete %d bad chunks from the store: %s", len(keys), e)
 
     # -- engine -----------------------------------------------------------------------------------
 

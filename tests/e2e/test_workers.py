@@ -3,17 +3,30 @@ the router: the split across processes (KV through the wire and the store) chang
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import pytest
+import torch
 
 from engine import LLM, SamplingParams
+from kvstore.client import StoreClient
 from kvstore.embedded_redis import EmbeddedRedis
+from kvstore.keys import chain_keys
+from kvstore.tensors import to_buffer
 from tests.e2e.procs import spawn, stop, wait_for_workers
 from tests.engine.conftest import build_tiny
 from tests.engine.reference import mixed_prompts
 from transfer.channel import Inbox, Outbox
-from transfer.messages import AbortTask, GenerateTask, RequestFailed, Sampling, TokenEvent
+from transfer.messages import (
+    BAD_REQUEST,
+    AbortTask,
+    DecodeTask,
+    GenerateTask,
+    RequestFailed,
+    Sampling,
+    TokenEvent,
+)
 
 GREEDY = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
 
@@ -24,10 +37,17 @@ def model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(model):
-    """Redis, three store nodes, two prefill workers and one decode worker, each with its own
-    store node: all child processes."""
+def redis_url():
     redis = EmbeddedRedis().start()
+    yield redis.url
+    redis.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(model, redis_url):
+    """Three store nodes (sized by their first chunk, as a store outside ``tandem up`` may be), two
+    prefill workers and one decode worker, each with its own store node: all child processes."""
+    redis = argparse.Namespace(url=redis_url)
     procs = []
     try:
         common = [
@@ -55,7 +75,6 @@ def cluster(model):
         yield {wid: w.info.address for wid, w in live.items()}, procs
     finally:
         stop(procs)
-        redis.stop()
 
 
 class Router:
@@ -179,3 +198,42 @@ def test_an_abort_that_overtakes_the_hand_off_drops_the_kv(cluster, router):
         if msg is not None:
             events.append(msg)
     assert [e.worker_id for e in events] == ["prefill-0"], "decode must not run an aborted request"
+
+
+def test_a_poisoned_store_chunk_is_recomputed_and_replaced_never_trusted(model, cluster, redis_url, router):
+    """A hostile client stores 16 bytes under the key of a real prompt's first chunk (keys are
+    computable): the prefill worker that fetches it recomputes, deletes it, writes the real chunks
+    back, and answers exactly as the offline engine; the next worker fetches the real ones."""
+    addresses, procs = cluster
+    offline = LLM(str(model), page_size=8, num_pages=256)
+    prompt = mixed_prompts(250, seed=23)[4]  # 4 full 16-token chunks before its last token
+    keys = chain_keys(prompt[:-1], 16, offline.engine.fingerprint)
+    attacker = StoreClient(redis_url, node_id="store-1")
+    try:
+        attacker.put(keys[:2], [torch.zeros(4), torch.zeros(2, 2, dtype=torch.float16)])
+    finally:
+        attacker.close()
+    expect = offline.generate([prompt], SamplingParams(**GREEDY))[0].token_ids
+    poisoned = router.run(addresses["prefill-0"], prompt, GREEDY, addresses["decode-0"], "poisoned")
+    assert poisoned[0].num_cached_store == 0 and tokens(poisoned) == expect
+    healed = router.run(addresses["prefill-1"], prompt, GREEDY, addresses["decode-0"], "healed")
+    assert healed[0].num_cached_store == 64 and tokens(healed) == expect
+    assert all(p.poll() is None for p in procs), "every worker and store node is still running"
+
+
+@pytest.mark.parametrize(
+    "kv",
+    [torch.zeros(4), torch.zeros(2, 2, 1, 1, 8, 16, dtype=torch.float16), torch.zeros(2, 2, 1, 1, 8, 16)],
+    ids=["flat", "wrong-dtype", "wrong-layout"],
+)
+def test_a_decode_task_with_kv_of_the_wrong_shape_fails_that_request_only(cluster, router, kv):
+    addresses, procs = cluster
+    decode = router.outboxes.setdefault(addresses["decode-0"], Outbox(addresses["decode-0"]))
+    sampling = Sampling(**GREEDY)
+    decode.send(DecodeTask("bad-kv", (5, 6, 7), 9, sampling, router.inbox.address, (to_buffer(kv),)))
+    reply = router.inbox.recv(30.0)
+    assert isinstance(reply, RequestFailed) and reply.request_id == "bad-kv" and reply.code == BAD_REQUEST
+    assert "this engine's pages need" in reply.message
+    ok = router.run(addresses["prefill-0"], [5, 6, 7], GREEDY, addresses["decode-0"], f"after-{kv.dtype}")
+    assert isinstance(ok[-1], TokenEvent) and len(tokens(ok)) == 12
+    assert all(p.poll() is None for p in procs)

@@ -62,3 +62,30 @@ def test_import_stops_when_pages_run_out(tiny_model):
     chunks = [source.engine.pack_pages(seq, first, 4) for first in (0, 4)]
     source.engine.release(seq)
     assert target.engine.import_prefix(prompt, chunks) == 32
+
+
+def test_kv_of_another_layout_is_refused_before_a_page_is_touched(tiny_model):
+    import pytest
+    import torch
+
+    source = LLM(str(tiny_model), page_size=8, num_pages=64)
+    target = LLM(str(tiny_model), page_size=8, num_pages=64)
+    prompt = mixed_prompts(250, seed=15)[4]  # 70 tokens
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    seq = source.engine.add_request(prompt, params, request_id="s", prefill_only=True)
+    drain(source)
+    good = source.engine.pack_pages(seq, 0, 4)
+    kv = source.engine.export_kv(seq)
+    source.engine.release(seq)
+    free = target.engine.pool.num_free_pages
+    for bad in (torch.zeros(4), good.half(), good[:, :1], good[..., :-1]):
+        with pytest.raises(ValueError, match="this engine's pages need"):
+            target.engine.import_prefix(prompt, [good, bad])  # the good first chunk is not imported either
+        with pytest.raises(ValueError, match="this engine's pages need"):
+            target.engine.add_prefilled(prompt, 5, params, bad, request_id="d")
+    with pytest.raises(ValueError, match="more than it has"):
+        target.engine.import_prefix(prompt[:20], [good])  # 32 tokens of KV for a 20-token prompt
+    with pytest.raises(ValueError, match="pages need float32"):
+        target.engine.add_prefilled(prompt, 5, params, kv[:, :, :, :-1], request_id="d")
+    assert target.engine.pool.num_free_pages == free and not target.engine.has_unfinished()
+    assert target.engine.import_prefix(prompt, [good]) == 32

@@ -29,6 +29,7 @@ def start_node(tmp_path: Path):
         *,
         capacity_bytes: int = 64 << 20,
         slot_bytes: int = 0,
+        chunk_bytes: int = 0,
         ttl_s: float = TTL_S,
         read_lease_s: float = 30.0,
         port: int = 0,
@@ -38,6 +39,8 @@ def start_node(tmp_path: Path):
         argv += [
             "--slot-bytes",
             str(slot_bytes),
+            "--chunk-bytes",
+            str(chunk_bytes),
             "--heartbeat-ttl-s",
             str(ttl_s),
             "--read-lease-s",

@@ -39,6 +39,7 @@ BASE = {"--redis-url": "redis://127.0.0.1:1", "--listen": "tcp://127.0.0.1:5600"
         ({"--listen": "tcp://0.0.0.0:5600", "--node-id": "n"}, "needs advertise="),
         ({"--listen": "tcp://127.0.0.1:0"}, "--node-id is required"),
         ({"--listen": "localhost:5600", "--node-id": "n"}, "must be a ZeroMQ address"),
+        ({"--node-id": "n", "--chunk-bytes": "4KiB", "--slot-bytes": "8KiB"}, "equal slot_bytes"),
     ],
 )
 def test_bad_arguments_exit_with_the_fix(overrides, problem, capsys):

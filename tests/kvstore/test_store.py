@@ -147,3 +147,22 @@ def test_nodes_report_usage_and_oversized_chunks_are_refused_with_the_fix(two_no
         a.put(keys[:2], [b"x"])
     with pytest.raises(ValueError, match="keys must be non-empty bytes"):
         a.get(["not-bytes"])
+
+
+def test_a_node_with_a_chunk_size_refuses_every_other_size_and_keeps_its_geometry(redis_server, start_node):
+    """A hostile client's tiny chunk, stored first, must neither be stored nor size the slots."""
+    start_node(redis_server.url, "fixed", chunk_bytes=2048)
+    client = StoreClient(redis_url=redis_server.url, node_id="fixed")
+    try:
+        keys = chain(list(range(2 * CHUNK_TOKENS)))
+        with pytest.raises(StoreError, match="refused a chunk of 16 bytes: .* exactly 2048 bytes"):
+            client.put(keys[:1], [bytes(16)])
+        with pytest.raises(StoreError, match="exactly 2048 bytes"):  # the whole batch, before any of it
+            client.put(keys, [bytes(2048), bytes(2049)])
+        assert client.match_prefix(keys) == {}
+        assert client.put(keys, [bytes(2048), bytes([7]) * 2048]) == [True, True]
+        assert bytes(client.get(keys[1:])[0].numpy()) == bytes([7]) * 2048
+        (node,) = client.nodes()
+        assert node.bytes_used == 2 * 2048  # slots of the chunk size, not of the first put
+    finally:
+        client.close()

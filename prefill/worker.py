@@ -132,12 +132,12 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
             request_id=task.request_id, token_ids=task.token_ids, first_token=first,
             sampling=task.sampling, reply_to=task.reply_to, buffers=(to_buffer(kv),),
         )  # fmt: skip
-        try:
-            self.outboxes.send(task.decode_address, handoff)
-        except TransferError as e:
-            text = f"decode worker at {task.decode_address} did not take the KV: {e}"
+
+        def lost(reason: str) -> None:
+            text = f"decode worker at {task.decode_address} did not take the KV: {reason}"
             self.fail(task.reply_to, task.request_id, UNAVAILABLE, text)
-            return
+
+        self.send(task.decode_address, handoff, lost)
         self.counters.transferred("kv_send", nbytes([kv]), exported_s + time.perf_counter() - started)
 
     def _write_back(self, request_id: str, seq: Sequence) -> None:

@@ -4,12 +4,17 @@ The serving path (router ⇄ workers) is asynchronous in both directions: a rout
 workers and receives events about many requests from many workers at once. An ``Inbox`` is where a
 process receives; an ``Outbox`` sends to one peer's inbox. Back-pressure is ZeroMQ's: ``send``
 waits while the peer's queue is full and raises ``PeerTimeout`` if it stays full for ``timeout_s``.
+An ``OutboxPool`` never waits: what a peer cannot take now waits in that peer's queue.
 A receiver never blocks on a bad message: undecodable frames are logged and dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -64,26 +69,103 @@ class Outbox:
             raise PeerTimeout(f"{self.address} accepted nothing for {self.timeout_s}s")
         self._sock.send_multipart(encode(message), copy=False)
 
+    def try_send(self, message: Message) -> bool:
+        """``send`` if the peer takes it now; False (nothing sent) if it would have to wait."""
+        if not self._poller.poll(0):
+            return False
+        self._sock.send_multipart(encode(message), copy=False)
+        return True
+
     def close(self) -> None:
         self._sock.close()
 
 
 class OutboxPool:
-    """One ``Outbox`` per peer address, opened on first use. Not thread-safe."""
+    """One ``Outbox`` per peer, opened on first use, for a process that answers whatever address a
+    message names (a worker: ``reply_to``, ``decode_address``). Sends never wait: a peer that is
+    slow, gone or was never there costs the others nothing. Not thread-safe.
 
-    def __init__(self, *, timeout_s: float = 5.0, opts: SocketOptions | None = None) -> None:
+    A message a peer cannot take at once waits in that peer's queue, in order, and ``flush()`` (the
+    owner's loop calls it every turn) sends what the peer takes now. A message that waited
+    ``timeout_s``, or found its peer's queue full (``max_queued``), or names an address that cannot
+    be connected to, is dropped, and its ``on_drop(reason)`` called. At most ``max_peers`` peers are
+    kept; the one used least recently goes first (its queue dropped).
+    """
+
+    def __init__(
+        self, *, timeout_s: float = 5.0, max_queued: int = 1000, max_peers: int = 256,
+        opts: SocketOptions | None = None, clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        if timeout_s <= 0 or max_queued < 1 or max_peers < 1:
+            raise ValueError(
+                f"need timeout_s > 0, max_queued >= 1, max_peers >= 1; got {timeout_s}, {max_queued}, {max_peers}"
+            )
         self.timeout_s = timeout_s
+        self.max_queued = max_queued
+        self.max_peers = max_peers
         self._opts = opts
-        self._boxes: dict[str, Outbox] = {}
+        self._clock = clock
+        self._peers: OrderedDict[str, _QueuedPeer] = OrderedDict()
 
-    def send(self, address: str, message: Message) -> None:
-        """Send to ``address``; ``PeerTimeout`` if that peer accepts nothing for ``timeout_s``."""
-        box = self._boxes.get(address)
-        if box is None:
-            box = self._boxes[address] = Outbox(address, timeout_s=self.timeout_s, opts=self._opts)
-        box.send(message)
+    @property
+    def num_queued(self) -> int:
+        return sum(len(p.queue) for p in self._peers.values())
+
+    def send(self, address: str, message: Message, on_drop: OnDrop | None = None) -> None:
+        """Send ``message`` now if ``address`` takes it, else queue it (see the class)."""
+        drop = on_drop or _log_drop(address, message)
+        peer = self._peers.get(address)
+        if peer is None:
+            try:
+                peer = self._open(address)
+            except ValueError as e:
+                drop(str(e))
+                return
+        self._peers.move_to_end(address)
+        if not peer.queue and peer.box.try_send(message):
+            return
+        if len(peer.queue) >= self.max_queued:
+            drop(f"{address} has {len(peer.queue)} messages waiting already")
+            return
+        peer.queue.append((self._clock() + self.timeout_s, message, drop))
+
+    def flush(self) -> None:
+        """Send what the peers take now; drop what waited too long."""
+        now = self._clock()
+        for address, peer in self._peers.items():
+            queue = peer.queue
+            while queue and peer.box.try_send(queue[0][1]):
+                queue.popleft()
+            while queue and queue[0][0] <= now:
+                _, _, drop = queue.popleft()
+                drop(f"{address} accepted nothing for {self.timeout_s}s")
+
+    def _open(self, address: str) -> _QueuedPeer:
+        while len(self._peers) >= self.max_peers:
+            old_address, old = self._peers.popitem(last=False)
+            for _, _, drop in old.queue:
+                drop(f"{old_address} was closed: more than {self.max_peers} peers")
+            old.box.close()
+        peer = self._peers[address] = _QueuedPeer(Outbox(address, timeout_s=self.timeout_s, opts=self._opts))
+        return peer
 
     def close(self) -> None:
-        for box in self._boxes.values():
-            box.close()
-        self._boxes.clear()
+        for peer in self._peers.values():
+            peer.box.close()
+        self._peers.clear()
+
+
+OnDrop = Callable[[str], None]
+
+
+@dataclass
+class _QueuedPeer:
+    box: Outbox
+    queue: deque[tuple[float, Message, OnDrop]] = field(default_factory=deque)
+
+
+def _log_drop(address: str, message: Message) -> OnDrop:
+    def drop(reason: str) -> None:
+        log.error("dropped a %s for %s: %s", message.KIND, address, reason)
+
+    return drop

@@ -114,14 +114,21 @@ class BaseWorker:
 
     # -- helpers for the roles -------------------------------------------------------------------
 
-    def send(self, address: str, message: Message) -> bool:
-        """Send ``message``; False (logged) if the peer cannot be reached."""
-        try:
-            self.outboxes.send(address, message)
-            return True
-        except TransferError as e:
-            log.error("cannot reach %s to send a %s: %s", address, message.KIND, e)
-            return False
+    def send(self, address: str, message: Message, on_drop: Callable[[str], None] | None = None) -> None:
+        """Send ``message`` without waiting (see ``transfer.channel.OutboxPool``); if ``address``
+        does not take it in time, it is dropped: logged, and ``on_drop(reason)`` called."""
+
+        def dropped(reason: str) -> None:
+            log.error("could not send a %s to %s: %s", message.KIND, address, reason)
+            if on_drop is not None:
+                on_drop(reason)
+
+        self.outboxes.send(address, message, dropped)
+
+    def flush(self) -> int:
+        """Send the messages that wait for their peers; how many still wait."""
+        self.outboxes.flush()
+        return self.outboxes.num_queued
 
     def fail(self, reply_to: str, request_id: str, code: str, text: str) -> None:
         """Tell the router the request cannot complete (``code``: a ``transfer.messages`` code)."""

@@ -134,7 +134,7 @@ def run_worker_process(args: argparse.Namespace, role: str, make_worker: WorkerF
     try:
         run_worker_loop(
             info, inbox, WorkerRegistry(args.redis_url), handle=worker.handle, step=worker.step,
-            has_work=worker.has_work, report=worker.report, stop=stop_on_signals(),
+            has_work=worker.has_work, report=worker.report, stop=stop_on_signals(), flush=worker.flush,
         )  # fmt: skip
     finally:
         worker.close()

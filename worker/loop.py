@@ -2,7 +2,7 @@
 
 Pure control flow over duck-typed parts: ``handle(message)`` acts on one inbox message, ``step()``
 runs one engine step, ``has_work()`` says whether a step would do anything, ``report()`` returns the
-current ``WorkerLoad``.
+current ``WorkerLoad``, ``flush()`` sends outgoing messages that waited for their peer.
 
 Heartbeats go out from a thread of their own: one engine step can take seconds on a CPU (a long
 prompt chunk), and a worker that is busy computing must not look dead to the router. The loop
@@ -27,6 +27,7 @@ from worker.types import MEMBERSHIP, WorkerInfo, WorkerLoad
 log = logging.getLogger("tandem.worker")
 
 IDLE_POLL_S = 0.02
+SENDING_POLL_S = 0.001  # while messages wait for a peer to take them
 
 
 def run_worker_loop(
@@ -39,21 +40,26 @@ def run_worker_loop(
     has_work: Callable[[], bool],
     report: Callable[[], WorkerLoad],
     stop: threading.Event,
+    flush: Callable[[], int] = lambda: 0,
     heartbeat_s: float = MEMBERSHIP.heartbeat_s,
 ) -> None:
+    """Until ``stop``: take messages, step, snapshot the load; ``flush()`` sends what peers can
+    take of the outgoing messages that wait and returns how many still wait (polled sooner)."""
     snapshot = [report()]  # replaced whole, never mutated: safe to read from the beater
     beater = threading.Thread(
         target=_beat, args=(info, registry, snapshot, stop, heartbeat_s), name="heartbeat", daemon=True
     )
     beater.start()
     try:
+        waiting = 0
         while not stop.is_set():
-            message = inbox.recv(0 if has_work() else IDLE_POLL_S)
+            message = inbox.recv(0 if has_work() else SENDING_POLL_S if waiting else IDLE_POLL_S)
             while message is not None:
                 handle(message)
                 message = inbox.recv(0)
             if has_work():
                 step()
+            waiting = flush()
             snapshot[0] = report()
     finally:
         stop.set()

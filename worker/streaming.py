@@ -70,6 +70,8 @@ class StreamingWorker(BaseWorker):
             request_id=seq.request_id, worker_id=self.info.worker_id, token_ids=(seq.token_ids[-1],),
             finish_reason=seq.finish_reason if done else None, num_cached_local=hits,
         )  # fmt: skip
-        if not self.send(stream.reply_to, event):
-            log.error("dropping request %s: its router is unreachable", seq.request_id)
-            self.close_stream(seq.request_id)
+        self.send(stream.reply_to, event, lambda _: self._unreachable(seq.request_id))
+
+    def _unreachable(self, request_id: str) -> None:
+        if self.close_stream(request_id):
+            log.error("dropped request %s: its router is unreachable", request_id)

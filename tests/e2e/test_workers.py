@@ -237,3 +237,24 @@ def test_a_decode_task_with_kv_of_the_wrong_shape_fails_that_request_only(cluste
     ok = router.run(addresses["prefill-0"], [5, 6, 7], GREEDY, addresses["decode-0"], f"after-{kv.dtype}")
     assert isinstance(ok[-1], TokenEvent) and len(tokens(ok)) == 12
     assert all(p.poll() is None for p in procs)
+
+
+def test_tasks_naming_unreachable_reply_addresses_do_not_stall_the_worker(cluster, router, tmp_path):
+    """Three rejected tasks whose reply_to nobody listens on used to block the worker 5 s each;
+    the replies now wait in their own queues and the next request is served at once."""
+    addresses, procs = cluster
+    prefill = router.outboxes.setdefault(addresses["prefill-0"], Outbox(addresses["prefill-0"]))
+    for i in range(3):
+        nowhere = f"ipc://{tmp_path}/nobody-{i}"
+        prefill.send(
+            GenerateTask(f"stall-{i}", (5, 6), Sampling(temperature=-1.0), nowhere, addresses["decode-0"])
+        )
+    # sent after them, on the same connection: it waits behind them in the worker's inbox
+    prefill.send(
+        GenerateTask("behind", (5, 6, 7), Sampling(**GREEDY), router.inbox.address, addresses["decode-0"])
+    )
+    first = router.inbox.recv(10.0)  # the old worker needed 15 s before it even read this task
+    assert isinstance(first, TokenEvent) and first.request_id == "behind"
+    while first.finish_reason is None:
+        first = router.inbox.recv(30.0)
+    assert all(p.poll() is None for p in procs)

@@ -73,6 +73,19 @@ def test_a_request_too_long_for_the_slo_is_served_by_an_idle_worker_and_shed_by_
     assert cache_aware(busy, COSTS, SLO).reason == "ttft_slo"
 
 
+def test_a_hopeless_request_is_shed_even_by_an_idle_worker():
+    decode = [worker("d", "decode", free_pages=10_000, total_pages=10_000)]
+    slo = Slo(ttft_s=10, tbt_s=5, late_factor=3)
+    # 0.01 + 0.001 x 29_000 = 29.01 s: within 3 x 10 s, served late; 31_000 tokens (31.01 s) is not
+    assert isinstance(cache_aware(problem([worker("p")], decode, n=29_000), COSTS, slo), Route)
+    shed = cache_aware(problem([worker("p")], decode, n=31_000), COSTS, slo)
+    assert isinstance(shed, Rejection) and shed.reason == "ttft_slo"
+    unbounded = Slo(ttft_s=10, tbt_s=5, late_factor=float("inf"))
+    assert isinstance(cache_aware(problem([worker("p")], decode, n=31_000), COSTS, unbounded), Route)
+    with pytest.raises(ValueError, match="late_factor"):
+        Slo(late_factor=0.5)
+
+
 def test_colocated_workers_decode_themselves():
     route = cache_aware(
         problem([worker("c0", "colocated", queued_prefill_tokens=10), worker("c1", "colocated")]), COSTS, SLO

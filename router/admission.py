@@ -9,6 +9,7 @@ yet (``PendingPrefills``). Every refusal is an ``ApiError``: 400 / 404 for the r
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -58,20 +59,38 @@ class Admission:
 
     async def admit(self, request: Request, *, chat: bool) -> Admitted:
         """Parse, tokenize and route ``request``. Raises ``ApiError`` when it is refused."""
-        body = parse_body(await request.body())
+        body = parse_body(await read_body(request, self.config.max_body_bytes, self.config.body_timeout_s))
         parse = parse_chat if chat else parse_completion
         parsed = parse(body, self.config.model_name, self.tokenizer.vocab_size)
-        token_ids = self._tokenize(parsed)
         snapshot = self.cluster.current()
-        sampling = sampling_fields(
-            parsed, len(token_ids), _max_model_len(snapshot), self.config.default_max_tokens
-        )
+        max_model_len = _max_model_len(snapshot)
+        self._check_length(parsed, max_model_len)
+        # tokenizing (and rendering a chat) costs milliseconds per thousand tokens: off the event loop
+        token_ids = await asyncio.to_thread(self._tokenize, parsed)
+        sampling = sampling_fields(parsed, len(token_ids), max_model_len, self.config.default_max_tokens)
         route = await self.route(snapshot, token_ids, sampling.max_tokens)
         return Admitted(parsed, token_ids, sampling, route)
 
     async def reroute(self, admitted: Admitted) -> Route:
         """Another route for a request a worker failed (that worker is a suspect by now)."""
         return await self.route(self.cluster.current(), admitted.token_ids, admitted.sampling.max_tokens)
+
+    def _check_length(self, parsed: ParsedRequest, max_model_len: int) -> None:
+        """400 before tokenizing a text too long for the context whatever its tokens: at least
+        ``len(text) / max_token_chars`` tokens (a chat's messages are inside its rendered text)."""
+        if parsed.messages is not None:
+            chars = sum(len(m["content"] or "") for m in parsed.messages)
+        else:
+            chars = len(parsed.prompt) if isinstance(parsed.prompt, str) else 0
+        at_least = chars // self.tokenizer.max_token_chars
+        if at_least >= max_model_len:
+            raise ApiError(
+                400,
+                f"this model's maximum context length is {max_model_len} tokens, but the prompt's "
+                f"{chars} characters are at least {at_least} tokens; shorten the prompt",
+                param="messages" if parsed.chat else "prompt",
+                code="context_length_exceeded",
+            )
 
     def _tokenize(self, parsed: ParsedRequest) -> list[int]:
         param = "messages" if parsed.chat else "prompt"
@@ -105,6 +124,30 @@ class Admission:
                 status, decision.message, code=decision.reason, retry_after_s=decision.retry_after_s
             )
         return decision
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The request's body: 413 if it is (or claims to be) over ``max_bytes``, 408 if it has not
+    arrived in full within ``timeout_s`` (a client that sends less than its Content-Length)."""
+    too_large = ApiError(
+        413, f"the request body exceeds this server's limit of {max_bytes} bytes", code="request_too_large"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408, f"the request body did not arrive within {timeout_s:g}s", code="request_timeout"
+        ) from None
+    return b"".join(chunks)
 
 
 def _max_model_len(snapshot: ClusterSnapshot) -> int:

@@ -45,6 +45,10 @@ class RouterConfig:
     send_timeout_s: float = 5.0
     default_max_tokens: int = 256
     max_retries: int = 1
+    # the HTTP edge: a larger body is a 413 before it is read; one that does not arrive within
+    # body_timeout_s (a client that sends less than its Content-Length) is a 408
+    max_body_bytes: int = 8 << 20
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
@@ -56,7 +60,10 @@ class RouterConfig:
             raise ValueError(f"inbox must be a ZeroMQ address like tcp://127.0.0.1:0, got {self.inbox!r}")
         if self.lost_grace_s < 0:
             raise ValueError(f"lost_grace_s must be >= 0, got {self.lost_grace_s}")
-        for name in ("request_timeout_s", "refresh_interval_s", "stale_after_s", "send_timeout_s"):
+        for name in (
+            "request_timeout_s", "refresh_interval_s", "stale_after_s", "send_timeout_s", "max_body_bytes",
+            "body_timeout_s",
+        ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_retries < 0:

@@ -74,6 +74,14 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
         "this many times while nothing of its response was sent (default 1)",
     )  # fmt: skip
     p.add_argument(
+        "--max-body-bytes", type=int, default=8 << 20,
+        help="refuse request bodies larger than this with a 413 (default 8 MiB)",
+    )  # fmt: skip
+    p.add_argument(
+        "--body-timeout-s", type=float, default=30.0,
+        help="answer 408 to a request whose body has not arrived in full after this long (default 30)",
+    )  # fmt: skip
+    p.add_argument(
         "--default-max-tokens", type=int, default=256,
         help="max_tokens of chat requests that set none (default 256; completions: 16, as OpenAI)",
     )  # fmt: skip
@@ -119,6 +127,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         request_timeout_s=args.request_timeout_s,
         max_retries=args.max_retries,
         default_max_tokens=args.default_max_tokens,
+        max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout_s,
     )
 
 

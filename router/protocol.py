@@ -72,7 +72,7 @@ def _common(body: dict, served_model: str, vocab_size: int, *, chat: bool) -> di
     sampling = {
         "temperature": get_number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": get_number(body, "top_p", 1.0, 0.0, 1.0, open_lo=True),
-        "top_k": get_int(body, "top_k", lo=-1) or 0,
+        "top_k": get_int(body, "top_k", lo=-1, hi=vocab_size) or 0,
         "seed": seed,
         "stop_token_ids": tuple(get_token_ids(stop_ids, "stop_token_ids", vocab_size)) if stop_ids else (),
         "ignore_eos": get_bool(body, "ignore_eos", False),

@@ -83,6 +83,10 @@ class TextTokenizer:
         self.chat_template = self._find_template(model_dir, config)
         self._template = _compile(self.chat_template) if self.chat_template else None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        # no token covers more characters of text than its vocabulary entry has (byte-level and
+        # SentencePiece vocabularies spell a token with at least one character per character it
+        # decodes to): a text of N characters is at least N / max_token_chars tokens
+        self.max_token_chars = max(map(len, self._tok.get_vocab(with_added_tokens=True)), default=1)
 
     @staticmethod
     def _find_template(model_dir: Path, config: dict) -> str | None:

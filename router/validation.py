@@ -19,15 +19,53 @@ def bad(param: str | None, message: str, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
 
 
+MAX_DEPTH = 32  # JSON nesting: an OpenAI request needs five or six levels
+MAX_STOP_CHARS = 1024
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object."""
+    """The request body as a JSON object whose strings are valid Unicode, nested at most
+    ``MAX_DEPTH`` deep."""
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise bad(None, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise bad(None, f"the request body nests deeper than {MAX_DEPTH} levels") from None
     if not isinstance(body, dict):
         raise bad(None, f"the request body must be a JSON object, got {type(body).__name__}")
+    _check_values(body)
     return body
+
+
+def _check_values(body: dict) -> None:
+    """400 for nesting deeper than ``MAX_DEPTH`` and for strings that are not valid Unicode (JSON's
+    ``\\ud800`` escapes decode to lone surrogates, which no tokenizer or encoder accepts)."""
+    stack: list[tuple[Any, int, str]] = [(body, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if depth > MAX_DEPTH:
+            raise bad(None, f"the request body nests deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        else:
+            if isinstance(value, str):
+                _check_unicode(value, path)
+            continue
+        for key, item in items:
+            if isinstance(key, str):
+                _check_unicode(key, path)
+            stack.append((item, depth + 1, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"))
+
+
+def _check_unicode(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        param = path.lstrip(".") or None
+        raise bad(param, f"'{param}' is not valid Unicode: a lone surrogate at character {e.start}") from None
 
 
 def _kind(value: Any) -> str:
@@ -107,8 +145,8 @@ def get_stop(body: dict) -> tuple[str, ...]:
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise bad("stop", f"'stop' must be a string or an array of strings, got {_kind(value)}")
-    if len(stops) > 16 or any(not s for s in stops):
-        raise bad("stop", "'stop' takes at most 16 non-empty strings")
+    if len(stops) > 16 or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        raise bad("stop", f"'stop' takes at most 16 non-empty strings of at most {MAX_STOP_CHARS} characters")
     return tuple(stops)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
+
 import pytest
 import redis
 import requests
@@ -26,8 +30,11 @@ def router(redis_server, default_model):
     worker = FakeWorker(redis_server.url, "c0", "colocated", model=model, max_model_len=MAX_MODEL_LEN)
     worker.behaviour.reply = [28, 29, 30]
     server = RouterServer(
-        RouterConfig(model_dir=default_model, redis_url=redis_server.url, refresh_interval_s=0.05)
-    )
+        RouterConfig(
+            model_dir=default_model, redis_url=redis_server.url, refresh_interval_s=0.05,
+            max_body_bytes=1 << 20, body_timeout_s=2.0,
+        )
+    )  # fmt: skip
     server.wait_ready(colocated=1)
     yield server
     server.stop()
@@ -92,6 +99,8 @@ def test_malformed_bodies(router):
         (COMPLETIONS, {"model": "M", "prompt": "hi", "top_p": 0}, "top_p"),
         (COMPLETIONS, {"model": "M", "prompt": "hi", "top_p": 1.01}, "top_p"),
         (COMPLETIONS, {"model": "M", "prompt": "hi", "top_k": -5}, "top_k"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "top_k": 10**12}, "top_k"),
+        (COMPLETIONS, {"model": "M", "prompt": "hi", "stop": ["x" * 1025]}, "stop"),
         (COMPLETIONS, {"model": "M", "prompt": "hi", "stream": "yes"}, "stream"),
         (COMPLETIONS, {"model": "M", "prompt": "hi", "seed": "1"}, "seed"),
         (COMPLETIONS, {"model": "M", "prompt": "hi", "stop": 3}, "stop"),
@@ -163,3 +172,41 @@ def test_still_serving_after_bad_requests(router, model_name):
         router, CHAT, {"model": model_name, "messages": [{"role": "user", "content": "hi"}], "stop": ["zz"]}
     )
     assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "stop"
+
+
+def test_hostile_bodies_are_4xx_and_the_router_keeps_serving(router, model_name):
+    m = model_name.encode()
+    lone = b'{"model": "%s", "prompt": "a\\ud800b"}' % m  # a JSON escape of a lone surrogate
+    assert "not valid Unicode" in assert_error(post(router, COMPLETIONS, data=lone), 400, "prompt")["message"]
+    chat = b'{"model": "%s", "messages": [{"role": "user", "content": "\\udfff"}]}' % m
+    assert_error(post(router, CHAT, data=chat), 400, "messages[0].content")
+    for depth in (40, 100_000):  # past our bound, and past Python's recursion limit
+        nested = b'{"model": "%s", "prompt": "hi", "x": %s%s}' % (m, b"[" * depth, b"]" * depth)
+        assert "nests deeper than 32" in assert_error(post(router, COMPLETIONS, data=nested), 400)["message"]
+    big = {"model": model_name, "prompt": "word " * 300_000}  # 1.5 MB: over this router's 1 MiB
+    assert_error(post(router, COMPLETIONS, big), 413, code="request_too_large")
+    chunked = requests.post(  # no Content-Length: counted while it arrives
+        router.url + COMPLETIONS, data=iter([b'{"prompt": "'] + [b"x" * 65536] * 20 + [b'"}']),
+        headers={"content-type": "application/json"}, timeout=10,
+    )  # fmt: skip
+    assert_error(chunked, 413, code="request_too_large")
+    long = {"model": model_name, "prompt": "w" * 200_000}  # fits the body limit, not the context
+    error = assert_error(post(router, COMPLETIONS, long), 400, "prompt", "context_length_exceeded")
+    assert "200000 characters are at least" in error["message"]  # refused before tokenizing
+    ok = post(router, COMPLETIONS, {"model": model_name, "prompt": "hi", "max_tokens": 3})
+    assert ok.status_code == 200
+
+
+def test_a_body_shorter_than_its_content_length_is_a_408(router, model_name):
+    host, port = router.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n" + b'{"model": "'
+        )
+        reply = http.client.HTTPResponse(conn)  # the router answers once its 2 s body timeout passes
+        reply.begin()
+        body = json.loads(reply.read())
+    assert reply.status == 408 and body["error"]["code"] == "request_timeout"
+    ok = post(router, COMPLETIONS, {"model": model_name, "prompt": "hi", "max_tokens": 3})
+    assert ok.status_code == 200

@@ -111,6 +111,10 @@ def _add_up(sub) -> None:
         "--num-pages", type=int, default=None, help="KV pages per worker (default: from free memory)"
     )
     up.add_argument(
+        "--no-restart", action="store_true",
+        help="leave a process that exits dead (default: restart it, with a backoff of 1 s up to 30 s)",
+    )  # fmt: skip
+    up.add_argument(
         "--max-num-batched-tokens",
         type=int,
         default=512,
@@ -215,20 +219,15 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     cluster = LocalCluster(config)
-    reported: set[str] = set()
     try:
         cluster.start()
         print(f"Tandem is serving {config.model_dir.name} at {cluster.url}/v1")
         print(f"KV hit-rate dashboard: {cluster.url}/dashboard   Prometheus metrics: {cluster.url}/metrics")
         print("Ctrl-C stops the cluster.", flush=True)
         while not stop["now"]:
-            time.sleep(0.5)
-            for p in cluster.procs:
-                if p.popen.poll() is not None and p.name not in reported:
-                    reported.add(p.name)
-                    logging.getLogger("tandem.up").error(
-                        "%s (pid %d) exited with code %s", p.name, p.pid, p.popen.returncode
-                    )
+            time.sleep(0.25)
+            if not args.no_restart:
+                cluster.supervise()
     finally:
         cluster.stop()
     return 0

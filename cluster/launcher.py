@@ -3,7 +3,7 @@
 Start order: Redis (embedded unless a URL is given) → the workers, each after its own store node
 (disaggregated mode: prefill workers write their prompts' chunks there, decode workers the chunks
 they generate) → the router. ``stop()`` terminates in reverse order, by PID, and kills what does not exit
-in time, so nothing is orphaned. Each worker gets a share of the CPU cores as torch threads so
+in time, so nothing is orphaned. While it serves, ``supervise()`` restarts whatever dies. Each worker gets a share of the CPU cores as torch threads so
 that the processes together do not oversubscribe the machine.
 """
 
@@ -27,6 +27,7 @@ log = logging.getLogger("tandem.up")
 
 
 WORKER_PAGE_SIZE = 16  # the engine's default --page-size, which `tandem up` keeps
+KV_CAP_BYTES = 4 << 30  # per worker, when `tandem up` sizes the KV caches
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,28 @@ class ClusterConfig:
         return self.num_prefill + (self.num_decode if self.mode == "disaggregated" else 0)
 
 
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # after each consecutive quick death
+STABLE_AFTER_S = 60.0  # a process that ran this long starts its backoff over
+
+
 @dataclass
 class Proc:
+    """A child process and how to start it again."""
+
     name: str
     popen: subprocess.Popen
+    argv: list[str]
+    started_at: float = field(default_factory=time.monotonic)
+    quick_deaths: int = 0  # consecutive exits within STABLE_AFTER_S of starting
+    restart_at: float | None = None  # set while it is dead and waiting out its backoff
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def respawn(self) -> None:
+        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+        self.started_at, self.restart_at = time.monotonic(), None
 
 
 @dataclass
@@ -116,9 +131,37 @@ class LocalCluster:
         threads = max(1, (os.cpu_count() or 1) // cfg.num_engines)
         args = ["--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--threads", str(threads),
                 "--log-level", env.LOG_LEVEL, "--max-num-batched-tokens", str(cfg.max_num_batched_tokens)]  # fmt: skip
-        if cfg.num_pages:
-            args += ["--num-pages", str(cfg.num_pages)]
+        num_pages = cfg.num_pages or self._kv_pages_per_worker()
+        if num_pages:
+            args += ["--num-pages", str(num_pages)]
         return args + list(cfg.extra_worker_args)
+
+    def _kv_pages_per_worker(self) -> int | None:
+        """Each worker's KV pages, fixed once for the cluster's life (so a restarted worker gets what
+        it had): half of what this host has available after the store nodes' capacity and every
+        engine's weights, split among the engines, at most 4 GiB each (and at least one full
+        context). None on a GPU host (each
+        worker sizes its cache from its device's free memory)."""
+        import torch
+
+        from engine.config import ModelConfig
+        from engine.memory import available_memory_bytes
+        from engine.runner import kv_bytes_per_page
+
+        if torch.cuda.is_available():
+            return None
+        cfg = self.config
+        model = ModelConfig.from_dir(cfg.model_dir)
+        page_bytes = kv_bytes_per_page(model, WORKER_PAGE_SIZE, torch.float32)
+        weights = sum(f.stat().st_size for f in Path(cfg.model_dir).glob("*.safetensors"))
+        nodes = cfg.num_engines if cfg.mode == "disaggregated" else 0
+        free = available_memory_bytes(torch.device("cpu")) - nodes * cfg.store_capacity_bytes
+        per_worker = min(KV_CAP_BYTES, max(0, free - cfg.num_engines * weights) // 2 // cfg.num_engines)
+        one_context = -(-model.max_position_embeddings // WORKER_PAGE_SIZE)  # any admissible request fits
+        num_pages = max(one_context, per_worker // page_bytes)
+        log.info("KV cache: %d pages (%.2f GiB) per worker, %d workers", num_pages,
+                 num_pages * page_bytes / (1 << 30), cfg.num_engines)  # fmt: skip
+        return num_pages
 
     def _spawn_workers(self, common: list[str]) -> None:
         cfg = self.config
@@ -155,11 +198,38 @@ class LocalCluster:
         return node_id
 
     def _spawn(self, name: str, module: str, args: list[str]) -> Proc:
-        popen = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL)
-        proc = Proc(name, popen)
+        argv = [sys.executable, "-m", module, *args]
+        proc = Proc(name, subprocess.Popen(argv, stdin=subprocess.DEVNULL), argv)
         self.procs.append(proc)
-        log.info("started %s (pid %d)", name, popen.pid)
+        log.info("started %s (pid %d)", name, proc.pid)
         return proc
+
+    def supervise(self) -> None:
+        """Restart what died (call it every fraction of a second while serving): the embedded
+        Redis at once, on its port (the workers and store nodes re-register by themselves), and
+        every child that exited after a backoff of 1, 2, 4 ... 30 s over consecutive quick deaths.
+        A restarted worker registers under its old name and serves; a restarted store node comes
+        back empty under its old name (a cache: requests recompute what it held)."""
+        if self.redis is not None and self.redis.exit_code() is not None:
+            log.error("redis (pid %s) exited with code %s; restarting it on port %d",
+                      self.redis.pid, self.redis.exit_code(), self.redis.port)  # fmt: skip
+            self.redis.stop()
+            self.redis.start()
+        now = time.monotonic()
+        for p in self.procs:
+            code = p.popen.poll()
+            if code is None:
+                continue
+            if p.restart_at is None:
+                p.quick_deaths = p.quick_deaths + 1 if now - p.started_at < STABLE_AFTER_S else 1
+                backoff = RESTART_BACKOFF_S[min(p.quick_deaths, len(RESTART_BACKOFF_S)) - 1]
+                p.restart_at = now + backoff
+                log.error(
+                    "%s (pid %d) exited with code %s; restarting it in %g s", p.name, p.pid, code, backoff
+                )
+            elif now >= p.restart_at:
+                p.respawn()
+                log.info("restarted %s (pid %d)", p.name, p.pid)
 
     def proc(self, name: str) -> Proc:
         return next(p for p in self.procs if p.name == name)

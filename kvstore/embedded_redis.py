@@ -62,6 +62,10 @@ class EmbeddedRedis:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    def exit_code(self) -> int | None:
+        """The server's exit code if it was started and has exited since; None while it runs."""
+        return self._proc.poll() if self._proc is not None else None
+
     def start(self) -> EmbeddedRedis:
         """Start the server and wait until it answers. Raises ``RuntimeError`` (with the
         server's log) if it exits or stays silent for ``startup_timeout_s``."""

@@ -5,6 +5,8 @@ Tests run in file order; each leaves the cluster degraded for the next."""
 from __future__ import annotations
 
 import concurrent.futures as futures
+import os
+import signal
 import time
 
 import openai
@@ -166,3 +168,36 @@ def test_bad_input_gets_openai_errors_and_the_cluster_keeps_serving(cluster, mod
     assert raw.status_code == 400 and "error" in raw.json()
     ok = c.completions.create(model=model_id, prompt="Hello", max_tokens=3, temperature=0)
     assert ok.choices[0].text
+
+
+def test_the_supervisor_restarts_what_died_and_it_serves_again(cluster, model_id):
+    """What the tests above killed (a prefill worker, a decode worker, a store node), then Redis:
+    ``supervise()`` (what ``tandem up`` runs while serving) brings each back under its old name."""
+    dead = {p.name for p in cluster.procs if p.popen.poll() is not None}
+    assert "prefill-1" in dead and any(name.startswith("decode-") for name in dead), dead
+    workers = {p.name for p in cluster.procs if p.name.startswith(("prefill-", "decode-"))}
+
+    def all_back() -> bool:
+        cluster.supervise()
+        alive = all(p.popen.poll() is None for p in cluster.procs)
+        return alive and set(live_workers(cluster)) == workers
+
+    wait_until(all_back, timeout_s=120, what=f"{sorted(dead)} to be restarted and registered")
+    c = client(cluster)
+    placed = set()
+    for i in range(4):  # round robin: both prefill workers, both decode workers
+        raw = c.completions.with_raw_response.create(
+            model=model_id, prompt=f"Say {i}", max_tokens=4, temperature=0
+        )
+        assert raw.parse().choices[0].text
+        placed |= {raw.headers["x-tandem-prefill"], raw.headers["x-tandem-decode"]}
+    assert placed == workers
+
+    os.kill(cluster.redis.pid, signal.SIGKILL)
+    wait_until(lambda: cluster.redis.exit_code() is not None, what="redis to die")
+    wait_until(all_back, timeout_s=60, what="redis to be restarted and every worker to re-register")
+    wait_until(
+        lambda: requests.get(f"{cluster.url}/health", timeout=5).status_code == 200, what="router ready"
+    )
+    answer = c.completions.create(model=model_id, prompt="Say hi", max_tokens=4, temperature=0)
+    assert answer.choices[0].text

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -96,26 +98,44 @@ class LocalCluster:
     procs: list[Proc] = field(default_factory=list)
     redis: EmbeddedRedis | None = None
     redis_url: str = ""
+    port: int = 0  # the router's, once it listens (``config.port`` 0: the one it was given)
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.config.port}"
+        return f"http://{self.config.host}:{self.port or self.config.port}"
 
     def start(self) -> LocalCluster:
         try:
             self._start_redis()
             self._spawn_workers(self._worker_args())
             self._wait_for_workers()
-            cfg = self.config
-            self._spawn("router", "router.main", [
-                "--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--host", cfg.host,
-                "--port", str(cfg.port), "--policy", cfg.policy, "--log-level", env.LOG_LEVEL, *cfg.extra_router_args,
-            ])  # fmt: skip
+            self._start_router()
             self._wait_for_router()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_router(self) -> None:
+        """The router, on ``config.port`` (0: a port it picks and reports; a restart reuses it)."""
+        cfg = self.config
+        port_file = Path(tempfile.mkdtemp(prefix="tandem-up-")) / "router.port"
+        router = self._spawn("router", "router.main", [
+            "--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--host", cfg.host,
+            "--port", str(cfg.port), "--port-file", str(port_file), "--policy", cfg.policy,
+            "--log-level", env.LOG_LEVEL, *cfg.extra_router_args,
+        ])  # fmt: skip
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while not port_file.exists():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"router did not listen after {self.config.startup_timeout_s}s")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        shutil.rmtree(port_file.parent, ignore_errors=True)
+        at = router.argv.index("--port-file")  # a restart binds the same port and need not report it
+        del router.argv[at : at + 2]
+        router.argv[router.argv.index("--port") + 1] = str(self.port)
 
     def _start_redis(self) -> None:
         if self.config.redis_url:

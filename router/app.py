@@ -95,6 +95,7 @@ def _cluster_view(
 
     return ClusterView(
         registry, store, refresh_interval_s=config.refresh_interval_s, stale_after_s=config.stale_after_s,
+        registry_grace_s=config.registry_grace_s,
         on_refresh=on_refresh, model=config.model_dir.resolve().name,
     )  # fmt: skip
 

@@ -40,6 +40,8 @@ class RouterConfig:
     refresh_interval_s: float = 0.25
     # a cluster view not refreshed for this long is unusable (503)
     stale_after_s: float = MEMBERSHIP.stale_after_s
+    # while Redis cannot be read, the last view of the workers is used this long
+    registry_grace_s: float = 30.0
     # a worker missing from the registry this long has failed its requests
     lost_grace_s: float = MEMBERSHIP.lost_grace_s
     send_timeout_s: float = 5.0
@@ -62,7 +64,7 @@ class RouterConfig:
             raise ValueError(f"lost_grace_s must be >= 0, got {self.lost_grace_s}")
         for name in (
             "request_timeout_s", "refresh_interval_s", "stale_after_s", "send_timeout_s", "max_body_bytes",
-            "body_timeout_s",
+            "body_timeout_s", "registry_grace_s",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 from pathlib import Path
 
 from router.conductor import DEFAULT_POLICY, POLICY_NAMES, CostModel, Slo
@@ -44,7 +46,11 @@ def _add_serving_args(p: argparse.ArgumentParser) -> None:
         "--redis-url", required=True, help="worker registry and KV index, e.g. redis://127.0.0.1:6379"
     )
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0: any free port)")
+    p.add_argument(
+        "--port-file", type=Path, default=None,
+        help="write the bound port here once listening (with --port 0: how a launcher learns it)",
+    )  # fmt: skip
     p.add_argument(
         "--served-model-name", default="", help="the model name clients use (default: the directory name)"
     )
@@ -72,6 +78,10 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
         "--max-retries", type=int, default=1,
         help="route a request a worker failed (dead, unreachable, refused the KV) again, to other workers, "
         "this many times while nothing of its response was sent (default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--registry-grace-s", type=float, default=30.0,
+        help="while Redis cannot be read, keep routing with the last view of the workers this long (default 30)",
     )  # fmt: skip
     p.add_argument(
         "--max-body-bytes", type=int, default=8 << 20,
@@ -128,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         max_retries=args.max_retries,
         default_max_tokens=args.default_max_tokens,
         max_body_bytes=args.max_body_bytes,
+        registry_grace_s=args.registry_grace_s,
         body_timeout_s=args.body_timeout_s,
     )
 
@@ -148,13 +159,38 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(config_from_args(args))
     except ValueError as e:
         parser.error(str(e))
-    logging.getLogger(__name__).info("router on http://%s:%d (policy %s)", args.host, args.port, args.policy)
-    config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False
-    )
+    try:
+        sock = _bind(args.host, args.port)
+    except OSError as e:
+        parser.error(f"cannot listen on {args.host}:{args.port}: {e}")
+    port = sock.getsockname()[1]
+    logging.getLogger(__name__).info("router on http://%s:%d (policy %s)", args.host, port, args.policy)
+    if args.port_file is not None:
+        _write_atomically(args.port_file, f"{port}\n")
+    config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False)
     server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 1  # not started: the port was taken or startup failed (logged)
+    server.run(sockets=[sock])
+    return 0 if server.started else 1  # not started: startup failed (logged)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that port 0 resolves before anyone is told the address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

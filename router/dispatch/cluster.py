@@ -1,9 +1,11 @@
 """The router's view of the cluster: live workers from the registry, refreshed in the background,
 and the cached prefix of a prompt on each prefill candidate, from the store's index.
 
-A view not refreshed for ``stale_after_s`` (Redis down; one lease by default, see
-``RouterConfig``) is unusable: requests get 503 rather than being routed to workers that may be
-gone. Workers that serve another model than the router's (another cluster sharing the Redis, a
+A view not refreshed for ``stale_after_s`` (one lease by default, see ``RouterConfig``) is
+unusable: requests get 503 rather than being routed to workers that may be gone. While the
+registry cannot be read at all (Redis down or restarting), the last view stays usable for
+``registry_grace_s``: the workers talk over ZeroMQ and do not need Redis to serve, and a worker
+that died meanwhile fails its request, which is retried elsewhere. Workers that serve another model than the router's (another cluster sharing the Redis, a
 misconfigured container) are left out of the view, with a warning, rather than sent token ids from
 the wrong tokenizer. Every refresh reports the live workers to ``on_refresh`` (the dispatcher fails
 requests whose workers lapsed).
@@ -48,6 +50,7 @@ class ClusterView:
         *,
         refresh_interval_s: float,
         stale_after_s: float,
+        registry_grace_s: float = 30.0,
         on_refresh: Callable[[tuple[WorkerState, ...]], None] | None = None,
         model: str | None = None,
     ) -> None:
@@ -57,6 +60,7 @@ class ClusterView:
         self._store = store
         self.refresh_interval_s = refresh_interval_s
         self.stale_after_s = stale_after_s
+        self.registry_grace_s = max(registry_grace_s, stale_after_s)
         self._on_refresh = on_refresh
         self._snapshot = ClusterSnapshot((), float("-inf"))
         self._last_error: str | None = None
@@ -108,15 +112,26 @@ class ClusterView:
 
     @property
     def fresh(self) -> bool:
-        return time.monotonic() - self._snapshot.taken_at <= self.stale_after_s
+        """Usable: refreshed within ``stale_after_s``, or within ``registry_grace_s`` while the
+        registry cannot be read."""
+        limit = self.registry_grace_s if self._last_error is not None else self.stale_after_s
+        return self.age_s <= limit
+
+    @property
+    def age_s(self) -> float:
+        return time.monotonic() - self._snapshot.taken_at
 
     def current(self) -> ClusterSnapshot:
         """The snapshot to route by; 503 if it is stale or holds no worker."""
-        if not self.fresh:
-            reason = self._last_error or "no registry read yet"
+        if not self.fresh:  # the cause (with Redis's address) is in the router's log, not the reply
+            reason = (
+                "no registry read yet"
+                if self._snapshot.taken_at == float("-inf")
+                else f"the worker registry has not answered for {self.age_s:.0f}s"
+            )
             raise ApiError(
                 503,
-                f"cluster state unavailable ({reason}); retry later",
+                f"cluster state unavailable: {reason}; retry later",
                 code="cluster_unavailable",
                 retry_after_s=1,
             )

@@ -14,7 +14,6 @@ import pytest
 import requests
 
 from cluster.launcher import ClusterConfig, LocalCluster
-from kvstore.embedded_redis import free_port
 from tests.browser import Browser, Page, artifacts_dir, require_chromium
 
 pytestmark = pytest.mark.slow
@@ -50,7 +49,7 @@ def rendered_hit_rates(page: Page, metrics: dict[str, str]) -> dict[str, tuple[s
 
 def test_dashboard_follows_live_traffic_and_agrees_with_metrics(default_model):
     chromium = require_chromium()  # skip (or fail under CI) before starting a cluster
-    config = ClusterConfig(model_dir=default_model, port=free_port(), num_pages=512, num_prefill=2,
+    config = ClusterConfig(model_dir=default_model, port=0, num_pages=512, num_prefill=2,
                            num_decode=1, policy="round_robin")  # fmt: skip
     shot = artifacts_dir() / "dashboard.png"
     with LocalCluster(config) as cluster, Browser.launch(chromium) as browser:

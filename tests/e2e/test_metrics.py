@@ -19,7 +19,6 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.launcher import ClusterConfig, LocalCluster
-from kvstore.embedded_redis import free_port
 from tests.e2e.test_serving import LONG_CONTEXT
 
 pytestmark = pytest.mark.slow
@@ -58,7 +57,7 @@ def scrape(url: str) -> Scrape:
 @pytest.fixture(scope="module")
 def cluster(default_model):
     config = ClusterConfig(
-        model_dir=default_model, port=free_port(), num_pages=512, num_prefill=2, num_decode=1,
+        model_dir=default_model, port=0, num_pages=512, num_prefill=2, num_decode=1,
         policy="round_robin",
     )  # fmt: skip
     c = LocalCluster(config).start()

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from cluster.launcher import ClusterConfig, LocalCluster
-from kvstore.embedded_redis import EmbeddedRedis, free_port
+from kvstore.embedded_redis import EmbeddedRedis
 from tests.e2e.test_serving import LONG_CONTEXT
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def wait_registered(url: str, workers: dict[str, int], num_nodes: int, timeout_s
 def test_the_cluster_rides_out_a_redis_restart(default_model):
     redis = EmbeddedRedis().start()
     config = ClusterConfig(
-        model_dir=default_model, port=free_port(), num_pages=512, num_prefill=2, num_decode=1,
+        model_dir=default_model, port=0, num_pages=512, num_prefill=2, num_decode=1,
         policy="round_robin", redis_url=redis.url,
     )  # fmt: skip
     cluster = LocalCluster(config)

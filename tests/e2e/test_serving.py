@@ -8,7 +8,6 @@ import pytest
 
 from cluster.launcher import ClusterConfig, LocalCluster
 from engine import LLM, SamplingParams
-from kvstore.embedded_redis import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +16,7 @@ LONG_CONTEXT = "You are a meticulous assistant. " * 12  # ~85 tokens: more than 
 
 
 def start(default_model, **kw) -> LocalCluster:
-    config = ClusterConfig(model_dir=default_model, port=free_port(), num_pages=512, **kw)
+    config = ClusterConfig(model_dir=default_model, port=0, num_pages=512, **kw)
     return LocalCluster(config).start()
 
 

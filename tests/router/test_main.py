@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from kvstore.embedded_redis import free_port
 from router.main import build_parser, config_from_args, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,21 +54,17 @@ def test_router_imports_without_torch():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
-def test_process_serves_and_stops_on_sigterm(redis_server, default_model):
-    port = free_port()
-    argv = [
-        "--model",
-        str(default_model),
-        "--redis-url",
-        redis_server.url,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+def test_process_serves_and_stops_on_sigterm(redis_server, default_model, tmp_path):
+    port_file = tmp_path / "port"  # --port 0: the router picks a free port and reports it, no race
+    argv = ["--model", str(default_model), "--redis-url", redis_server.url, "--port", "0",
+            "--port-file", str(port_file), "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "router.main", *argv], cwd=ROOT)
     try:
         deadline = time.monotonic() + 20
+        while not port_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "router did not listen"
+            time.sleep(0.1)
+        port = int(port_file.read_text())
         while True:
             try:
                 r = requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)

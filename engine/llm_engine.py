@@ -99,6 +99,9 @@ class LLMEngine:
         ``hold_pages``: keep its pages when it finishes (copy them out with :meth:`pack_pages`,
         then :meth:`release`), aborted or not."""
         self.validate(prompt, params)
+        vocab = self.model_cfg.vocab_size
+        if not isinstance(first_token, int) or not 0 <= first_token < vocab:  # the next step's input
+            raise ValueError(f"first token id {first_token!r} is outside the vocabulary [0, {vocab})")
         self.check_kv(kv, -(-len(prompt) // self.pool.page_size), f"KV for a {len(prompt)}-token prompt")
         seq = Sequence(request_id, prompt, params)
         seq.token_ids.append(first_token)

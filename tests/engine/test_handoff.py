@@ -89,3 +89,20 @@ def test_kv_of_another_layout_is_refused_before_a_page_is_touched(tiny_model):
         target.engine.add_prefilled(prompt, 5, params, kv[:, :, :, :-1], request_id="d")
     assert target.engine.pool.num_free_pages == free and not target.engine.has_unfinished()
     assert target.engine.import_prefix(prompt, [good]) == 32
+
+
+def test_a_first_token_outside_the_vocabulary_is_refused(tiny_model):
+    import pytest
+
+    source = LLM(str(tiny_model), page_size=8, num_pages=64)
+    target = LLM(str(tiny_model), page_size=8, num_pages=64)
+    prompt = mixed_prompts(250, seed=16)[0]
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    seq = source.engine.add_request(prompt, params, request_id="s", prefill_only=True)
+    drain(source)
+    kv = source.engine.export_kv(seq)
+    source.engine.release(seq)
+    for bad in (-1, source.engine.model_cfg.vocab_size, 10**12):
+        with pytest.raises(ValueError, match="first token id"):
+            target.engine.add_prefilled(prompt, bad, params, kv, request_id="d")
+    assert not target.engine.has_unfinished()

@@ -138,8 +138,9 @@ def _add_endpoints(app: FastAPI, config: RouterConfig, metrics: RouterMetrics) -
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
-        """200 when a request could be routed now (fresh cluster view, a prefill or colocated
-        worker, and a decode worker for any prefill-role one); 503 otherwise. Counts workers by role."""
+        """200 when a request could be routed now (a usable cluster view, a prefill or colocated
+        worker, and a decode worker for any prefill-role one); 503 otherwise. Counts workers by
+        role; ``registry_reachable`` is False while Redis is down and the last view is used."""
         cluster: ClusterView = request.app.state.router.cluster
         counts = {role: len(cluster.snapshot.by_role(role)) for role in ROLES}
         ready = cluster.fresh and (
@@ -148,6 +149,7 @@ def _add_endpoints(app: FastAPI, config: RouterConfig, metrics: RouterMetrics) -
         body = {
             "status": "ok" if ready else "unavailable",
             "registry_fresh": cluster.fresh,
+            "registry_reachable": cluster.registry_reachable,  # False: serving on the last view
             "workers": counts,
         }
         return JSONResponse(body, status_code=200 if ready else 503)

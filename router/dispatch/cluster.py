@@ -118,6 +118,11 @@ class ClusterView:
         return self.age_s <= limit
 
     @property
+    def registry_reachable(self) -> bool:
+        """The last registry read succeeded (False while the view is carried through an outage)."""
+        return self._last_error is None and self._snapshot.taken_at > float("-inf")
+
+    @property
     def age_s(self) -> float:
         return time.monotonic() - self._snapshot.taken_at
 

@@ -43,7 +43,8 @@ def wait_registered(url: str, workers: dict[str, int], num_nodes: int, timeout_s
         body = requests.get(f"{url}/health", timeout=5).json()
         metrics = requests.get(f"{url}/metrics", timeout=5).text
         nodes = sum(line.startswith("tandem_store_capacity_bytes{") for line in metrics.splitlines())
-        if body["status"] == "ok" and body["workers"] == workers and nodes == num_nodes:
+        back = body["registry_reachable"]  # not the view the router carried through the outage
+        if back and body["status"] == "ok" and body["workers"] == workers and nodes == num_nodes:
             return
         assert time.monotonic() < deadline, f"not registered again: {body}, {nodes} store nodes"
         time.sleep(0.2)

@@ -8,16 +8,21 @@ import urllib.error
 import urllib.request
 
 
-def stream_chat(base_url: str, prompt: str, max_tokens: int, temperature: float) -> int:
-    """Print the answer as it streams; returns a process exit code."""
+def stream_chat(
+    base_url: str, prompt: str, max_tokens: int, temperature: float, api_key: str | None = None
+) -> int:
+    """Print the answer as it streams (sending ``api_key`` as a bearer token if given); returns a
+    process exit code."""
+    auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(f"{base_url}/v1/models", timeout=10) as r:
+        models = urllib.request.Request(f"{base_url}/v1/models", headers=auth)
+        with urllib.request.urlopen(models, timeout=10) as r:
             model = json.load(r)["data"][0]["id"]
         body = {"model": model, "stream": True, "max_tokens": max_tokens, "temperature": temperature,
                 "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
         request = urllib.request.Request(
             f"{base_url}/v1/chat/completions", data=json.dumps(body).encode(),
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", **auth},
         )  # fmt: skip
         with urllib.request.urlopen(request, timeout=600) as r:
             for raw in r:

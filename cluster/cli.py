@@ -111,6 +111,10 @@ def _add_up(sub) -> None:
         "--num-pages", type=int, default=None, help="KV pages per worker (default: from free memory)"
     )
     up.add_argument(
+        "--api-key", default=env.API_KEY,
+        help="clients must send 'Authorization: Bearer KEY' (default: $TANDEM_API_KEY; unset: no key)",
+    )  # fmt: skip
+    up.add_argument(
         "--no-restart", action="store_true",
         help="leave a process that exits dead (default: restart it, with a backoff of 1 s up to 30 s)",
     )  # fmt: skip
@@ -149,7 +153,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     from cluster.chat import stream_chat
 
-    return stream_chat(args.url.rstrip("/"), args.prompt, args.max_tokens, args.temperature)
+    return stream_chat(args.url.rstrip("/"), args.prompt, args.max_tokens, args.temperature, env.API_KEY)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -209,7 +213,7 @@ def _up(args: argparse.Namespace) -> int:
         model_dir=resolve_model(args.model), num_prefill=args.prefill, num_decode=args.decode, mode=args.mode,
         policy=args.policy, host=args.host, port=args.port, redis_url=args.redis_url,
         store_capacity_bytes=args.store_capacity, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
-        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_batched_tokens=args.max_num_batched_tokens, api_key=args.api_key,
     )  # fmt: skip
     stop = {"now": False}
 

@@ -21,3 +21,6 @@ REDIS_URL = _str("REDIS_URL", None)
 """An external Redis; unset means an embedded redis-server is started."""
 
 LOG_LEVEL = _str("TANDEM_LOG_LEVEL", "INFO")
+
+API_KEY = _str("TANDEM_API_KEY", None)
+"""The key clients must send the router (``Authorization: Bearer``); unset means none."""

@@ -48,6 +48,7 @@ class ClusterConfig:
     # Short steps keep a CPU worker responsive (decode tokens wait behind a prefill chunk in
     # colocated mode); a GPU deployment would raise this.
     max_num_batched_tokens: int = 512
+    api_key: str | None = None  # the router's (passed in its environment, not on its command line)
     extra_worker_args: tuple[str, ...] = ()
     extra_router_args: tuple[str, ...] = ()
     startup_timeout_s: float = 180.0
@@ -79,6 +80,7 @@ class Proc:
     name: str
     popen: subprocess.Popen
     argv: list[str]
+    env: dict[str, str] | None = None  # None: this process's environment
     started_at: float = field(default_factory=time.monotonic)
     quick_deaths: int = 0  # consecutive exits within STABLE_AFTER_S of starting
     restart_at: float | None = None  # set while it is dead and waiting out its backoff
@@ -88,7 +90,7 @@ class Proc:
         return self.popen.pid
 
     def respawn(self) -> None:
-        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=self.env)
         self.started_at, self.restart_at = time.monotonic(), None
 
 
@@ -124,7 +126,7 @@ class LocalCluster:
             "--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--host", cfg.host,
             "--port", str(cfg.port), "--port-file", str(port_file), "--policy", cfg.policy,
             "--log-level", env.LOG_LEVEL, *cfg.extra_router_args,
-        ])  # fmt: skip
+        ], env={**os.environ, "TANDEM_API_KEY": cfg.api_key or ""})  # fmt: skip
         deadline = time.monotonic() + self.config.startup_timeout_s
         while not port_file.exists():
             self._check_alive()
@@ -217,9 +219,9 @@ class LocalCluster:
         ])  # fmt: skip
         return node_id
 
-    def _spawn(self, name: str, module: str, args: list[str]) -> Proc:
+    def _spawn(self, name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
         argv = [sys.executable, "-m", module, *args]
-        proc = Proc(name, subprocess.Popen(argv, stdin=subprocess.DEVNULL), argv)
+        proc = Proc(name, subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env), argv, env)
         self.procs.append(proc)
         log.info("started %s (pid %d)", name, proc.pid)
         return proc

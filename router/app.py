@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -41,6 +42,8 @@ def create_app(config: RouterConfig) -> FastAPI:
     metrics.set_slo(config.slo.ttft_s, config.slo.tbt_s)
     app = FastAPI(title="Tandem router", lifespan=_lifespan(config, tokenizer, metrics))
     app.state.metrics = metrics
+    if config.api_key is not None:
+        _require_api_key(app, config.api_key, config.open_paths)
     _add_error_handlers(app)
     _add_endpoints(app, config, metrics)
     app.include_router(dashboard_router())
@@ -98,6 +101,23 @@ def _cluster_view(
         registry_grace_s=config.registry_grace_s,
         on_refresh=on_refresh, model=config.model_dir.resolve().name,
     )  # fmt: skip
+
+
+def _require_api_key(app: FastAPI, api_key: str, open_paths: tuple[str, ...]) -> None:
+    """401 (OpenAI's body and code) for a request to a closed path without the key as a bearer token."""
+    expected = f"Bearer {api_key}".encode()
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        path = request.url.path
+        if any(path == p or path.startswith(p.rstrip("/") + "/") for p in open_paths):
+            return await call_next(request)
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            text = "incorrect API key provided" if given else "this server needs an API key"
+            error = ApiError(401, f"{text}: send it as 'Authorization: Bearer <key>'", code="invalid_api_key")
+            return error_response(error, {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -51,6 +51,10 @@ class RouterConfig:
     # body_timeout_s (a client that sends less than its Content-Length) is a 408
     max_body_bytes: int = 8 << 20
     body_timeout_s: float = 30.0
+    # with a key, every path but the open ones needs "Authorization: Bearer <api_key>" (else 401);
+    # a path is open if it equals one of open_paths or continues one with "/"
+    api_key: str | None = None
+    open_paths: tuple[str, ...] = ("/health", "/metrics", "/dashboard")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
@@ -70,6 +74,8 @@ class RouterConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.api_key is not None and (not self.api_key or self.api_key != self.api_key.strip()):
+            raise ValueError("api_key must be non-empty, without surrounding whitespace")
         if self.default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens}")
 

@@ -80,6 +80,15 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
         "this many times while nothing of its response was sent (default 1)",
     )  # fmt: skip
     p.add_argument(
+        "--api-key", default=os.environ.get("TANDEM_API_KEY") or None,
+        help="require 'Authorization: Bearer KEY' on every path but --open-paths "
+        "(default: $TANDEM_API_KEY; unset: no key; prefer the variable: a flag shows in `ps`)",
+    )  # fmt: skip
+    p.add_argument(
+        "--open-paths", default="/health,/metrics,/dashboard",
+        help="comma-separated paths that need no API key (default /health,/metrics,/dashboard)",
+    )  # fmt: skip
+    p.add_argument(
         "--registry-grace-s", type=float, default=30.0,
         help="while Redis cannot be read, keep routing with the last view of the workers this long (default 30)",
     )  # fmt: skip
@@ -139,6 +148,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         default_max_tokens=args.default_max_tokens,
         max_body_bytes=args.max_body_bytes,
         registry_grace_s=args.registry_grace_s,
+        api_key=args.api_key,
+        open_paths=tuple(p.strip() for p in args.open_paths.split(",") if p.strip()),
         body_timeout_s=args.body_timeout_s,
     )
 

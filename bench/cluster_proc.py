@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,12 +40,6 @@ def default_model_dir() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_get(url: str, timeout_s: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout_s) as r:
         return r.read().decode()
@@ -57,10 +50,9 @@ class Cluster:
     its PID (it stops its own children), and kills its process group only if it outlives the grace."""
 
     def __init__(self, spec: ClusterSpec, model_dir: str, num_pages: int, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = ""  # known once it serves: `tandem up --port 0` prints where
         self.log_path = log_path
-        cmd = [sys.executable, "-m", "cluster.cli", "up", "--model", model_dir, "--port", str(self.port),
+        cmd = [sys.executable, "-m", "cluster.cli", "up", "--model", model_dir, "--port", "0",
                "--prefill", str(spec.num_prefill), "--mode", spec.mode, "--policy", spec.policy,
                "--num-pages", str(num_pages)]  # fmt: skip
         if spec.mode == "disaggregated":
@@ -83,9 +75,13 @@ class Cluster:
                 raise RuntimeError(
                     f"`tandem up` exited with code {self.popen.returncode}; see {self.log_path}"
                 )
+            if not self.url:
+                served = re.search(r"Tandem is serving \S+ at (http://\S+)/v1", self.log_path.read_text())
+                self.url = served.group(1) if served else ""
             try:
-                http_get(f"{self.url}/health", timeout_s=1.0)
-                return
+                if self.url:
+                    http_get(f"{self.url}/health", timeout_s=1.0)
+                    return
             except OSError:
                 pass
             if time.monotonic() > deadline:
@@ -111,3 +107,29 @@ def scrape(url: str) -> dict[str, float]:
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
+
+
+def children(pid: int) -> dict[str, int]:
+    """``tandem up``'s child processes by role name (``prefill-0``, ``store-1``, ``router``,
+    ``redis``), read from /proc."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            argv = (stat.parent / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[1]) != pid:  # the parent's pid is the stat file's fourth field
+            continue
+        name = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--worker-id", "--node-id")), None)
+        if name is None:
+            name = "router" if "router.main" in argv else "redis" if "redis-server" in argv[0] else argv[0]
+        out[name] = int(stat.parent.name)
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0

@@ -1,0 +1,226 @@
+"""Soak under faults: steady streaming load on ``tandem up`` while each role is killed in turn.
+
+A real cluster (``tandem up --prefill 2 --decode 1``, its supervisor on) serves ``--streams``
+clients, each sending streamed chat requests back to back. After a warm-up, every fault in turn:
+``kill -9`` of one process (a prefill worker, the decode worker, a store node, Redis), then the
+load goes on until the cluster has healed (the process restarted and registered, ``/health`` ok)
+and for ``--settle-s`` more. Each request ends one of three ways:
+
+- ok: the stream finished;
+- failed: an OpenAI-style error (an HTTP error with a body, or an error event in the stream);
+- lost: anything else (a reset connection, a timeout, a stream that ended without [DONE]). Must be 0.
+
+Per fault: requests ok / failed / lost while it lasted, the recovery time (kill → healed), and
+after the whole run, once idle: KV pages not free on any worker (must be 0) and every process's
+RSS at the start and the end (a restarted process is a new one: its RSS is its own).
+
+    python -m bench.soak --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+import urllib.error
+from collections import Counter
+from pathlib import Path
+
+import openai
+
+from bench.cluster_proc import Cluster, ClusterSpec, children, default_model_dir, http_get, rss_bytes, scrape
+
+RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
+FAULTS = ("prefill-1", "decode-0", "store-0", "redis")
+WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dogs", "while", "seven", "tired", "owls")
+
+
+class Load:
+    """``streams`` clients sending streamed chat completions back to back; outcomes by phase."""
+
+    def __init__(self, url: str, model: str, streams: int, max_tokens: int) -> None:
+        self.url, self.model, self.streams, self.max_tokens = url, model, streams, max_tokens
+        self.phase = "warm-up"
+        self.outcomes: dict[str, Counter] = {}
+        self.examples: dict[str, list[str]] = {}
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        client = openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120.0)
+        try:
+            await asyncio.gather(*(self._client(client, i) for i in range(self.streams)))
+        finally:
+            await client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _client(self, client: openai.AsyncOpenAI, seed: int) -> None:
+        rng = random.Random(seed)
+        while not self._stop.is_set():
+            phase = self.phase
+            outcome, detail = await self._one(client, rng)
+            self.outcomes.setdefault(phase, Counter())[outcome] += 1
+            if outcome != "ok" and len(self.examples.setdefault(f"{phase} {outcome}", [])) < 3:
+                self.examples[f"{phase} {outcome}"].append(detail)
+            if outcome != "ok":
+                await asyncio.sleep(0.2)  # a client backs off after an error (429/503 say so)
+
+    async def _one(self, client: openai.AsyncOpenAI, rng: random.Random) -> tuple[str, str]:
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 40)))
+        messages = [{"role": "user", "content": f"Continue: {words}"}]
+        try:
+            stream = await client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=self.max_tokens, temperature=0.7, stream=True
+            )
+            finish = None
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
+            return ("ok", "") if finish else ("lost", "the stream ended without a finish reason")
+        except openai.APIStatusError as e:  # an HTTP error with an OpenAI body
+            return "failed", f"{e.status_code} {e.code}"
+        except (openai.APIConnectionError, openai.APITimeoutError) as e:
+            return "lost", f"{type(e).__name__}: {e}"
+        except openai.APIError as e:  # an error event in the stream: a clear failure
+            return ("failed", f"error event: {e.code}") if e.body else ("lost", f"{type(e).__name__}: {e}")
+
+
+async def healed(cluster: Cluster, workers: set[str], timeout_s: float) -> float | None:
+    """Seconds until ``/health`` is ok with every worker registered again (None: not in time)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            body = json.loads(await asyncio.to_thread(_health, cluster.url))
+        except (OSError, ValueError):
+            body = {}
+        counts = body.get("workers", {})
+        if (
+            body.get("status") == "ok"
+            and body.get("registry_reachable")
+            and sum(counts.values()) == len(workers)
+        ):
+            return time.monotonic() - start
+        await asyncio.sleep(0.25)
+    return None
+
+
+def _health(url: str) -> str:
+    try:
+        return http_get(f"{url}/health")
+    except urllib.error.HTTPError as e:  # 503 while unhealthy: its body says why
+        return e.read().decode()
+
+
+async def soak(cluster: Cluster, args: argparse.Namespace) -> dict:
+    model = json.loads(http_get(f"{cluster.url}/v1/models"))["data"][0]["id"]
+    load = Load(cluster.url, model, args.streams, args.max_tokens)
+    runner = asyncio.create_task(load.run())
+    workers = {"prefill-0", "prefill-1", "decode-0"}
+    rss_before = {name: rss_bytes(pid) for name, pid in children(cluster.popen.pid).items()}
+    await asyncio.sleep(args.warm_s)
+    faults = {}
+    for fault in args.faults:
+        load.phase = fault
+        pid = children(cluster.popen.pid)[fault]
+        os.kill(pid, signal.SIGKILL)
+        print(f"killed {fault} (pid {pid})", flush=True)
+        await asyncio.sleep(0.5)  # the supervisor polls every 0.25 s: let it see the death first
+        recovery = await healed(cluster, workers, args.recovery_timeout_s)
+        faults[fault] = {"pid": pid, "recovery_s": None if recovery is None else recovery + 0.5}
+        print(f"  healed in {faults[fault]['recovery_s']} s", flush=True)
+        await asyncio.sleep(args.settle_s)
+    load.phase = "after"
+    await asyncio.sleep(args.settle_s)
+    load.stop()
+    await runner
+    return {"faults": faults, "load": load, "rss_before": rss_before}
+
+
+async def leaked_pages(cluster: Cluster, timeout_s: float = 30.0) -> dict[str, float]:
+    """Pages not free per worker, once every worker reports itself idle (or after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = scrape(cluster.url)
+        free = {
+            k.split('instance="')[1].split('"')[0]: v
+            for k, v in metrics.items()
+            if k.startswith("tandem_worker_kv_pages_free{")
+        }
+        total = {
+            k.split('instance="')[1].split('"')[0]: v
+            for k, v in metrics.items()
+            if k.startswith("tandem_worker_kv_pages_total{")
+        }
+        held = {w: total[w] - free.get(w, 0) for w in total}
+        if not any(held.values()) or time.monotonic() > deadline:
+            return held
+        await asyncio.sleep(1.0)  # heartbeats carry the loads: a report every 0.5 s
+
+
+def report(result: dict, held: dict, rss_after: dict) -> dict:
+    load: Load = result["load"]
+    phases = {phase: dict(counts) for phase, counts in load.outcomes.items()}
+    out = {
+        "faults": {f: {**v, **phases.get(f, {})} for f, v in result["faults"].items()},
+        "phases": phases,
+        "lost": sum(c.get("lost", 0) for c in load.outcomes.values()),
+        "pages_held_after": held,
+        "rss_mb": {n: {"before": result["rss_before"].get(n, 0) / 2**20, "after": rss_after.get(n, 0) / 2**20}
+                   for n in sorted(set(result["rss_before"]) | set(rss_after))},
+        "examples": load.examples,
+    }  # fmt: skip
+    print(f"\n{'phase':<12} {'ok':>6} {'failed':>7} {'lost':>5} {'recovery s':>11}")
+    for phase, counts in phases.items():
+        rec = result["faults"].get(phase, {}).get("recovery_s")
+        rec_text = "-" if phase not in result["faults"] else "never" if rec is None else f"{rec:.1f}"
+        print(
+            f"{phase:<12} {counts.get('ok', 0):>6} {counts.get('failed', 0):>7} {counts.get('lost', 0):>5} {rec_text:>11}"
+        )
+    print(f"lost requests: {out['lost']}; KV pages held once idle: {held}")
+    return out
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", type=int, default=24, help="concurrent streaming clients (default 24)")
+    ap.add_argument("--max-tokens", type=int, default=24, help="tokens per answer (default 24)")
+    ap.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS), help="killed in this order")
+    ap.add_argument("--warm-s", type=float, default=20.0, help="load before the first fault (default 20)")
+    ap.add_argument("--settle-s", type=float, default=15.0, help="load after each recovery (default 15)")
+    ap.add_argument("--recovery-timeout-s", type=float, default=120.0)
+    ap.add_argument("--num-pages", type=int, default=1024, help="KV pages per worker (default 1024)")
+    ap.add_argument("--model", help="HF model directory (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--out", default=str(RESULTS))
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    model = args.model or default_model_dir()
+    log = Path(tempfile.mkdtemp(prefix="tandem-soak-")) / "cluster.log"
+    print(f"cluster log: {log}")
+    cluster = Cluster(ClusterSpec("soak", "disaggregated", "cache_aware", 2, 1), model, args.num_pages, log)
+    try:
+        cluster.wait_healthy(300.0)
+        result = asyncio.run(soak(cluster, args))
+        held = asyncio.run(leaked_pages(cluster))
+        rss_after = {name: rss_bytes(pid) for name, pid in children(cluster.popen.pid).items()}
+    finally:
+        cluster.stop()
+    out = {"streams": args.streams, "max_tokens": args.max_tokens, "cluster": "tandem up --prefill 2 --decode 1",
+           **report(result, held, rss_after)}  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if out["lost"] == 0 and not any(held.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,9 +8,11 @@ and for ``--settle-s`` more. Each request ends one of three ways:
 
 - ok: the stream finished;
 - failed: an OpenAI-style error (an HTTP error with a body, or an error event in the stream);
-- lost: anything else (a reset connection, a timeout, a stream that ended without [DONE]). Must be 0.
+- lost: anything else (a reset connection, a timeout, a stream that ended without a finish reason).
+  Must be 0.
 
-Per fault: requests ok / failed / lost while it lasted, the recovery time (kill → healed), and
+Per fault: requests ok / failed / lost while it lasted, the recovery time (kill → its successor
+registered under the old name, or for Redis every process registered again, and ``/health`` ok), and
 after the whole run, once idle: KV pages not free on any worker (must be 0) and every process's
 RSS at the start and the end (a restarted process is a new one: its RSS is its own).
 
@@ -24,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -35,6 +38,9 @@ from pathlib import Path
 import openai
 
 from bench.cluster_proc import Cluster, ClusterSpec, children, default_model_dir, http_get, rss_bytes, scrape
+from kvstore.client import StoreClient
+from kvstore.types import IndexUnavailable
+from worker.registry import WorkerRegistry
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 FAULTS = ("prefill-1", "decode-0", "store-0", "redis")
@@ -92,21 +98,35 @@ class Load:
             return ("failed", f"error event: {e.code}") if e.body else ("lost", f"{type(e).__name__}: {e}")
 
 
-async def healed(cluster: Cluster, workers: set[str], timeout_s: float) -> float | None:
-    """Seconds until ``/health`` is ok with every worker registered again (None: not in time)."""
+def registered(redis_url: str) -> dict[str, str]:
+    """Every registered worker's incarnation and store node's address, by name ({} if Redis is down)."""
+    registry, store = WorkerRegistry(redis_url), StoreClient(redis_url)
+    try:
+        workers = {w.info.worker_id: w.info.incarnation for w in registry.live()}
+        return {**workers, **{n.node_id: n.address for n in store.nodes()}}
+    except IndexUnavailable:
+        return {}
+    finally:
+        registry.close()
+        store.close()
+
+
+async def healed(
+    cluster: Cluster, redis_url: str, fault: str, before: dict[str, str], timeout_s: float
+) -> float | None:
+    """Seconds until the killed process's successor has registered (a new incarnation or address;
+    for Redis: everything registered again) and ``/health`` is ok on a reachable registry."""
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
-        try:
-            body = json.loads(await asyncio.to_thread(_health, cluster.url))
-        except (OSError, ValueError):
-            body = {}
-        counts = body.get("workers", {})
-        if (
-            body.get("status") == "ok"
-            and body.get("registry_reachable")
-            and sum(counts.values()) == len(workers)
-        ):
-            return time.monotonic() - start
+        now = await asyncio.to_thread(registered, redis_url)
+        replaced = fault == "redis" or now.get(fault, before[fault]) != before[fault]
+        if replaced and set(now) == set(before):
+            try:
+                body = json.loads(await asyncio.to_thread(_health, cluster.url))
+            except (OSError, ValueError):
+                body = {}
+            if body.get("status") == "ok" and body.get("registry_reachable"):
+                return time.monotonic() - start
         await asyncio.sleep(0.25)
     return None
 
@@ -122,18 +142,18 @@ async def soak(cluster: Cluster, args: argparse.Namespace) -> dict:
     model = json.loads(http_get(f"{cluster.url}/v1/models"))["data"][0]["id"]
     load = Load(cluster.url, model, args.streams, args.max_tokens)
     runner = asyncio.create_task(load.run())
-    workers = {"prefill-0", "prefill-1", "decode-0"}
+    redis_url = re.search(r"redis at (redis://\S+)", cluster.log_path.read_text()).group(1)
     rss_before = {name: rss_bytes(pid) for name, pid in children(cluster.popen.pid).items()}
     await asyncio.sleep(args.warm_s)
     faults = {}
     for fault in args.faults:
         load.phase = fault
+        before = await asyncio.to_thread(registered, redis_url)
         pid = children(cluster.popen.pid)[fault]
         os.kill(pid, signal.SIGKILL)
         print(f"killed {fault} (pid {pid})", flush=True)
-        await asyncio.sleep(0.5)  # the supervisor polls every 0.25 s: let it see the death first
-        recovery = await healed(cluster, workers, args.recovery_timeout_s)
-        faults[fault] = {"pid": pid, "recovery_s": None if recovery is None else recovery + 0.5}
+        recovery = await healed(cluster, redis_url, fault, before, args.recovery_timeout_s)
+        faults[fault] = {"pid": pid, "recovery_s": recovery}
         print(f"  healed in {faults[fault]['recovery_s']} s", flush=True)
         await asyncio.sleep(args.settle_s)
     load.phase = "after"

@@ -93,7 +93,7 @@ def _cluster_view(
     """The cluster view of the router's model; every refresh tells the dispatcher who is live."""
 
     def on_refresh(workers: tuple[WorkerState, ...]) -> None:
-        dispatcher.fail_lost({w.info.worker_id for w in workers})
+        dispatcher.fail_lost({w.info.instance_key for w in workers})  # a restarted worker is another
         dispatcher.prune({w.info.address for w in workers})
 
     return ClusterView(

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 
 from engine.args import add_engine_args, build_engine
@@ -102,7 +103,7 @@ def worker_info(args: argparse.Namespace, role: str, engine: LLMEngine, address:
         role=role, address=address, model=engine.model_name, fingerprint=engine.fingerprint.hex(),
         page_size=engine.pool.page_size, chunk_tokens=args.chunk_tokens,
         max_model_len=engine.max_model_len, store_node_id=args.store_node,
-        kv_bytes_per_token=engine.kv_bytes_per_token,
+        kv_bytes_per_token=engine.kv_bytes_per_token, incarnation=uuid.uuid4().hex[:12],
     )  # fmt: skip
 
 

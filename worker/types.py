@@ -67,10 +67,18 @@ class WorkerInfo:
     max_model_len: int
     store_node_id: str = ""  # the store node it writes chunks to ("" = none)
     kv_bytes_per_token: int = 0  # KV bytes of one token (what a store fetch moves); 0 = unknown
+    # drawn at each process start: a worker restarted under its old name is another incarnation,
+    # and the requests the old one held are lost even if the name never left the registry
+    incarnation: str = ""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+
+    @property
+    def instance_key(self) -> str:
+        """This incarnation of the worker: ``worker_id#incarnation`` (the id alone if it has none)."""
+        return f"{self.worker_id}#{self.incarnation}" if self.incarnation else self.worker_id
 
 
 @dataclass(frozen=True)

@@ -103,17 +103,19 @@ class Dispatcher:
     def close(self, request_id: str) -> None:
         self._requests.pop(request_id, None)
 
-    def fail_lost(self, live_worker_ids: set[str], now: float | None = None) -> None:
+    def fail_lost(self, live: set[str], now: float | None = None) -> None:
         """Tell every open request that depends on a worker missing from the registry for at least
-        ``lost_grace_s`` (once per request)."""
+        ``lost_grace_s`` (once per request). ``live`` and the watched sets hold instance keys
+        (``WorkerInfo.instance_key``): a worker restarted under its old name counts as missing."""
         now = time.monotonic() if now is None else now
         watched = set().union(*(e.watched for e in self._requests.values()))
-        lost = self._missing.lost(watched, live_worker_ids, now)
+        lost = self._missing.lost(watched, live, now)
         for entry in self._requests.values():
             dead = sorted(entry.watched & lost)
             if dead and not entry.lost:
                 entry.lost = True
-                entry.queue.put_nowait(WorkerLost(dead[0]))
+                worker_id = dead[0].rpartition("#")[0] or dead[0]
+                entry.queue.put_nowait(WorkerLost(worker_id))
 
     @property
     def num_open(self) -> int:

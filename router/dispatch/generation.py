@@ -73,10 +73,19 @@ class Generation:
     def decode_id(self) -> str:
         return self.route.decode_worker_id
 
+    @property
+    def _prefill_key(self) -> str:
+        return self.route.prefill.worker.info.instance_key
+
+    @property
+    def _decode_key(self) -> str:
+        decode = self.route.decode
+        return decode.info.instance_key if decode is not None else self._prefill_key
+
     async def start(self) -> None:
         """Send the task to the prefill worker. Raises ``ApiError`` 503 if it accepts nothing (dead
         or stuck)."""
-        self._entry = self.dispatcher.open(self.request_id, {self.prefill_id, self.decode_id})
+        self._entry = self.dispatcher.open(self.request_id, {self._prefill_key, self._decode_key})
         decode = self.route.decode
         task = GenerateTask(
             request_id=self.request_id,
@@ -124,7 +133,7 @@ class Generation:
                 self._prefill_seen = True
                 self.num_cached_local = event.num_cached_local
                 self.num_cached_store = event.num_cached_store
-                self._entry.watched = {self.decode_id}
+                self._entry.watched = {self._decode_key}
             yield event
 
     async def _next_event(self) -> TokenEvent:

@@ -29,6 +29,21 @@ def test_a_worker_must_stay_missing_for_the_grace_period():
         dispatcher.stop()
 
 
+def test_a_worker_restarted_under_its_old_name_has_lost_the_requests_of_the_old_one():
+    dispatcher = Dispatcher("tcp://127.0.0.1:0", lost_grace_s=1.0)
+
+    async def scenario():
+        entry = dispatcher.open("r1", {"p#aaa", "d#bbb"})
+        dispatcher.fail_lost({"p#aaa", "d#ccc"}, now=10.0)  # d is back within its lease: a new process
+        dispatcher.fail_lost({"p#aaa", "d#ccc"}, now=11.0)
+        assert entry.queue.get_nowait().worker_id == "d"  # named by its id, for the error and suspects
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        dispatcher.stop()
+
+
 def test_aborts_for_a_missing_worker_wait_until_it_is_back():
     worker = Inbox("tcp://127.0.0.1:0")
     dispatcher = Dispatcher("tcp://127.0.0.1:0", send_timeout_s=1.0)

@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerLost:
-    """Put on a request's queue by the router itself: a worker it depends on stopped heartbeating."""
+    """Put on a request's queue by the router itself: a worker it depends on stopped heartbeating
+    (``key``: that incarnation's ``WorkerInfo.instance_key``)."""
 
     worker_id: str
+    key: str = ""
 
 
 Event = TokenEvent | RequestFailed | WorkerLost
@@ -115,7 +117,7 @@ class Dispatcher:
             if dead and not entry.lost:
                 entry.lost = True
                 worker_id = dead[0].rpartition("#")[0] or dead[0]
-                entry.queue.put_nowait(WorkerLost(worker_id))
+                entry.queue.put_nowait(WorkerLost(worker_id, dead[0]))
 
     @property
     def num_open(self) -> int:

@@ -133,17 +133,26 @@ class Generation:
                 self._prefill_seen = True
                 self.num_cached_local = event.num_cached_local
                 self.num_cached_store = event.num_cached_store
+            elif event.worker_id == self.decode_id:
+                # the decode worker has the request: the prefill worker's fate no longer matters
+                # (until now it did: dying before its hand-off left, it would leave the request hanging)
                 self._entry.watched = {self._decode_key}
             yield event
 
     async def _next_event(self) -> TokenEvent:
         waiting_on = self.prefill_id if not self._prefill_seen else self.decode_id
-        try:
-            event = await asyncio.wait_for(self._entry.queue.get(), self.timeout_s)
-        except asyncio.TimeoutError:
-            raise failures.silent(waiting_on, self.timeout_s) from None
-        if isinstance(event, WorkerLost):
-            raise failures.lost(event.worker_id)
+        while True:
+            try:
+                event = await asyncio.wait_for(self._entry.queue.get(), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise failures.silent(waiting_on, self.timeout_s) from None
+            if not isinstance(event, WorkerLost):
+                break
+            if event.key in self._entry.watched:
+                raise failures.lost(event.worker_id)
+            # queued before the decode worker's first event was read: the prefill worker no longer
+            # matters; a later loss is reported
+            self._entry.lost = False
         if isinstance(event, RequestFailed):
             if event.code == BAD_REQUEST:  # the workers dropped it themselves
                 self._workers_done = True

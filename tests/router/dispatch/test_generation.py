@@ -88,7 +88,7 @@ def test_losing_a_worker_fails_the_request(channels):
     assert e.value.status == 503 and e.value.code == "worker_lost" and "worker d stopped" in e.value.message
 
 
-def test_after_the_first_token_only_the_decode_worker_matters(channels):
+def test_once_the_decode_worker_has_the_request_only_it_matters(channels):
     dispatcher, route, _ = channels
 
     async def scenario():
@@ -97,15 +97,26 @@ def test_after_the_first_token_only_the_decode_worker_matters(channels):
         await gen.start()
         deltas = gen.deltas()
         dispatcher._deliver(TokenEvent("r1", "p", tuple(b"a"), None))
+        dispatcher._deliver(TokenEvent("r1", "d", tuple(b"b"), None))
+        dispatcher.fail_lost({"d"})  # the prefill worker is gone: no matter now
         assert (await anext(deltas)).text == "a"
-        dispatcher.fail_lost({"d"})  # the prefill worker is gone: no matter
-        dispatcher._deliver(TokenEvent("r1", "d", tuple(b"b"), "length"))
+        assert (await anext(deltas)).text == "b"
+        dispatcher._deliver(TokenEvent("r1", "d", tuple(b"c"), "length"))
         last = await anext(deltas)
         gen.close()
         return last
 
     last = asyncio.run(scenario())
-    assert (last.text, last.finish_reason) == ("b", "length")
+    assert (last.text, last.finish_reason) == ("c", "length")
+
+
+def test_a_prefill_worker_lost_before_its_hand_off_arrived_fails_the_stream(channels):
+    """Its first token is out, but the decode worker has not spoken: the KV may never come."""
+    dispatcher, route, _ = channels
+    first = TokenEvent("r1", "p", tuple(b"a"), None)
+    with pytest.raises(ApiError) as e:
+        asyncio.run(run(dispatcher, route, [first], lose={"d"}))
+    assert e.value.code == "worker_lost" and "worker p stopped" in e.value.message
 
 
 def test_stop_string_ends_the_request(channels):

@@ -11,7 +11,7 @@ and for ``--settle-s`` more. Each request ends one of three ways:
 - lost: anything else (a reset connection, a timeout, a stream that ended without a finish reason).
   Must be 0.
 
-Per fault: requests ok / failed / lost while it lasted, the recovery time (kill → its successor
+Per fault: requests ok / failed / lost that ended while it lasted, the recovery time (kill → its successor
 registered under the old name, or for Redis every process registered again, and ``/health`` ok), and
 after the whole run, once idle: KV pages not free on any worker (must be 0) and every process's
 RSS at the start and the end (a restarted process is a new one: its RSS is its own).
@@ -70,8 +70,8 @@ class Load:
     async def _client(self, client: openai.AsyncOpenAI, seed: int) -> None:
         rng = random.Random(seed)
         while not self._stop.is_set():
-            phase = self.phase
             outcome, detail = await self._one(client, rng)
+            phase = self.phase  # counted where it ended: a stream cut by a fault counts for that fault
             self.outcomes.setdefault(phase, Counter())[outcome] += 1
             if outcome != "ok" and len(self.examples.setdefault(f"{phase} {outcome}", [])) < 3:
                 self.examples[f"{phase} {outcome}"].append(detail)

@@ -26,6 +26,21 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
+def _add_geometry_args(parser: argparse.ArgumentParser) -> None:
+    """How the arena is cut into slots, and which chunks it takes."""
+    parser.add_argument(
+        "--slot-bytes",
+        type=parse_bytes,
+        default=0,
+        help="slot size; 0 (default) sizes slots to the first chunk",
+    )
+    parser.add_argument(
+        "--chunk-bytes", type=parse_bytes, default=0,
+        help="accept chunks of exactly this size only, one a slot (0, the default: any size that fits); "
+        "set it from the model's KV layout so that no client can store a chunk of another shape",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem serve store",
@@ -43,19 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--advertise", help="address clients use to reach this node (default: the bound address)"
     )
-    parser.add_argument(
-        "--slot-bytes",
-        type=parse_bytes,
-        default=0,
-        help="slot size; 0 (default) sizes slots to the first chunk",
-    )
-    parser.add_argument(
-        "--chunk-bytes",
-        type=parse_bytes,
-        default=0,
-        help="accept chunks of exactly this size only, one a slot (0, the default: any size that fits); "
-        "set it from the model's KV layout so that no client can store a chunk of another shape",
-    )
+    _add_geometry_args(parser)
     parser.add_argument("--heartbeat-ttl-s", type=float, default=5.0, help="lease TTL in seconds (default 5)")
     parser.add_argument(
         "--evict-watermark", type=float, default=0.9, help="evict LRU chunks above this use fraction (0.9)"

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_serving_args(p)
     _add_request_args(p)
+    _add_edge_args(p)
     _add_cost_args(p.add_argument_group("cost model (what the conductor predicts TTFT and TBT from)"))
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return p
@@ -80,6 +81,14 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
         "this many times while nothing of its response was sent (default 1)",
     )  # fmt: skip
     p.add_argument(
+        "--default-max-tokens", type=int, default=256,
+        help="max_tokens of chat requests that set none (default 256; completions: 16, as OpenAI)",
+    )  # fmt: skip
+
+
+def _add_edge_args(p: argparse.ArgumentParser) -> None:
+    """Who may call, how much a request may send, and how long Redis may be gone."""
+    p.add_argument(
         "--api-key", default=os.environ.get("TANDEM_API_KEY") or None,
         help="require 'Authorization: Bearer KEY' on every path but --open-paths "
         "(default: $TANDEM_API_KEY; unset: no key; prefer the variable: a flag shows in `ps`)",
@@ -99,10 +108,6 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--body-timeout-s", type=float, default=30.0,
         help="answer 408 to a request whose body has not arrived in full after this long (default 30)",
-    )  # fmt: skip
-    p.add_argument(
-        "--default-max-tokens", type=int, default=256,
-        help="max_tokens of chat requests that set none (default 256; completions: 16, as OpenAI)",
     )  # fmt: skip
 
 

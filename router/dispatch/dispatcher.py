@@ -149,7 +149,9 @@ class Dispatcher:
 
     def send(self, address: str, message: Message) -> None:
         """Send ``message`` to the worker inbox at ``address``. Raises ``PeerTimeout`` if the
-        worker accepts nothing within ``send_timeout_s`` (dead or overloaded)."""
+        worker accepts nothing within ``send_timeout_s`` (dead or overloaded), or at once if a send
+        to it timed out less than ``send_timeout_s`` ago: requests queued behind a dead worker's
+        first timeout are routed elsewhere instead of each waiting out a timeout of its own."""
         while True:
             with self._outboxes_lock:
                 peer = self._outboxes.get(address)
@@ -157,7 +159,7 @@ class Dispatcher:
                     peer = self._outboxes[address] = _Peer(Outbox(address, timeout_s=self.send_timeout_s))
             with peer.lock:
                 if not peer.closed:  # else pruned meanwhile: make a new one
-                    peer.outbox.send(message)
+                    peer.send(message, self.send_timeout_s)
                     return
 
     async def send_async(self, address: str, message: Message) -> None:
@@ -215,6 +217,20 @@ class _Peer:
         self.outbox = outbox
         self.lock = threading.Lock()
         self.closed = False
+        self.timed_out_at: float | None = None  # the last send that timed out (None: the last worked)
+
+    def send(self, message: Message, timeout_s: float) -> None:
+        """Send under ``lock``; fail fast while a timeout is fresh."""
+        now = time.monotonic()
+        if self.timed_out_at is not None and now - self.timed_out_at < timeout_s:
+            ago = now - self.timed_out_at
+            raise PeerTimeout(f"{self.outbox.address} accepted nothing for {timeout_s}s ({ago:.1f}s ago)")
+        try:
+            self.outbox.send(message)
+        except PeerTimeout:
+            self.timed_out_at = time.monotonic()
+            raise
+        self.timed_out_at = None
 
     def close(self) -> None:
         self.closed = True

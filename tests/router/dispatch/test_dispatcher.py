@@ -59,3 +59,27 @@ def test_aborts_for_a_missing_worker_wait_until_it_is_back():
     finally:
         dispatcher.stop()
         worker.close()
+
+
+def test_sends_queued_behind_a_timed_out_worker_fail_at_once(tmp_path):
+    """Not one send timeout each: the first send to a dead worker waits it out, those right after
+    fail at once (and their requests are routed elsewhere)."""
+    import pytest
+
+    from transfer.errors import PeerTimeout
+
+    dead = f"ipc://{tmp_path}/dead-worker"
+    dispatcher = Dispatcher("tcp://127.0.0.1:0", send_timeout_s=0.3)
+    try:
+        with pytest.raises(PeerTimeout, match="accepted nothing for 0.3s$"):  # waited
+            dispatcher.send(dead, AbortTask("r1"))
+        with pytest.raises(PeerTimeout, match=r"accepted nothing for 0.3s \(0\.\ds ago\)"):  # did not
+            dispatcher.send(dead, AbortTask("r2"))
+        worker = Inbox("tcp://127.0.0.1:0")
+        try:
+            dispatcher.send(worker.address, AbortTask("r3"))  # other workers are not affected
+            assert worker.recv(timeout_s=5) == AbortTask("r3")
+        finally:
+            worker.close()
+    finally:
+        dispatcher.stop()

@@ -3,7 +3,8 @@
 Start order: Redis (embedded unless a URL is given) → the workers, each after its own store node
 (disaggregated mode: prefill workers write their prompts' chunks there, decode workers the chunks
 they generate) → the router. ``stop()`` terminates in reverse order, by PID, and kills what does not exit
-in time, so nothing is orphaned. While it serves, ``supervise()`` restarts whatever dies. Each worker gets a share of the CPU cores as torch threads so
+in time, so nothing is orphaned. While it serves, ``supervise()`` restarts whatever dies. Every child
+gets the cluster key that seals its ZeroMQ messages (``transfer.auth``). Each worker gets a share of the CPU cores as torch threads so
 that the processes together do not oversubscribe the machine.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from cluster import env
 from kvstore.embedded_redis import EmbeddedRedis
+from transfer import auth
 from worker.registry import WorkerRegistry
 
 log = logging.getLogger("tandem.up")
@@ -101,6 +104,9 @@ class LocalCluster:
     redis: EmbeddedRedis | None = None
     redis_url: str = ""
     port: int = 0  # the router's, once it listens (``config.port`` 0: the one it was given)
+    # every child seals its ZeroMQ messages with it (transfer.auth): nobody else can talk to them
+    # ($TANDEM_CLUSTER_KEY if set, so that tools run beside it can talk to the cluster)
+    cluster_key: str = field(default_factory=lambda: os.environ.get(auth.ENV) or secrets.token_hex(32))
 
     @property
     def url(self) -> str:
@@ -126,7 +132,7 @@ class LocalCluster:
             "--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--host", cfg.host,
             "--port", str(cfg.port), "--port-file", str(port_file), "--policy", cfg.policy,
             "--log-level", env.LOG_LEVEL, *cfg.extra_router_args,
-        ], env={**os.environ, "TANDEM_API_KEY": cfg.api_key or ""})  # fmt: skip
+        ], env={"TANDEM_API_KEY": cfg.api_key or ""})  # fmt: skip
         deadline = time.monotonic() + self.config.startup_timeout_s
         while not port_file.exists():
             self._check_alive()
@@ -220,7 +226,9 @@ class LocalCluster:
         return node_id
 
     def _spawn(self, name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        """Start ``python -m module args`` with this process's environment, the cluster key, and ``env``."""
         argv = [sys.executable, "-m", module, *args]
+        env = {**os.environ, auth.ENV: self.cluster_key, **(env or {})}
         proc = Proc(name, subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env), argv, env)
         self.procs.append(proc)
         log.info("started %s (pid %d)", name, proc.pid)

@@ -8,7 +8,8 @@ Header (a MessagePack map)::
 
 ``id`` correlates a reply with its request and ``seq`` orders the items of a stream; both belong
 to the socket pattern, not to the message. Buffer ``i`` travels in frame ``i + 1``. Nothing is
-pickled, and ``decode`` trusts nothing: every deviation raises ``WireError`` naming it.
+pickled, and ``decode`` trusts nothing: every deviation raises ``WireError`` naming it. With a
+cluster key the header frame is sealed with a MAC (``transfer.auth``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from transfer import auth
 from transfer.errors import WireError
 from transfer.messages import DTYPE_ITEMSIZE, MESSAGE_TYPES, Buffer, Message
 
@@ -52,7 +54,7 @@ def encode(message: Message, *, msg_id: int | None = None, seq: int | None = Non
         "fields": fields,
         "buffers": [[b.dtype, list(b.shape), i + 1] for i, b in enumerate(buffers)],
     }
-    return [msgpack.packb(header, use_bin_type=True), *(b.data for b in buffers)]
+    return [auth.seal(msgpack.packb(header, use_bin_type=True)), *(b.data for b in buffers)]
 
 
 def _plain(value: Any) -> Any:
@@ -73,8 +75,9 @@ def decode(frames: Sequence[Any]) -> Envelope:
     """
     if not frames:
         raise WireError("empty message: expected a header frame")
+    header_frame = auth.unseal(memoryview(frames[0]))
     try:
-        header = msgpack.unpackb(memoryview(frames[0]), raw=False)
+        header = msgpack.unpackb(header_frame, raw=False)
     except Exception as e:  # msgpack raises several unrelated types for garbage input
         raise WireError(f"header frame is not valid MessagePack: {e}") from None
     if not isinstance(header, dict):

@@ -139,3 +139,41 @@ def test_tandem_chat_streams_the_same_answer(disagg, offline):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected_chat(offline, [{"role": "user", "content": QUESTION}], 24).strip()
+
+
+def test_only_messages_sealed_with_the_cluster_key_reach_a_worker(disagg):
+    """`tandem up` seals every ZeroMQ message with a key of its own: a task from anyone else is
+    dropped by the worker, the same task sealed with the key is served."""
+    from transfer import auth
+    from transfer.channel import Inbox, Outbox
+    from transfer.messages import GenerateTask, Sampling, TokenEvent
+    from worker.registry import WorkerRegistry
+
+    registry = WorkerRegistry(disagg.redis_url)
+    try:
+        workers = {w.info.role: w.info for w in registry.live()}
+    finally:
+        registry.close()
+    inbox = Inbox("tcp://127.0.0.1:0")
+    box = Outbox(workers["prefill"].address)
+    before = auth._key
+    try:
+
+        def task(rid: str) -> GenerateTask:
+            return GenerateTask(rid, (5, 6, 7), Sampling(temperature=0.0, max_tokens=2), inbox.address,
+                                workers["decode"].address)  # fmt: skip
+
+        auth.set_key(None)
+        box.send(task("forged"))  # a plain header: what a process without the key sends
+        auth.set_key(bytes.fromhex(disagg.cluster_key))
+        box.send(task("sealed"))  # after it on the same connection: read after it
+        events = []
+        while not (events and events[-1].finish_reason):
+            event = inbox.recv(30.0)
+            assert event is not None, "the sealed task got no answer"
+            events.append(event)
+        assert {e.request_id for e in events} == {"sealed"} and all(isinstance(e, TokenEvent) for e in events)
+    finally:
+        auth.set_key(before)
+        box.close()
+        inbox.close()

@@ -5,7 +5,8 @@ A view not refreshed for ``stale_after_s`` (one lease by default, see ``RouterCo
 unusable: requests get 503 rather than being routed to workers that may be gone. While the
 registry cannot be read at all (Redis down or restarting), the last view stays usable for
 ``registry_grace_s``: the workers talk over ZeroMQ and do not need Redis to serve, and a worker
-that died meanwhile fails its request, which is retried elsewhere. Workers that serve another model than the router's (another cluster sharing the Redis, a
+that died meanwhile fails its request, which is retried elsewhere. When it can be read again, the
+workers of the last view stay in it for ``stale_after_s`` while they re-register. Workers that serve another model than the router's (another cluster sharing the Redis, a
 misconfigured container) are left out of the view, with a warning, rather than sent token ids from
 the wrong tokenizer. Every refresh reports the live workers to ``on_refresh`` (the dispatcher fails
 requests whose workers lapsed).
@@ -64,6 +65,7 @@ class ClusterView:
         self._on_refresh = on_refresh
         self._snapshot = ClusterSnapshot((), float("-inf"))
         self._last_error: str | None = None
+        self._rejoin: tuple[tuple[WorkerState, ...], float] = ((), float("-inf"))  # see _rejoining
 
     async def refresh(self) -> None:
         """Read the registry once; on failure keep the old snapshot (it goes stale) and log once."""
@@ -77,10 +79,21 @@ class ClusterView:
         if self._last_error is not None:
             log.info("worker registry readable again")
             self._last_error = None
-        workers = self._same_model(workers)
+            self._rejoin = (self._snapshot.workers, time.monotonic() + self.stale_after_s)
+        workers = self._rejoining(self._same_model(workers))
         self._snapshot = ClusterSnapshot(workers, time.monotonic(), nodes)
         if self._on_refresh is not None:
             self._on_refresh(workers)
+
+    def _rejoining(self, workers: tuple[WorkerState, ...]) -> tuple[WorkerState, ...]:
+        """Right after an outage a restarted Redis is empty and the workers re-register one
+        heartbeat at a time: for ``stale_after_s`` the view keeps the ones it had that have not
+        registered again yet, instead of refusing requests for want of them."""
+        carried, until = self._rejoin
+        if time.monotonic() >= until:
+            return workers
+        back = {w.info.worker_id for w in workers}
+        return workers + tuple(w for w in carried if w.info.worker_id not in back)
 
     def _same_model(self, workers: tuple[WorkerState, ...]) -> tuple[WorkerState, ...]:
         if self.model is None:

@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kvstore.client import StoreClient
+from router import openapi
 from router.config import RouterConfig
 from router.dispatch.cluster import ClusterView
 from router.dispatch.dispatcher import Dispatcher
@@ -143,13 +145,31 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_endpoints(app: FastAPI, config: RouterConfig, metrics: RouterMetrics) -> None:
-    @app.post("/v1/completions")
+    errors = openapi.error_responses()
+
+    @app.post(
+        "/v1/completions", responses=errors, openapi_extra=openapi.request_docs(openapi.CompletionRequest)
+    )
     async def completions(request: Request) -> Response:
+        """A completion of a prompt (text or token ids), streamed (SSE) or whole."""
         return await request.app.state.router.serve(request, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post(
+        "/v1/chat/completions",
+        responses=errors,
+        openapi_extra=openapi.request_docs(openapi.ChatCompletionRequest),
+    )
     async def chat_completions(request: Request) -> Response:
+        """The assistant's answer to a chat (the model's chat template), streamed (SSE) or whole."""
         return await request.app.state.router.serve(request, chat=True)
+
+    def document() -> dict:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version="1", routes=app.routes)
+            app.openapi_schema = openapi.add_schemas(document, config.model_name)
+        return app.openapi_schema
+
+    app.openapi = document
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -8,6 +8,7 @@ import sys
 import time
 
 from cluster import env
+from kvstore.node_main import parse_bytes
 from router.conductor import DEFAULT_POLICY, POLICY_NAMES
 
 DESCRIPTION = """\
@@ -108,7 +109,12 @@ def _add_up(sub) -> None:
         help="tokens per store chunk, the unit of reuse across workers (a multiple of 16; default 64)",
     )  # fmt: skip
     up.add_argument(
-        "--num-pages", type=int, default=None, help="KV pages per worker (default: from free memory)"
+        "--kv-cache-memory", type=parse_bytes, default=None,
+        help="KV cache per worker, e.g. 2GiB (default: half the memory left after weights and store "
+        "nodes, split among the workers, at most 4 GiB; fixed at start, so a restarted worker gets the same)",
+    )  # fmt: skip
+    up.add_argument(
+        "--num-pages", type=int, default=None, help="KV pages per worker (overrides --kv-cache-memory)"
     )
     up.add_argument(
         "--api-key", default=env.API_KEY,
@@ -213,6 +219,7 @@ def _up(args: argparse.Namespace) -> int:
         model_dir=resolve_model(args.model), num_prefill=args.prefill, num_decode=args.decode, mode=args.mode,
         policy=args.policy, host=args.host, port=args.port, redis_url=args.redis_url,
         store_capacity_bytes=args.store_capacity, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
+        kv_cache_memory_bytes=args.kv_cache_memory,
         max_num_batched_tokens=args.max_num_batched_tokens, api_key=args.api_key,
     )  # fmt: skip
     stop = {"now": False}

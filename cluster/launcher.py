@@ -48,6 +48,7 @@ class ClusterConfig:
     store_capacity_bytes: int = 1 << 30
     chunk_tokens: int = 64
     num_pages: int | None = None
+    kv_cache_memory_bytes: int | None = None  # per worker; None: default_kv_budget (num_pages wins)
     # Short steps keep a CPU worker responsive (decode tokens wait behind a prefill chunk in
     # colocated mode); a GPU deployment would raise this.
     max_num_batched_tokens: int = 512
@@ -74,6 +75,13 @@ class ClusterConfig:
 
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # after each consecutive quick death
 STABLE_AFTER_S = 60.0  # a process that ran this long starts its backoff over
+
+
+def default_kv_budget(available: int, store_bytes: int, weights_bytes: int, num_engines: int) -> int:
+    """KV bytes per worker when none is given: half of what the host has available once the store
+    nodes' arenas and every engine's weights are taken, split among the engines, at most 4 GiB."""
+    left = max(0, available - store_bytes - num_engines * weights_bytes)
+    return min(KV_CAP_BYTES, left // 2 // num_engines)
 
 
 @dataclass
@@ -165,28 +173,29 @@ class LocalCluster:
         return args + list(cfg.extra_worker_args)
 
     def _kv_pages_per_worker(self) -> int | None:
-        """Each worker's KV pages, fixed once for the cluster's life (so a restarted worker gets what
-        it had): half of what this host has available after the store nodes' capacity and every
-        engine's weights, split among the engines, at most 4 GiB each (and at least one full
-        context). None on a GPU host (each
-        worker sizes its cache from its device's free memory)."""
+        """Each worker's KV pages, fixed once for the cluster's life (so that a restarted worker gets
+        what it had): ``kv_cache_memory_bytes`` each if given, else ``default_kv_budget``. None on a
+        GPU host without an explicit budget (each worker sizes its cache from its device's free
+        memory)."""
         import torch
 
         from engine.config import ModelConfig
         from engine.memory import available_memory_bytes
         from engine.runner import kv_bytes_per_page
 
-        if torch.cuda.is_available():
-            return None
         cfg = self.config
+        if cfg.kv_cache_memory_bytes is None and torch.cuda.is_available():
+            return None
         model = ModelConfig.from_dir(cfg.model_dir)
         page_bytes = kv_bytes_per_page(model, WORKER_PAGE_SIZE, torch.float32)
-        weights = sum(f.stat().st_size for f in Path(cfg.model_dir).glob("*.safetensors"))
-        nodes = cfg.num_engines if cfg.mode == "disaggregated" else 0
-        free = available_memory_bytes(torch.device("cpu")) - nodes * cfg.store_capacity_bytes
-        per_worker = min(KV_CAP_BYTES, max(0, free - cfg.num_engines * weights) // 2 // cfg.num_engines)
+        budget = cfg.kv_cache_memory_bytes
+        if budget is None:
+            weights = sum(f.stat().st_size for f in Path(cfg.model_dir).glob("*.safetensors"))
+            nodes = cfg.num_engines if cfg.mode == "disaggregated" else 0
+            available = available_memory_bytes(torch.device("cpu"))
+            budget = default_kv_budget(available, nodes * cfg.store_capacity_bytes, weights, cfg.num_engines)
         one_context = -(-model.max_position_embeddings // WORKER_PAGE_SIZE)  # any admissible request fits
-        num_pages = max(one_context, per_worker // page_bytes)
+        num_pages = max(one_context, budget // page_bytes)
         log.info("KV cache: %d pages (%.2f GiB) per worker, %d workers", num_pages,
                  num_pages * page_bytes / (1 << 30), cfg.num_engines)  # fmt: skip
         return num_pages

@@ -183,10 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(__name__).info("router on http://%s:%d (policy %s)", args.host, port, args.policy)
     if args.port_file is not None:
         _write_atomically(args.port_file, f"{port}\n")
-    config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False)
+    config = uvicorn.Config(
+        app, log_level=args.log_level.lower(), access_log=False, http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # larger request heads: 400, connection closed
+    )  # fmt: skip
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     return 0 if server.started else 1  # not started: startup failed (logged)
+
+
+MAX_HEADER_BYTES = 64 << 10
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,6 +74,12 @@ def test_process_serves_and_stops_on_sigterm(redis_server, default_model, tmp_pa
                 assert proc.poll() is None and time.monotonic() < deadline, "router did not come up"
                 time.sleep(0.1)
         assert r.json()["data"][0]["id"] == default_model.name
+        with socket.create_connection(
+            ("127.0.0.1", port), timeout=10
+        ) as conn:  # a 128 KiB request head: over the 64 KiB bound
+            conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (128 << 10) + b"\r\n\r\n")
+            assert conn.recv(100).startswith(b"HTTP/1.1 400 ")
+        assert requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200
         assert requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 503  # no workers
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) in (

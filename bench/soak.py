@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import signal
 import sys
 import tempfile
@@ -98,6 +97,13 @@ class Load:
             return ("failed", f"error event: {e.code}") if e.body else ("lost", f"{type(e).__name__}: {e}")
 
 
+def redis_url_of(cluster: Cluster) -> str:
+    """The cluster's Redis URL (with its password), as ``tandem up`` handed it to the router."""
+    router = children(cluster.popen.pid)["router"]
+    argv = Path(f"/proc/{router}/cmdline").read_bytes().decode().split("\0")
+    return argv[argv.index("--redis-url") + 1]
+
+
 def registered(redis_url: str) -> dict[str, str]:
     """Every registered worker's incarnation and store node's address, by name ({} if Redis is down)."""
     registry, store = WorkerRegistry(redis_url), StoreClient(redis_url)
@@ -142,7 +148,7 @@ async def soak(cluster: Cluster, args: argparse.Namespace) -> dict:
     model = json.loads(http_get(f"{cluster.url}/v1/models"))["data"][0]["id"]
     load = Load(cluster.url, model, args.streams, args.max_tokens)
     runner = asyncio.create_task(load.run())
-    redis_url = re.search(r"redis at (redis://\S+)", cluster.log_path.read_text()).group(1)
+    redis_url = redis_url_of(cluster)
     rss_before = {name: rss_bytes(pid) for name, pid in children(cluster.popen.pid).items()}
     await asyncio.sleep(args.warm_s)
     faults = {}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cluster import env
 from kvstore.embedded_redis import EmbeddedRedis
+from kvstore.index import redacted
 from transfer import auth
 from worker.registry import WorkerRegistry
 
@@ -157,9 +158,10 @@ class LocalCluster:
         if self.config.redis_url:
             self.redis_url = self.config.redis_url
         else:
-            self.redis = EmbeddedRedis().start()
+            # a password of its own: only the processes started here (given the URL) can use it
+            self.redis = EmbeddedRedis(password=secrets.token_urlsafe(24)).start()
             self.redis_url = self.redis.url
-        log.info("redis at %s", self.redis_url)
+        log.info("redis at %s", redacted(self.redis_url))
 
     def _worker_args(self) -> list[str]:
         """The flags every worker gets: a share of the cores as torch threads, and the engine's."""

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 import redis
@@ -45,8 +46,13 @@ class EmbeddedRedis:
     """One ``redis-server`` child process. ``stop`` then ``start`` restarts it, empty, on the same
     port (how tests simulate a Redis restart)."""
 
-    def __init__(self, port: int | None = None, *, host: str = "127.0.0.1", startup_timeout_s: float = 10.0):
+    def __init__(
+        self, port: int | None = None, *, host: str = "127.0.0.1", startup_timeout_s: float = 10.0,
+        password: str | None = None,
+    ):  # fmt: skip
+        """``password``: clients must AUTH with it (it is in ``url``), kept across restarts."""
         self.host = host
+        self.password = password
         self.port = port or 0  # 0 until the first start picks a free port
         self.startup_timeout_s = startup_timeout_s
         self._proc: subprocess.Popen | None = None
@@ -56,7 +62,8 @@ class EmbeddedRedis:
     def url(self) -> str:
         if self._proc is None:
             raise RuntimeError("EmbeddedRedis is not running; call start() first")
-        return f"redis://{self.host}:{self.port}"
+        auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -90,9 +97,17 @@ class EmbeddedRedis:
         log_path = Path(self._dir) / "redis.log"
         argv = [redis_server_binary(), "--port", str(self.port), "--bind", self.host, "--save", "",
                 "--appendonly", "no", "--dir", self._dir, "--logfile", str(log_path), "--daemonize", "no"]  # fmt: skip
+        if self.password:
+            argv += ["--requirepass", self.password]
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + self.startup_timeout_s
-        client = redis.Redis(host=self.host, port=self.port, socket_timeout=1.0, socket_connect_timeout=1.0)
+        client = redis.Redis(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+        )
         try:
             while True:
                 if self._proc.poll() is not None:

@@ -84,6 +84,13 @@ def _redis_errors(url: str) -> Iterator[None]:
         raise IndexUnavailable(f"store index at {url} unavailable: {e}") from e
 
 
+def redacted(url: str) -> str:
+    """A Redis URL fit for logs and errors: its password, if any, masked."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':')[0]}:***@{host}" if at else url
+
+
 def connect(redis_url: str, timeout_s: float = 2.0, *, decode_responses: bool = False) -> redis.Redis:
     """A Redis client as every member of the cluster uses one: bounded waits, and one retry that
     re-dials a connection a Redis restart broke."""
@@ -100,7 +107,7 @@ class StoreIndex:
     """Reads and writes of the index. Thread-safe (redis-py's connection pool)."""
 
     def __init__(self, redis_url: str, *, prefix: str = DEFAULT_PREFIX, timeout_s: float = 2.0) -> None:
-        self.url = redis_url
+        self.url = redacted(redis_url)  # for messages: the password stays out of logs
         self.prefix = prefix
         self._redis = connect(redis_url, timeout_s)
         self._locate = self._redis.register_script(_LOCATE)

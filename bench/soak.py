@@ -7,6 +7,8 @@ load goes on until the cluster has healed (the process restarted and registered,
 and for ``--settle-s`` more. Each request ends one of three ways:
 
 - ok: the stream finished;
+- hung up: the client closed the stream after three chunks (``--hang-up`` of them do): the workers
+  must free what it held;
 - failed: an OpenAI-style error (an HTTP error with a body, or an error event in the stream);
 - lost: anything else (a reset connection, a timeout, a stream that ended without a finish reason).
   Must be 0.
@@ -49,8 +51,9 @@ WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dogs", "while
 class Load:
     """``streams`` clients sending streamed chat completions back to back; outcomes by phase."""
 
-    def __init__(self, url: str, model: str, streams: int, max_tokens: int) -> None:
+    def __init__(self, url: str, model: str, streams: int, max_tokens: int, hang_up_fraction: float) -> None:
         self.url, self.model, self.streams, self.max_tokens = url, model, streams, max_tokens
+        self.hang_up_fraction = hang_up_fraction
         self.phase = "warm-up"
         self.outcomes: dict[str, Counter] = {}
         self.examples: dict[str, list[str]] = {}
@@ -72,20 +75,28 @@ class Load:
             outcome, detail = await self._one(client, rng)
             phase = self.phase  # counted where it ended: a stream cut by a fault counts for that fault
             self.outcomes.setdefault(phase, Counter())[outcome] += 1
-            if outcome != "ok" and len(self.examples.setdefault(f"{phase} {outcome}", [])) < 3:
+            if (
+                outcome not in ("ok", "hung up")
+                and len(self.examples.setdefault(f"{phase} {outcome}", [])) < 3
+            ):
                 self.examples[f"{phase} {outcome}"].append(detail)
-            if outcome != "ok":
+            if outcome not in ("ok", "hung up"):
                 await asyncio.sleep(0.2)  # a client backs off after an error (429/503 say so)
 
     async def _one(self, client: openai.AsyncOpenAI, rng: random.Random) -> tuple[str, str]:
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 40)))
         messages = [{"role": "user", "content": f"Continue: {words}"}]
+        hang_up = rng.random() < self.hang_up_fraction  # this client leaves mid-answer
         try:
             stream = await client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=self.max_tokens, temperature=0.7, stream=True
             )
-            finish = None
+            finish, received = None, 0
             async for chunk in stream:
+                received += 1
+                if hang_up and received == 3:
+                    await stream.close()
+                    return "hung up", ""
                 if chunk.choices and chunk.choices[0].finish_reason:
                     finish = chunk.choices[0].finish_reason
             return ("ok", "") if finish else ("lost", "the stream ended without a finish reason")
@@ -146,7 +157,7 @@ def _health(url: str) -> str:
 
 async def soak(cluster: Cluster, args: argparse.Namespace) -> dict:
     model = json.loads(http_get(f"{cluster.url}/v1/models"))["data"][0]["id"]
-    load = Load(cluster.url, model, args.streams, args.max_tokens)
+    load = Load(cluster.url, model, args.streams, args.max_tokens, args.hang_up)
     runner = asyncio.create_task(load.run())
     redis_url = redis_url_of(cluster)
     rss_before = {name: rss_bytes(pid) for name, pid in children(cluster.popen.pid).items()}
@@ -169,25 +180,25 @@ async def soak(cluster: Cluster, args: argparse.Namespace) -> dict:
     return {"faults": faults, "load": load, "rss_before": rss_before}
 
 
-async def leaked_pages(cluster: Cluster, timeout_s: float = 30.0) -> dict[str, float]:
-    """Pages not free per worker, once every worker reports itself idle (or after ``timeout_s``)."""
+def _by_label(metrics: dict[str, float], family: str) -> dict[str, float]:
+    """``{label value: sample}`` of one scraped family with one label."""
+    return {k.split('="')[1].split('"')[0]: v for k, v in metrics.items() if k.startswith(family + "{")}
+
+
+async def held_once_idle(cluster: Cluster, timeout_s: float = 30.0) -> dict[str, float]:
+    """KV pages not free per worker and chunks still pinned per store node, once every one of them
+    reports none (or after ``timeout_s``): what a leak would leave behind."""
     deadline = time.monotonic() + timeout_s
     while True:
         metrics = scrape(cluster.url)
-        free = {
-            k.split('instance="')[1].split('"')[0]: v
-            for k, v in metrics.items()
-            if k.startswith("tandem_worker_kv_pages_free{")
-        }
-        total = {
-            k.split('instance="')[1].split('"')[0]: v
-            for k, v in metrics.items()
-            if k.startswith("tandem_worker_kv_pages_total{")
-        }
-        held = {w: total[w] - free.get(w, 0) for w in total}
+        free = _by_label(metrics, "tandem_worker_kv_pages_free")
+        total = _by_label(metrics, "tandem_worker_kv_pages_total")
+        held = {w: total[w] - free.get(w, 0) for w in total} | _by_label(
+            metrics, "tandem_store_pinned_chunks"
+        )
         if not any(held.values()) or time.monotonic() > deadline:
             return held
-        await asyncio.sleep(1.0)  # heartbeats carry the loads: a report every 0.5 s
+        await asyncio.sleep(1.0)  # loads come with heartbeats (0.5 s), store counters every 1.7 s
 
 
 def report(result: dict, held: dict, rss_after: dict) -> dict:
@@ -197,19 +208,18 @@ def report(result: dict, held: dict, rss_after: dict) -> dict:
         "faults": {f: {**v, **phases.get(f, {})} for f, v in result["faults"].items()},
         "phases": phases,
         "lost": sum(c.get("lost", 0) for c in load.outcomes.values()),
-        "pages_held_after": held,
+        "held_once_idle": held,
         "rss_mb": {n: {"before": result["rss_before"].get(n, 0) / 2**20, "after": rss_after.get(n, 0) / 2**20}
                    for n in sorted(set(result["rss_before"]) | set(rss_after))},
         "examples": load.examples,
     }  # fmt: skip
-    print(f"\n{'phase':<12} {'ok':>6} {'failed':>7} {'lost':>5} {'recovery s':>11}")
+    print(f"\n{'phase':<12} {'ok':>6} {'hung up':>8} {'failed':>7} {'lost':>5} {'recovery s':>11}")
     for phase, counts in phases.items():
         rec = result["faults"].get(phase, {}).get("recovery_s")
         rec_text = "-" if phase not in result["faults"] else "never" if rec is None else f"{rec:.1f}"
-        print(
-            f"{phase:<12} {counts.get('ok', 0):>6} {counts.get('failed', 0):>7} {counts.get('lost', 0):>5} {rec_text:>11}"
-        )
-    print(f"lost requests: {out['lost']}; KV pages held once idle: {held}")
+        print(f"{phase:<12} {counts.get('ok', 0):>6} {counts.get('hung up', 0):>8} {counts.get('failed', 0):>7} "
+              f"{counts.get('lost', 0):>5} {rec_text:>11}")  # fmt: skip
+    print(f"lost requests: {out['lost']}; KV pages and pinned store chunks held once idle: {held}")
     return out
 
 
@@ -217,6 +227,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, default=24, help="concurrent streaming clients (default 24)")
     ap.add_argument("--max-tokens", type=int, default=24, help="tokens per answer (default 24)")
+    ap.add_argument(
+        "--hang-up", type=float, default=0.1, help="fraction of clients that leave mid-answer (default 0.1)"
+    )
     ap.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS), help="killed in this order")
     ap.add_argument("--warm-s", type=float, default=20.0, help="load before the first fault (default 20)")
     ap.add_argument("--settle-s", type=float, default=15.0, help="load after each recovery (default 15)")
@@ -236,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.wait_healthy(300.0)
         result = asyncio.run(soak(cluster, args))
-        held = asyncio.run(leaked_pages(cluster))
+        held = asyncio.run(held_once_idle(cluster))
         rss_after = {name: rss_bytes(pid) for name, pid in children(cluster.popen.pid).items()}
     finally:
         cluster.stop()

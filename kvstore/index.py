@@ -27,7 +27,7 @@ from redis.retry import Retry
 from kvstore.types import IndexUnavailable, NodeInfo
 
 DEFAULT_PREFIX = "tandem:kv:"
-_STAT_FIELDS = ("capacity_bytes", "bytes_used", "num_chunks", "hits", "misses", "num_evicted")
+_STAT_FIELDS = ("capacity_bytes", "bytes_used", "num_chunks", "hits", "misses", "num_evicted", "num_pinned")
 _BATCH = 4096  # keys per Redis command (Lua's unpack() is limited to a few thousand arguments)
 
 # ARGV: prefix, key...  ->  flat [id, address, [0|1 per key], ...] for every live node.

@@ -170,7 +170,6 @@ class StoreNode:
             node_id=self.config.node_id,
             slot_bytes=pool.arena.slot_bytes,
             num_slots=pool.arena.num_slots,
-            num_pinned=pool.num_pinned,
             **self._counters(),
         )
 
@@ -195,6 +194,7 @@ class StoreNode:
             "hits": pool.hits,
             "misses": pool.misses,
             "num_evicted": pool.num_evicted,
+            "num_pinned": pool.num_pinned,
         }
 
     def _index_delta(self, touched: list[bytes]) -> tuple[list[bytes], list[bytes], dict[str, int]]:

@@ -30,6 +30,7 @@ class NodeInfo:
     hits: int
     misses: int
     num_evicted: int
+    num_pinned: int = 0  # chunks held for readers whose bytes are still being sent (the pins' leases)
 
     @property
     def free_bytes(self) -> int:

@@ -101,6 +101,8 @@ def _store_families(nodes: Sequence[NodeInfo]) -> Iterator[Metric]:
         "bytes_used": GaugeMetricFamily("tandem_store_bytes_used", "Bytes of the node's arena in use", labels=["node"]),
         "capacity_bytes": GaugeMetricFamily("tandem_store_capacity_bytes", "The node's arena size", labels=["node"]),
         "num_chunks": GaugeMetricFamily("tandem_store_chunks", "KV chunks the node holds", labels=["node"]),
+        "num_pinned": GaugeMetricFamily("tandem_store_pinned_chunks", "Chunks pinned while readers receive them",
+                                        labels=["node"]),
     }  # fmt: skip
     counters = {
         "num_evicted": CounterMetricFamily("tandem_store_evictions", "Chunks evicted (LRU)", labels=["node"]),

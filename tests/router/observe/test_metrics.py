@@ -50,7 +50,7 @@ def test_cluster_families_come_from_the_latest_reports():
             "d0", "decode", num_running=7, free_pages=10, total_pages=40, kv_recv_bytes=4096, step_ms=25.0
         ),
     ]
-    nodes = [NodeInfo("s0", "tcp://127.0.0.1:2", 1 << 20, 4096, 1, 5, 2, 9)]
+    nodes = [NodeInfo("s0", "tcp://127.0.0.1:2", 1 << 20, 4096, 1, 5, 2, 9, num_pinned=3)]
     view = {"workers": workers, "nodes": nodes}
     m.watch(lambda: view["workers"], lambda: view["nodes"])
     s = samples(m)
@@ -69,6 +69,7 @@ def test_cluster_families_come_from_the_latest_reports():
     assert s[("tandem_store_bytes_used", (("node", "s0"),))] == 4096
     assert s[("tandem_store_evictions_total", (("node", "s0"),))] == 9
     assert s[("tandem_store_hits_total", (("node", "s0"),))] == 5
+    assert s[("tandem_store_pinned_chunks", (("node", "s0"),))] == 3
 
     view["workers"], view["nodes"] = workers[:1], []  # d0 and s0 are gone: so are their series
     s = samples(m)

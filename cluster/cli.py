@@ -8,7 +8,7 @@ import sys
 import time
 
 from cluster import env
-from kvstore.node_main import parse_bytes
+from kvstore.sizes import parse_bytes
 from router.conductor import DEFAULT_POLICY, POLICY_NAMES
 
 DESCRIPTION = """\

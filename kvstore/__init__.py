@@ -4,6 +4,7 @@
 - ``client.StoreClient``: put / get / match_prefix / nodes, for workers and the router.
 - ``index``: the Redis index (torch-free reads for the router); ``node`` / ``node_main``: a node.
 - ``pool`` / ``arena``: the node's memory; ``embedded_redis``: a private Redis for local use.
+- ``sizes``: byte sizes as command lines write them (``4GiB``), importable without the rest.
 
 Attributes are imported lazily so that ``import kvstore.keys`` stays cheap.
 """

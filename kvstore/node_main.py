@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import signal
 import threading
 
 from kvstore.config import StoreNodeConfig
 from kvstore.node import StoreNode
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_bytes(text: str) -> int:
-    """``"4GiB"`` → 4294967296; plain integers and KB/MB/GB/KiB/MiB/GiB suffixes are accepted."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    if match is None or match.group(2).upper() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1073741824, 512MiB, 4GiB)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+from kvstore.sizes import parse_bytes
 
 
 def _add_geometry_args(parser: argparse.ArgumentParser) -> None:

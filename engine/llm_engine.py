@@ -114,18 +114,7 @@ class LLMEngine:
     def check_kv(self, kv: object, num_pages: int | None = None, what: str = "a KV buffer") -> None:
         """``ValueError`` unless ``kv`` is packed pages of this engine's layout and dtype (``num_pages``
         of them, or any positive number): KV from another process is checked before it touches a page."""
-        layout = self.runner.kv_cache.shape
-        dtype = self.runner.kv_cache.dtype
-        if not isinstance(kv, torch.Tensor):
-            raise ValueError(f"{what} must be a tensor, got {type(kv).__name__}")
-        pages = kv.shape[3] if kv.dim() == len(layout) else None
-        expect = (*layout[:3], num_pages if num_pages is not None else pages, *layout[4:])
-        if kv.dtype != dtype or tuple(kv.shape) != expect or not pages:
-            want = "N" if num_pages is None else num_pages
-            raise ValueError(
-                f"{what} is {str(kv.dtype).removeprefix('torch.')}{list(kv.shape)}; this engine's "
-                f"pages need {str(dtype).removeprefix('torch.')}{[*layout[:3], want, *layout[4:]]}"
-            )
+        self.runner.check_packed(kv, num_pages, what)
 
     def export_kv(self, seq: Sequence) -> torch.Tensor:
         """The computed prompt KV of a finished prefill-only sequence, packed (a copy)."""

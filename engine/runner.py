@@ -35,11 +35,24 @@ class ModelRunner:
         """KV of ``pages`` as one contiguous buffer [layers, 2, kv_heads, len(pages), page_size, head_dim]."""
         return self.ops.pack_pages(self.kv_cache, torch.tensor(pages, device=self.device))
 
+    def check_packed(self, kv: object, num_pages: int | None = None, what: str = "a KV buffer") -> None:
+        """``ValueError`` unless ``kv`` is packed pages (as :meth:`pack_pages` returns) of this
+        cache's layout and dtype: ``num_pages`` of them, or any positive number."""
+        layout, dtype = self.kv_cache.shape, self.kv_cache.dtype
+        if not isinstance(kv, torch.Tensor):
+            raise ValueError(f"{what} must be a tensor, got {type(kv).__name__}")
+        pages = kv.shape[3] if kv.dim() == len(layout) else None
+        expect = (*layout[:3], num_pages if num_pages is not None else pages, *layout[4:])
+        if kv.dtype != dtype or tuple(kv.shape) != expect or not pages:
+            want = "N" if num_pages is None else num_pages
+            raise ValueError(
+                f"{what} is {str(kv.dtype).removeprefix('torch.')}{list(kv.shape)}; this engine's "
+                f"pages need {str(dtype).removeprefix('torch.')}{[*layout[:3], want, *layout[4:]]}"
+            )
+
     def unpack_pages(self, pages: list[int], chunk: torch.Tensor) -> None:
         """Write a packed buffer (as :meth:`pack_pages` returns) into ``pages``."""
-        expect = (*self.kv_cache.shape[:3], len(pages), *self.kv_cache.shape[4:])
-        if tuple(chunk.shape) != expect:
-            raise ValueError(f"KV buffer has shape {tuple(chunk.shape)}, this engine's pages need {expect}")
+        self.check_packed(chunk, len(pages))
         self.ops.unpack_pages(self.kv_cache, torch.tensor(pages, device=self.device), chunk.to(self.device))
 
     @torch.inference_mode()

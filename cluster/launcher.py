@@ -10,6 +10,7 @@ that the processes together do not oversubscribe the machine.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,12 +144,7 @@ class LocalCluster:
             "--port", str(cfg.port), "--port-file", str(port_file), "--policy", cfg.policy,
             "--log-level", env.LOG_LEVEL, *cfg.extra_router_args,
         ], env={"TANDEM_API_KEY": cfg.api_key or ""})  # fmt: skip
-        deadline = time.monotonic() + self.config.startup_timeout_s
-        while not port_file.exists():
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"router did not listen after {self.config.startup_timeout_s}s")
-            time.sleep(0.05)
+        self._wait_until(port_file.exists, "router did not listen", poll_s=0.05)
         self.port = int(port_file.read_text())
         shutil.rmtree(port_file.parent, ignore_errors=True)
         at = router.argv.index("--port-file")  # a restart binds the same port and need not report it
@@ -181,22 +178,21 @@ class LocalCluster:
         memory)."""
         import torch
 
-        from engine.config import ModelConfig
         from engine.memory import available_memory_bytes
-        from engine.runner import kv_bytes_per_page
 
         cfg = self.config
         if cfg.kv_cache_memory_bytes is None and torch.cuda.is_available():
             return None
-        model = ModelConfig.from_dir(cfg.model_dir)
-        page_bytes = kv_bytes_per_page(model, WORKER_PAGE_SIZE, torch.float32)
+        page_bytes = self._kv_bytes_per_token * WORKER_PAGE_SIZE
         budget = cfg.kv_cache_memory_bytes
         if budget is None:
             weights = sum(f.stat().st_size for f in Path(cfg.model_dir).glob("*.safetensors"))
             nodes = cfg.num_engines if cfg.mode == "disaggregated" else 0
             available = available_memory_bytes(torch.device("cpu"))
             budget = default_kv_budget(available, nodes * cfg.store_capacity_bytes, weights, cfg.num_engines)
-        one_context = -(-model.max_position_embeddings // WORKER_PAGE_SIZE)  # any admissible request fits
+        one_context = -(
+            -self._model.max_position_embeddings // WORKER_PAGE_SIZE
+        )  # any admissible request fits
         num_pages = max(one_context, budget // page_bytes)
         log.info("KV cache: %d pages (%.2f GiB) per worker, %d workers", num_pages,
                  num_pages * page_bytes / (1 << 30), cfg.num_engines)  # fmt: skip
@@ -218,21 +214,26 @@ class LocalCluster:
                 *common, *store, "--worker-id", f"decode-{i}", "--store-node", self._store_node(f"store-decode-{i}"),
             ])  # fmt: skip
 
-    def _chunk_bytes(self) -> int:
-        """Bytes of one store chunk of this model's KV as the workers hold it (float32, their
-        default): the only chunk size the store nodes accept."""
+    @functools.cached_property
+    def _model(self):
+        """The served model's config (``engine.config.ModelConfig``), read once."""
+        from engine.config import ModelConfig
+
+        return ModelConfig.from_dir(self.config.model_dir)
+
+    @functools.cached_property
+    def _kv_bytes_per_token(self) -> int:
+        """KV bytes of one token of this model as the workers hold it (float32, their default)."""
         import torch
 
-        from engine.config import ModelConfig
         from engine.runner import kv_bytes_per_page
 
-        model = ModelConfig.from_dir(self.config.model_dir)
-        return kv_bytes_per_page(model, self.config.chunk_tokens, torch.float32)
+        return kv_bytes_per_page(self._model, 1, torch.float32)
 
     def _store_node(self, node_id: str) -> str:
         self._spawn(node_id, "kvstore.node_main", [
             "--redis-url", self.redis_url, "--listen", "tcp://127.0.0.1:0", "--node-id", node_id,
-            "--capacity-bytes", str(self.config.store_capacity_bytes), "--chunk-bytes", str(self._chunk_bytes()),
+            "--capacity-bytes", str(self.config.store_capacity_bytes), "--chunk-bytes", str(self._kv_bytes_per_token * self.config.chunk_tokens),
         ])  # fmt: skip
         return node_id
 
@@ -280,30 +281,33 @@ class LocalCluster:
             if p.popen.poll() is not None:
                 raise RuntimeError(f"{p.name} exited with code {p.popen.returncode} during startup")
 
+    def _wait_until(self, ready: Callable[[], bool], what: str, poll_s: float = 0.2) -> None:
+        """Poll ``ready`` until it holds; raise if a child exits first or ``startup_timeout_s`` passes
+        (the ``TimeoutError`` says ``what`` after how long)."""
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while not ready():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} after {self.config.startup_timeout_s}s")
+            time.sleep(poll_s)
+
     def _wait_for_workers(self) -> None:
         registry = WorkerRegistry(self.redis_url)
         expected = self.config.num_engines if self.config.mode == "disaggregated" else self.config.num_prefill
-        deadline = time.monotonic() + self.config.startup_timeout_s
-        while len(registry.live()) < expected:
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"workers not ready after {self.config.startup_timeout_s}s")
-            time.sleep(0.2)
-        registry.close()
+        try:
+            self._wait_until(lambda: len(registry.live()) >= expected, "workers not ready")
+        finally:
+            registry.close()
 
     def _wait_for_router(self) -> None:
-        deadline = time.monotonic() + self.config.startup_timeout_s
-        while True:
-            self._check_alive()
+        def healthy() -> bool:
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
+                    return r.status == 200
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"router not healthy after {self.config.startup_timeout_s}s")
-            time.sleep(0.2)
+                return False
+
+        self._wait_until(healthy, "router not healthy")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Terminate every child (newest first) by PID; kill the ones that outlive ``timeout_s``."""

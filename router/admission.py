@@ -19,7 +19,7 @@ from router.config import RouterConfig
 from router.dispatch.cluster import ClusterSnapshot, ClusterView
 from router.dispatch.failures import Suspects
 from router.errors import ApiError
-from router.protocol import ParsedRequest, parse_chat, parse_completion, sampling_fields
+from router.protocol import ParsedRequest, parse_chat, parse_completion, prompt_too_long, sampling_fields
 from router.tokenizer import TextTokenizer
 from router.validation import parse_body
 from transfer.messages import Sampling
@@ -84,16 +84,11 @@ class Admission:
             chars = len(parsed.prompt) if isinstance(parsed.prompt, str) else 0
         at_least = chars // self.tokenizer.max_token_chars
         if at_least >= max_model_len:
-            raise ApiError(
-                400,
-                f"this model's maximum context length is {max_model_len} tokens, but the prompt's "
-                f"{chars} characters are at least {at_least} tokens; shorten the prompt",
-                param="messages" if parsed.chat else "prompt",
-                code="context_length_exceeded",
-            )
+            why = f"the prompt's {chars} characters are at least {at_least} tokens"
+            raise prompt_too_long(parsed, max_model_len, why)
 
     def _tokenize(self, parsed: ParsedRequest) -> list[int]:
-        param = "messages" if parsed.chat else "prompt"
+        param = parsed.prompt_param
         try:
             if parsed.messages is not None:
                 token_ids = self.tokenizer.apply_chat_template(parsed.messages)

@@ -48,6 +48,19 @@ class ParsedRequest:
     def chat(self) -> bool:
         return self.messages is not None
 
+    @property
+    def prompt_param(self) -> str:
+        """The field an error about the prompt names."""
+        return "messages" if self.chat else "prompt"
+
+
+def prompt_too_long(request: ParsedRequest, max_model_len: int, why: str) -> ApiError:
+    """OpenAI's 400 for a prompt the context cannot hold (``why``: what shows it)."""
+    return ApiError(
+        400, f"this model's maximum context length is {max_model_len} tokens, but {why}; shorten the prompt",
+        param=request.prompt_param, code="context_length_exceeded",
+    )  # fmt: skip
+
 
 def _common(body: dict, served_model: str, vocab_size: int, *, chat: bool) -> dict[str, Any]:
     model = get_str(body, "model")
@@ -156,13 +169,8 @@ def sampling_fields(
     """
     room = max_model_len - num_prompt_tokens
     if room < 1:
-        raise ApiError(
-            400,
-            f"this model's maximum context length is {max_model_len} tokens, but the prompt has "
-            f"{num_prompt_tokens} tokens (at least one must be left to generate); shorten the prompt",
-            param="messages" if request.chat else "prompt",
-            code="context_length_exceeded",
-        )
+        why = f"the prompt has {num_prompt_tokens} tokens (at least one must be left to generate)"
+        raise prompt_too_long(request, max_model_len, why)
     if request.max_tokens is None:
         default = default_max_tokens if request.chat else COMPLETION_DEFAULT_MAX_TOKENS
         max_tokens = min(default, room)

@@ -12,9 +12,15 @@ def drain(llm: LLM) -> None:
         llm.engine.step()
 
 
+def prefilled(llm: LLM, prompt: list[int], params: SamplingParams, request_id: str = "s"):
+    """``prompt`` prefilled on ``llm`` (prefill only): its sequence, pages still held."""
+    seq = llm.engine.add_request(prompt, params, request_id=request_id, prefill_only=True)
+    drain(llm)
+    return seq
+
+
 def split_generate(prefill: LLM, decode: LLM, prompt: list[int], params: SamplingParams) -> list[int]:
-    seq = prefill.engine.add_request(prompt, params, request_id="p", prefill_only=True)
-    drain(prefill)
+    seq = prefilled(prefill, prompt, params, "p")
     assert seq.finish_reason == "prefilled"
     kv = prefill.engine.export_kv(seq)
     prefill.engine.release(seq)
@@ -42,8 +48,7 @@ def test_imported_prefix_is_a_local_hit_with_identical_output(tiny_model):
     target = LLM(str(tiny_model), page_size=8, num_pages=64)
     prompt = mixed_prompts(250, seed=13)[4]  # 70 tokens
     params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
-    seq = source.engine.add_request(prompt, params, request_id="s", prefill_only=True)
-    drain(source)
+    seq = prefilled(source, prompt, params)
     chunks = [source.engine.pack_pages(seq, first, 4) for first in (0, 4)]  # two 32-token chunks
     source.engine.release(seq)
     assert target.engine.import_prefix(prompt, chunks) == 64
@@ -57,8 +62,7 @@ def test_import_stops_when_pages_run_out(tiny_model):
     source = LLM(str(tiny_model), page_size=8, num_pages=64)
     target = LLM(str(tiny_model), page_size=8, num_pages=5)
     prompt = mixed_prompts(250, seed=14)[4]
-    seq = source.engine.add_request(prompt, SamplingParams(max_tokens=1), request_id="s", prefill_only=True)
-    drain(source)
+    seq = prefilled(source, prompt, SamplingParams(max_tokens=1))
     chunks = [source.engine.pack_pages(seq, first, 4) for first in (0, 4)]
     source.engine.release(seq)
     assert target.engine.import_prefix(prompt, chunks) == 32
@@ -72,8 +76,7 @@ def test_kv_of_another_layout_is_refused_before_a_page_is_touched(tiny_model):
     target = LLM(str(tiny_model), page_size=8, num_pages=64)
     prompt = mixed_prompts(250, seed=15)[4]  # 70 tokens
     params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
-    seq = source.engine.add_request(prompt, params, request_id="s", prefill_only=True)
-    drain(source)
+    seq = prefilled(source, prompt, params)
     good = source.engine.pack_pages(seq, 0, 4)
     kv = source.engine.export_kv(seq)
     source.engine.release(seq)
@@ -98,8 +101,7 @@ def test_a_first_token_outside_the_vocabulary_is_refused(tiny_model):
     target = LLM(str(tiny_model), page_size=8, num_pages=64)
     prompt = mixed_prompts(250, seed=16)[0]
     params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
-    seq = source.engine.add_request(prompt, params, request_id="s", prefill_only=True)
-    drain(source)
+    seq = prefilled(source, prompt, params)
     kv = source.engine.export_kv(seq)
     source.engine.release(seq)
     for bad in (-1, source.engine.model_cfg.vocab_size, 10**12):

@@ -65,13 +65,12 @@ class Outbox:
 
     def send(self, message: Message) -> None:
         """Queue ``message`` (buffers zero-copy: keep them unmodified until the peer has them)."""
-        if not self._poller.poll(int(self.timeout_s * 1000)):
+        if not self.try_send(message, self.timeout_s):
             raise PeerTimeout(f"{self.address} accepted nothing for {self.timeout_s}s")
-        self._sock.send_multipart(encode(message), copy=False)
 
-    def try_send(self, message: Message) -> bool:
-        """``send`` if the peer takes it now; False (nothing sent) if it would have to wait."""
-        if not self._poller.poll(0):
+    def try_send(self, message: Message, wait_s: float = 0.0) -> bool:
+        """``send`` if the peer takes it within ``wait_s``; False (nothing sent) if it does not."""
+        if not self._poller.poll(int(wait_s * 1000)):
             return False
         self._sock.send_multipart(encode(message), copy=False)
         return True
@@ -129,9 +128,9 @@ class OutboxPool:
             return
         peer.queue.append((self._clock() + self.timeout_s, message, drop))
 
-    def flush(self) -> None:
-        """Send what the peers take now; drop what waited too long."""
-        now = self._clock()
+    def flush(self) -> int:
+        """Send what the peers take now; drop what waited too long. Returns how many still wait."""
+        now, waiting = self._clock(), 0
         for address, peer in self._peers.items():
             queue = peer.queue
             while queue and peer.box.try_send(queue[0][1]):
@@ -139,6 +138,8 @@ class OutboxPool:
             while queue and queue[0][0] <= now:
                 _, _, drop = queue.popleft()
                 drop(f"{address} accepted nothing for {self.timeout_s}s")
+            waiting += len(queue)
+        return waiting
 
     def _open(self, address: str) -> _QueuedPeer:
         while len(self._peers) >= self.max_peers:

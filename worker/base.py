@@ -127,8 +127,7 @@ class BaseWorker:
 
     def flush(self) -> int:
         """Send the messages that wait for their peers; how many still wait."""
-        self.outboxes.flush()
-        return self.outboxes.num_queued
+        return self.outboxes.flush()
 
     def fail(self, reply_to: str, request_id: str, code: str, text: str) -> None:
         """Tell the router the request cannot complete (``code``: a ``transfer.messages`` code)."""

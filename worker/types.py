@@ -81,6 +81,11 @@ class WorkerInfo:
         return f"{self.worker_id}#{self.incarnation}" if self.incarnation else self.worker_id
 
 
+def worker_id_of(instance_key: str) -> str:
+    """The worker id inside a ``WorkerInfo.instance_key``."""
+    return instance_key.rpartition("#")[0] or instance_key
+
+
 @dataclass(frozen=True)
 class WorkerTotals:
     """What a worker counted since it started (a restarted worker starts again from zero).

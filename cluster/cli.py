@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"tandem: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a command took over the signals
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +107,11 @@ def _add_up(sub) -> None:
     up.add_argument(
         "--api-key", default=env.API_KEY,
         help="clients must send 'Authorization: Bearer KEY' (default: $TANDEM_API_KEY; unset: no key)",
+    )  # fmt: skip
+    up.add_argument(
+        "--drain-timeout-s", type=float, default=30.0,
+        help="on Ctrl-C / SIGTERM the router, then each worker, finish what is in flight for at most this "
+        "long before the rest is stopped (default 30; a second Ctrl-C stops at once)",
     )  # fmt: skip
     up.add_argument(
         "--no-restart", action="store_true",
@@ -217,36 +224,41 @@ def _serve(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     import signal
 
-    from cluster.launcher import ClusterConfig, LocalCluster
-    from cluster.models import resolve_model
+    from cluster.launcher import LocalCluster, StopRequested
 
-    config = ClusterConfig(
-        model_dir=resolve_model(args.model), num_prefill=args.prefill, num_decode=args.decode, mode=args.mode,
-        policy=args.policy, host=args.host, port=args.port, redis_url=args.redis_url,
-        store_capacity_bytes=args.store_capacity, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
-        kv_cache_memory_bytes=args.kv_cache_memory,
-        max_num_batched_tokens=args.max_num_batched_tokens, api_key=args.api_key,
-    )  # fmt: skip
-    stop = {"now": False}
-
-    def request_stop(*_: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    cluster = LocalCluster(config)
+    cluster = LocalCluster(_up_config(args))
+    signal.signal(signal.SIGTERM, lambda *_: cluster.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: cluster.request_stop())
     try:
         cluster.start()
-        print(f"Tandem is serving {config.model_dir.name} at {cluster.url}/v1")
+    except StopRequested:
+        return 0  # start() stopped what it had started
+    try:
+        print(f"Tandem is serving {cluster.config.model_dir.name} at {cluster.url}/v1")
         print(f"KV hit-rate dashboard: {cluster.url}/dashboard   Prometheus metrics: {cluster.url}/metrics")
-        print("Ctrl-C stops the cluster.", flush=True)
-        while not stop["now"]:
+        print("Ctrl-C stops the cluster (in-flight requests finish first; twice: at once).", flush=True)
+        while not cluster.stopping:
             time.sleep(0.25)
             if not args.no_restart:
                 cluster.supervise()
+        logging.getLogger("tandem.up").info("stopping: the router, then the workers, the store nodes, Redis")
     finally:
         cluster.stop()
     return 0
+
+
+def _up_config(args: argparse.Namespace):
+    """The ``ClusterConfig`` of ``tandem up``'s flags (``ValueError`` for a bad one)."""
+    from cluster.launcher import ClusterConfig
+    from cluster.models import resolve_model
+
+    return ClusterConfig(
+        model_dir=resolve_model(args.model), num_prefill=args.prefill, num_decode=args.decode, mode=args.mode,
+        policy=args.policy, host=args.host, port=args.port, redis_url=args.redis_url,
+        store_capacity_bytes=args.store_capacity, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
+        kv_cache_memory_bytes=args.kv_cache_memory, drain_timeout_s=args.drain_timeout_s,
+        max_num_batched_tokens=args.max_num_batched_tokens, api_key=args.api_key,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 
 Start order: Redis (embedded unless a URL is given) → the workers, each after its own store node
 (disaggregated mode: prefill workers write their prompts' chunks there, decode workers the chunks
-they generate) → the router. ``stop()`` terminates in reverse order, by PID, and kills what does not exit
-in time, so nothing is orphaned. While it serves, ``supervise()`` restarts whatever dies. Every child
-gets the cluster key that seals its ZeroMQ messages (``transfer.auth``). Each worker gets a share of the CPU cores as torch threads so
+they generate) → the router. Every child runs in a session of its own, so a terminal's Ctrl-C
+reaches this process only, which then stops them in order. ``stop()`` drains and loses no request
+it accepted: it terminates the router first and waits while it finishes what is in flight, then
+the workers (each finishes what it holds, see ``worker.drain``), then the store nodes, then Redis;
+all by PID, each stage bounded, killing what outlives its grace, so nothing is orphaned. While it
+serves, ``supervise()`` restarts whatever dies. Every child gets the cluster key that seals its
+ZeroMQ messages (``transfer.auth``). Each worker gets a share of the CPU cores as torch threads so
 that the processes together do not oversubscribe the machine.
 """
 
@@ -59,12 +63,15 @@ class ClusterConfig:
     extra_worker_args: tuple[str, ...] = ()
     extra_router_args: tuple[str, ...] = ()
     startup_timeout_s: float = 180.0
+    drain_timeout_s: float = 30.0  # the router's and each worker's (--drain-timeout-s)
 
     def __post_init__(self) -> None:
         if self.mode not in ("disaggregated", "colocated"):
             raise ValueError(f"mode must be 'disaggregated' or 'colocated', got {self.mode!r}")
         if self.num_prefill < 1 or (self.mode == "disaggregated" and self.num_decode < 1):
             raise ValueError("need at least one prefill and one decode worker (or one colocated worker)")
+        if self.drain_timeout_s <= 0:
+            raise ValueError(f"drain_timeout_s must be positive, got {self.drain_timeout_s}")
         if self.chunk_tokens < WORKER_PAGE_SIZE or self.chunk_tokens % WORKER_PAGE_SIZE:
             raise ValueError(
                 f"chunk_tokens must be a positive multiple of the workers' page size {WORKER_PAGE_SIZE}, "
@@ -78,6 +85,21 @@ class ClusterConfig:
 
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # after each consecutive quick death
 STABLE_AFTER_S = 60.0  # a process that ran this long starts its backoff over
+# stop() stops the children in stages (lowest first), by what they run: the router, then the
+# workers, then the store nodes; anything else with the workers
+STOP_STAGES = {
+    "router.main": 0,
+    "prefill.main": 1,
+    "decode.main": 1,
+    "colocated.main": 1,
+    "kvstore.node_main": 2,
+}
+STOP_MARGIN_S = 5.0  # past a child's own drain timeout, before it is killed
+HURRY_RESIGNAL_S = 0.5
+
+
+class StopRequested(Exception):
+    """``request_stop()`` was called while the cluster was starting."""
 
 
 def default_kv_budget(available: int, store_bytes: int, weights_bytes: int, num_engines: int) -> int:
@@ -98,14 +120,21 @@ class Proc:
     started_at: float = field(default_factory=time.monotonic)
     quick_deaths: int = 0  # consecutive exits within STABLE_AFTER_S of starting
     restart_at: float | None = None  # set while it is dead and waiting out its backoff
+    stage: int = 1  # when stop() stops it (STOP_STAGES)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
     def respawn(self) -> None:
-        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=self.env)
+        self.popen = _popen(self.argv, self.env)
         self.started_at, self.restart_at = time.monotonic(), None
+
+
+def _popen(argv: list[str], env: dict[str, str] | None) -> subprocess.Popen:
+    """A child in a session of its own: a terminal's Ctrl-C goes to ``tandem up`` alone, which
+    stops the children in order (``LocalCluster.stop``)."""
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
 
 @dataclass
@@ -118,6 +147,8 @@ class LocalCluster:
     # every child seals its ZeroMQ messages with it (transfer.auth): nobody else can talk to them
     # ($TANDEM_CLUSTER_KEY if set, so that tools run beside it can talk to the cluster)
     cluster_key: str = field(default_factory=lambda: os.environ.get(auth.ENV) or secrets.token_hex(32))
+    stopping: bool = False  # request_stop() was called once: drain
+    hurry: bool = False  # ... and again: stop what is draining at once
 
     @property
     def url(self) -> str:
@@ -142,7 +173,7 @@ class LocalCluster:
         router = self._spawn("router", "router.main", [
             "--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--host", cfg.host,
             "--port", str(cfg.port), "--port-file", str(port_file), "--policy", cfg.policy,
-            "--log-level", env.LOG_LEVEL, *cfg.extra_router_args,
+            "--log-level", env.LOG_LEVEL, "--drain-timeout-s", str(cfg.drain_timeout_s), *cfg.extra_router_args,
         ], env={"TANDEM_API_KEY": cfg.api_key or ""})  # fmt: skip
         self._wait_until(port_file.exists, "router did not listen", poll_s=0.05)
         self.port = int(port_file.read_text())
@@ -165,7 +196,8 @@ class LocalCluster:
         cfg = self.config
         threads = max(1, (os.cpu_count() or 1) // cfg.num_engines)
         args = ["--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--threads", str(threads),
-                "--log-level", env.LOG_LEVEL, "--max-num-batched-tokens", str(cfg.max_num_batched_tokens)]  # fmt: skip
+                "--log-level", env.LOG_LEVEL, "--max-num-batched-tokens", str(cfg.max_num_batched_tokens),
+                "--drain-timeout-s", str(cfg.drain_timeout_s)]  # fmt: skip
         num_pages = cfg.num_pages or self._kv_pages_per_worker()
         if num_pages:
             args += ["--num-pages", str(num_pages)]
@@ -241,7 +273,7 @@ class LocalCluster:
         """Start ``python -m module args`` with this process's environment, the cluster key, and ``env``."""
         argv = [sys.executable, "-m", module, *args]
         env = {**os.environ, auth.ENV: self.cluster_key, **(env or {})}
-        proc = Proc(name, subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env), argv, env)
+        proc = Proc(name, _popen(argv, env), argv, env, stage=STOP_STAGES.get(module, 1))
         self.procs.append(proc)
         log.info("started %s (pid %d)", name, proc.pid)
         return proc
@@ -266,9 +298,9 @@ class LocalCluster:
                 p.quick_deaths = p.quick_deaths + 1 if now - p.started_at < STABLE_AFTER_S else 1
                 backoff = RESTART_BACKOFF_S[min(p.quick_deaths, len(RESTART_BACKOFF_S)) - 1]
                 p.restart_at = now + backoff
-                log.error(
-                    "%s (pid %d) exited with code %s; restarting it in %g s", p.name, p.pid, code, backoff
-                )
+                level = logging.WARNING if code == 0 else logging.ERROR  # 0: it was stopped (drained)
+                log.log(level, "%s (pid %d) exited with code %s; restarting it in %g s",
+                        p.name, p.pid, code, backoff)  # fmt: skip
             elif now >= p.restart_at:
                 p.respawn()
                 log.info("restarted %s (pid %d)", p.name, p.pid)
@@ -286,6 +318,8 @@ class LocalCluster:
         (the ``TimeoutError`` says ``what`` after how long)."""
         deadline = time.monotonic() + self.config.startup_timeout_s
         while not ready():
+            if self.stopping:
+                raise StopRequested(f"stopped while waiting: {what}")
             self._check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what} after {self.config.startup_timeout_s}s")
@@ -300,32 +334,63 @@ class LocalCluster:
             registry.close()
 
     def _wait_for_router(self) -> None:
-        def healthy() -> bool:
+        """Until ``/ready`` says a request could be served (with the API key: the path may be closed)."""
+        key = self.config.api_key
+        request = urllib.request.Request(
+            f"{self.url}/ready", headers={"Authorization": f"Bearer {key}"} if key else {}
+        )
+
+        def ready() -> bool:
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                with urllib.request.urlopen(request, timeout=1) as r:
                     return r.status == 200
             except OSError:
                 return False
 
-        self._wait_until(healthy, "router not healthy")
+        self._wait_until(ready, "router not ready")
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Terminate every child (newest first) by PID; kill the ones that outlive ``timeout_s``."""
-        for p in reversed(self.procs):
-            if p.popen.poll() is None:
-                p.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for p in reversed(self.procs):
-            try:
-                p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM; killing it", p.name, p.pid)
-                p.popen.kill()
-                p.popen.wait()
+    def request_stop(self) -> None:
+        """Ask ``tandem up`` to stop (a signal handler may call it): the first call drains
+        (``stop()`` follows), a second stops what is draining at once. A start still waiting for
+        its children gives up (``StopRequested``)."""
+        if self.stopping:
+            self.hurry = True
+        self.stopping = True
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop every child by PID, in stages (the router, the workers, the store nodes), then
+        Redis. Each stage is sent SIGTERM and gets ``timeout_s`` (default: the drain timeout and a
+        margin) to exit; what outlives it is killed."""
+        grace_s = self.config.drain_timeout_s + STOP_MARGIN_S if timeout_s is None else timeout_s
+        for stage in sorted({p.stage for p in self.procs}):
+            self._stop_stage([p for p in reversed(self.procs) if p.stage == stage], grace_s)
         self.procs.clear()
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+
+    def _stop_stage(self, procs: list[Proc], grace_s: float) -> None:
+        """SIGTERM ``procs`` and wait up to ``grace_s`` for them to exit; kill the ones still
+        running. While ``hurry`` holds, SIGTERM is repeated (a second signal stops them at once;
+        repeated because signals sent close together may arrive as one)."""
+        running = [p for p in procs if p.popen.poll() is None]
+        deadline, signalled_at = time.monotonic() + grace_s, float("-inf")
+        for p in running:
+            p.popen.send_signal(signal.SIGTERM)
+        while any(p.popen.poll() is None for p in running) and time.monotonic() < deadline:
+            if self.hurry and time.monotonic() - signalled_at > HURRY_RESIGNAL_S:
+                signalled_at = time.monotonic()
+                for p in running:
+                    if p.popen.poll() is None:
+                        p.popen.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+        for p in running:
+            if p.popen.poll() is None:
+                log.warning(
+                    "%s (pid %d) did not exit within %g s of SIGTERM; killing it", p.name, p.pid, grace_s
+                )
+                p.popen.kill()
+                p.popen.wait()
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -9,7 +9,7 @@ disaggregation is measured against.
 from __future__ import annotations
 
 from transfer.messages import BAD_REQUEST, AbortTask, GenerateTask
-from worker.base import sampling_params
+from worker.base import choice_params, task_ids
 from worker.streaming import StreamingWorker
 
 
@@ -27,16 +27,21 @@ class ColocatedWorker(StreamingWorker, role="colocated"):
 
     def _admit(self, task: GenerateTask) -> None:
         if task.decode_address is not None:
-            self.fail(
-                task.reply_to, task.request_id, BAD_REQUEST,
-                f"a colocated worker decodes its prompts itself; it cannot hand off to {task.decode_address}",
-            )  # fmt: skip
+            text = (
+                f"a colocated worker decodes its prompts itself; it cannot hand off to {task.decode_address}"
+            )
+            for request_id in task_ids(task):
+                self.fail(task.reply_to, request_id, BAD_REQUEST, text)
             return
         try:
+            params, siblings = choice_params(task)
             self.engine.add_request(
-                list(task.token_ids), sampling_params(task.sampling), request_id=task.request_id
+                list(task.token_ids), params, request_id=task.request_id, siblings=siblings
             )
         except (TypeError, ValueError) as e:
-            self.fail(task.reply_to, task.request_id, BAD_REQUEST, str(e))
+            for request_id in task_ids(task):
+                self.fail(task.reply_to, request_id, BAD_REQUEST, str(e))
             return
         self.open_stream(task.request_id, task.reply_to, report_hits=True)
+        for request_id in task.choice_ids:  # the prompt's other choices: prefilled by the first's work
+            self.open_stream(request_id, task.reply_to, report_hits=False)

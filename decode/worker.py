@@ -14,7 +14,7 @@ import time
 
 from engine.sequence import Sequence
 from kvstore.tensors import nbytes, to_tensor
-from transfer.messages import BAD_REQUEST, AbortTask, DecodeTask
+from transfer.messages import BAD_REQUEST, AbortTask, DecodeTask, HandoffChoice
 from worker.base import sampling_params
 from worker.streaming import StreamingWorker
 from worker.types import MEMBERSHIP
@@ -36,21 +36,32 @@ class DecodeWorker(StreamingWorker, role="decode", writes="the chunks its reques
         return {DecodeTask: self._admit, AbortTask: self._abort}
 
     def _admit(self, task: DecodeTask) -> None:
-        if self._aborted.pop(task.request_id, None) is not None:
-            log.info("dropping the KV of request %s: it was aborted before it arrived", task.request_id)
-            return
+        """Admit each choice the hand-off carries (``n`` > 1: several, sharing the prompt's pages)."""
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
             kv = to_tensor(task.buffers[0])
-            self.engine.add_prefilled(
-                list(task.token_ids), task.first_token, sampling_params(task.sampling), kv, task.request_id,
-                hold_pages=self.store is not None,
-            )  # fmt: skip
-            self.counters.transferred("kv_recv", nbytes([kv]), time.perf_counter() - started)
         except (TypeError, ValueError) as e:
-            self.fail(task.reply_to, task.request_id, BAD_REQUEST, str(e))
+            for choice in (HandoffChoice(task.request_id, task.first_token), *task.siblings):
+                self.fail(task.reply_to, choice.request_id, BAD_REQUEST, str(e))
             return
-        self.open_stream(task.request_id, task.reply_to, report_hits=False)
+        choices = zip(
+            (HandoffChoice(task.request_id, task.first_token), *task.siblings),
+            (task.index, *task.sibling_indices),
+        )
+        for choice, index in choices:
+            if self._aborted.pop(choice.request_id, None) is not None:
+                log.info("dropping the KV of request %s: it was aborted before it arrived", choice.request_id)
+                continue
+            try:
+                self.engine.add_prefilled(
+                    list(task.token_ids), choice.first_token, sampling_params(task.sampling.for_choice(index)), kv,
+                    choice.request_id, hold_pages=self.store is not None,
+                )  # fmt: skip
+            except (TypeError, ValueError) as e:
+                self.fail(task.reply_to, choice.request_id, BAD_REQUEST, str(e))
+                continue
+            self.open_stream(choice.request_id, task.reply_to, report_hits=False)
+        self.counters.transferred("kv_recv", nbytes([kv]), time.perf_counter() - started)
 
     def _abort(self, message: AbortTask) -> None:
         if not self.close_stream(message.request_id):

@@ -21,10 +21,14 @@ class KVCacheManager:
 
     def match_prefix(self, seq: Sequence) -> list[int]:
         """Cached pages for the longest prefix of ``seq`` (at least one token is always left to run,
-        so the step that finishes the prompt produces logits)."""
+        so the step that finishes the prompt produces logits). A sequence asking for prompt logprobs
+        needs the logits of every prompt position: it takes only pages whose tokens it has scored
+        already (none at first; after a preemption, what it scored before)."""
         if not self.enable_prefix_caching:
             return []
         num_full = (seq.num_tokens - 1) // self.page_size
+        if seq.prompt_logprobs is not None:  # positions [0, len - 1) are scored
+            num_full = min(num_full, (len(seq.prompt_logprobs) - 1) // self.page_size)
         keys = seq.page_keys(num_full, self.page_size, self.fingerprint)
         ps = self.page_size
         blocks = [seq.token_ids[i * ps : (i + 1) * ps] for i in range(num_full)]
@@ -52,14 +56,24 @@ class KVCacheManager:
 
     def admit_prefilled(self, seq: Sequence) -> bool:
         """Pages for a sequence whose prompt KV arrives with it (``seq.pending_kv``) plus its next
-        token; the prompt counts as computed. False (nothing taken) when the pool is short."""
+        token; the prompt counts as computed. False (nothing taken) when the pool is short.
+
+        The prompt's full pages this engine holds already (another choice of the same prompt, an
+        earlier turn) are shared, not filled again (``seq.num_shared_kv_pages``); the others are
+        registered at once, since their KV is written before the step that admitted it runs, so a
+        choice admitted next shares them too."""
         assert not seq.block_table and seq.pending_kv is not None
-        pages = self.pool.allocate(-(-seq.num_tokens // self.page_size))
-        if pages is None:
+        cached = self.match_prefix(seq)
+        needed = -(-seq.num_tokens // self.page_size) - len(cached)
+        if needed + self.pool.num_acquirable_free(cached) > self.pool.num_free_pages:
             return False
-        seq.block_table = pages
+        self.pool.acquire(cached)
+        pages = self.pool.allocate(needed)
+        assert pages is not None
+        seq.block_table = cached + pages
+        seq.num_shared_kv_pages = seq.num_committed_pages = len(cached)
         seq.num_computed_tokens = seq.num_prompt_tokens
-        seq.num_committed_pages = 0
+        self.commit(seq)
         return True
 
     def grow(self, seq: Sequence, num_new_tokens: int) -> bool:

@@ -98,4 +98,5 @@ class LLM:
             finish_reason=seq.finish_reason or "length",
             num_cached_tokens=seq.num_cached_tokens or 0,
             logprobs=seq.logprobs,
+            prompt_logprobs=seq.prompt_logprobs,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Sequence as Sequence_
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from engine.config import EngineConfig, ModelConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.memory import size_kv_cache
 from engine.page_pool import PagePool
+from engine.postprocess import append_token, logit_rows, score_prompt, stop_reason
+from engine.request_check import RequestChecker
 from engine.runner import ModelRunner, kv_bytes_per_page
 from engine.sampler import sample
 from engine.scheduler import Scheduler
-from engine.sequence import Sequence
+from engine.sequence import Sequence, Status
 from engine.step_cost import StepCostFit
 from engine.types import EngineLoad, SamplingParams
 from kvstore.keys import chain_keys, model_fingerprint
@@ -57,6 +60,8 @@ class LLMEngine:
         self._ids = itertools.count()
         self.step_ms = 0.0  # exponential moving average of busy steps
         self.step_cost = StepCostFit()  # seconds = fixed + per_token * tokens, over recent busy steps
+        self.requests = RequestChecker(config.model, self.model_cfg, max_len, num_pages * config.page_size)
+        self._unborn: dict[str, Sequence] = {}  # sibling request id -> the sequence it forks from
         log.info(
             "engine ready: %s (%s) on %s, %d pages x %d tokens (%.1f MiB KV), max_model_len %d",
             self.model_cfg.architecture, config.dtype, config.device, num_pages, config.page_size,
@@ -73,16 +78,32 @@ class LLMEngine:
         params: SamplingParams,
         request_id: str | None = None,
         prefill_only: bool = False,
+        siblings: Sequence_[tuple[str, SamplingParams]] = (),
     ) -> Sequence:
         """Queue a tokenized prompt. Raises ValueError if it can never be served.
 
         ``prefill_only``: stop after the first token (finish reason "prefilled" unless a real stop
         applies) and keep the prompt's pages; export them with :meth:`export_kv`, then :meth:`release`.
+        ``siblings`` (request id, parameters): more choices of the same prompt (OpenAI's ``n``),
+        prefilled once: when this sequence samples its first token, each samples its own from the
+        same logits and goes on with the prompt's pages shared through the prefix cache (or, with
+        ``prefill_only``, finishes beside it without pages). They are in ``seq.siblings``.
         """
-        self.validate(prompt, params)
-        seq = Sequence(request_id if request_id is not None else str(next(self._ids)), prompt, params)
+        for p in (params, *(p for _, p in siblings)):
+            self.requests.check(prompt, p)
+        seq = self._sequence(request_id if request_id is not None else str(next(self._ids)), prompt, params)
         seq.prefill_only = seq.hold_pages = prefill_only
+        for sibling_id, sibling_params in siblings:
+            sibling = self._sequence(sibling_id, prompt, sibling_params)
+            sibling.prefill_only = prefill_only
+            seq.siblings.append(sibling)
+            self._unborn[sibling_id] = seq
         self.scheduler.add(seq)
+        return seq
+
+    def _sequence(self, request_id: str, prompt: list[int], params: SamplingParams) -> Sequence:
+        seq = Sequence(request_id, prompt, params)
+        seq.constraint = self.requests.compile(params)
         return seq
 
     def add_prefilled(
@@ -97,15 +118,25 @@ class LLMEngine:
         """Queue a request whose prompt was prefilled elsewhere: ``kv`` holds the prompt's pages
         (as :meth:`export_kv` returns them) and ``first_token`` is the token prefill sampled.
         ``hold_pages``: keep its pages when it finishes (copy them out with :meth:`pack_pages`,
-        then :meth:`release`), aborted or not."""
-        self.validate(prompt, params)
+        then :meth:`release`), aborted or not. Prompt logprobs, if asked for, are the prefilling
+        engine's to return: here the sequence has none. With a grammar, ``first_token`` is replayed
+        into it: a first token the grammar forbids is a ``ValueError``."""
+        self.requests.check(prompt, params)
         vocab = self.model_cfg.vocab_size
         if not isinstance(first_token, int) or not 0 <= first_token < vocab:  # the next step's input
             raise ValueError(f"first token id {first_token!r} is outside the vocabulary [0, {vocab})")
         self.check_kv(kv, -(-len(prompt) // self.pool.page_size), f"KV for a {len(prompt)}-token prompt")
+        constraint = self.requests.compile(params)
+        if constraint is not None:
+            try:
+                constraint.accept(first_token)
+            except ValueError as e:
+                raise ValueError(f"the first token does not match the request's grammar: {e}") from e
         seq = Sequence(request_id, prompt, params)
+        seq.constraint = constraint
         seq.token_ids.append(first_token)
         seq.pending_kv = kv
+        seq.prompt_logprobs = None  # the prompt ran elsewhere: its logprobs come from that engine
         seq.num_cached_tokens = 0
         seq.hold_pages = hold_pages
         self.scheduler.add(seq)
@@ -184,28 +215,25 @@ class LLMEngine:
             self.pool.release(held)
 
     def validate(self, prompt: list[int], params: SamplingParams) -> None:
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
-        if len(prompt) == 0:
-            raise ValueError("prompt is empty: at least one token is needed")
-        vocab = self.model_cfg.vocab_size
-        bad = next((t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab), None)
-        if bad is not None:
-            raise ValueError(f"prompt token id {bad!r} is outside the vocabulary [0, {vocab})")
-        total = len(prompt) + params.max_tokens
-        if total > self.max_model_len:
-            raise ValueError(
-                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) = {total} exceeds the "
-                f"model's context of {self.max_model_len} tokens; shorten the prompt or lower max_tokens"
-            )
-        if total > self.capacity_tokens:
-            raise ValueError(
-                f"prompt + max_tokens = {total} tokens exceeds the KV cache ({self.capacity_tokens} tokens); "
-                "raise num_pages"
-            )
+        """``ValueError`` naming the problem if the request can never be served here (its grammar,
+        if any, is compiled to check it)."""
+        self.requests.check(prompt, params)
+        self.requests.compile(params)
 
     def abort(self, request_id: str) -> Sequence | None:
-        return self.scheduler.abort(request_id)
+        """Drop a request wherever it is (a sibling not yet born included), freeing its pages;
+        None if it is unknown. A sequence aborted before its first token takes its siblings along."""
+        parent = self._unborn.pop(request_id, None)
+        if parent is not None:
+            sibling = next(s for s in parent.siblings if s.request_id == request_id)
+            parent.siblings.remove(sibling)
+            sibling.status, sibling.finish_reason = Status.FINISHED, "abort"
+            return sibling
+        seq = self.scheduler.abort(request_id)
+        if seq is not None and seq.num_output_tokens == 0:
+            for sibling in seq.siblings:
+                self._unborn.pop(sibling.request_id, None)
+        return seq
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -227,45 +255,55 @@ class LLMEngine:
             return result
         for seq in batch.seqs:
             if seq.pending_kv is not None:  # just admitted with its prompt's KV: put it in its pages
-                self.runner.unpack_pages(seq.block_table[: seq.pending_kv.shape[3]], seq.pending_kv)
+                skip, n = seq.num_shared_kv_pages, seq.pending_kv.shape[3]  # shared pages hold theirs
+                self.runner.unpack_pages(seq.block_table[skip:n], seq.pending_kv[:, :, :, skip:])
                 seq.pending_kv = None
-        sample_rows = [
-            i
-            for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens))
-            if seq.num_computed_tokens + n == seq.num_tokens
-        ]
-        logits = self.runner.run(batch, sample_rows)
+        sample_rows, prompt_positions = logit_rows(batch)
+        logits, prompt_logits = self.runner.run(batch, sample_rows, prompt_positions)
+        for row, span in prompt_positions.items():
+            score_prompt(batch.seqs[row], span, prompt_logits[row])
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
             self.kv.commit(seq)
-        if not sample_rows:
-            return result
-        sampled_seqs = [batch.seqs[i] for i in sample_rows]
-        tokens, logprobs = sample(
-            logits, [s.params for s in sampled_seqs], [s.token_seed() for s in sampled_seqs]
-        )
-        for seq, token, lp in zip(sampled_seqs, tokens, logprobs):
-            seq.token_ids.append(token)
-            if lp is not None:
-                seq.logprobs.append(lp)
+        if sample_rows:
+            self._postprocess([batch.seqs[i] for i in sample_rows], logits, result)
+        return result
+
+    def _postprocess(self, seqs: list[Sequence], logits: torch.Tensor, result: StepResult) -> None:
+        """Sample the next token of each of ``seqs`` (row i of ``logits``), append it, retire the
+        sequences that stop."""
+        eos = self.model_cfg.eos_token_ids
+        tokens, logprobs = sample(logits, seqs, eos)
+        for row, (seq, token, lp) in enumerate(zip(seqs, tokens, logprobs)):
+            append_token(seq, token, lp)
             result.sampled.append(seq)
-            reason = self._stop_reason(seq, token)
+            if seq.num_output_tokens == 1 and seq.siblings:
+                self._fork(seq, logits[row], result)
+            reason = stop_reason(seq, token, eos, self.max_model_len)
             if reason is not None:
                 self.scheduler.finish(seq, reason)
                 result.finished.append(seq)
-        return result
 
-    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
-        params = seq.params
-        if not params.ignore_eos and token in self.model_cfg.eos_token_ids:
-            return "stop"
-        if token in params.stop_token_ids:
-            return "stop"
-        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
-            return "length"
-        if seq.prefill_only:
-            return "prefilled"
-        return None
+    def _fork(self, parent: Sequence, logits: torch.Tensor, result: StepResult) -> None:
+        """``parent`` sampled its first token from ``logits``: its siblings sample theirs from the
+        same row, then join the queue, where their prompt's full pages are the parent's (committed
+        this step) and only the tail after them is run again; prefill-only ones finish here."""
+        siblings = parent.siblings
+        eos = self.model_cfg.eos_token_ids
+        tokens, logprobs = sample(logits.unsqueeze(0).repeat(len(siblings), 1), siblings, eos)
+        for sibling, token, lp in zip(siblings, tokens, logprobs):
+            self._unborn.pop(sibling.request_id, None)
+            append_token(sibling, token, lp)
+            sibling.num_cached_tokens = parent.num_cached_tokens
+            if parent.prompt_logprobs is not None:
+                sibling.prompt_logprobs = list(parent.prompt_logprobs)
+            result.sampled.append(sibling)
+            reason = stop_reason(sibling, token, eos, self.max_model_len)
+            if reason is None:
+                self.scheduler.add(sibling)
+            else:
+                sibling.status, sibling.finish_reason = Status.FINISHED, reason
+                result.finished.append(sibling)
 
     def load(self) -> EngineLoad:
         """What a worker tells the router about this engine's load."""

@@ -56,15 +56,25 @@ class ModelRunner:
         self.ops.unpack_pages(self.kv_cache, torch.tensor(pages, device=self.device), chunk.to(self.device))
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch, sample_rows: list[int]) -> torch.Tensor:
-        """Run every scheduled token; return float32 logits for the batch rows in ``sample_rows``
-        (indices into ``batch.seqs``), at each one's last scheduled token."""
+    def run(
+        self, batch: ScheduledBatch, sample_rows: list[int], prompt_positions: dict[int, range] | None = None
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run every scheduled token. Returns float32 logits [len(sample_rows), V] for the batch rows
+        in ``sample_rows`` (indices into ``batch.seqs``), at each one's last scheduled token; and for
+        each row in ``prompt_positions``, float32 logits [len(range), V] at those token positions
+        (which must be among the ones the row runs in this step)."""
         input_ids, positions, meta, last_token_index = self._prepare(batch)
         hidden = self.model(input_ids, positions, self.kv_cache, meta)
+        prompt_logits = {}
+        for row, span in (prompt_positions or {}).items():
+            seq, n = batch.seqs[row], batch.num_new_tokens[row]
+            assert seq.num_computed_tokens <= span.start and span.stop <= seq.num_computed_tokens + n
+            offset = last_token_index[row] - n + 1 - seq.num_computed_tokens  # hidden row of position 0
+            prompt_logits[row] = self.model.compute_logits(hidden[offset + span.start : offset + span.stop])
         if not sample_rows:
-            return hidden.new_empty((0, self.model_cfg.vocab_size), dtype=torch.float32)
+            return hidden.new_empty((0, self.model_cfg.vocab_size), dtype=torch.float32), prompt_logits
         rows = torch.tensor([last_token_index[i] for i in sample_rows], device=self.device)
-        return self.model.compute_logits(hidden.index_select(0, rows))
+        return self.model.compute_logits(hidden.index_select(0, rows)), prompt_logits
 
     def _prepare(
         self, batch: ScheduledBatch

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import enum
 import itertools
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.types import SamplingParams, TokenLogprobs
 from kvstore.keys import block_key
+
+if TYPE_CHECKING:  # engine.grammar needs llguidance, imported only when a request has a grammar
+    from engine.grammar import TokenConstraint
 
 _arrival = itertools.count()
 
@@ -25,6 +29,9 @@ class Sequence:
     ``num_computed_tokens`` tokens have KV in ``block_table``; the rest (the prompt's uncomputed
     part, or the last sampled token) are what the next step must run. After preemption everything
     is recomputed from ``token_ids``, generated tokens included.
+
+    ``constraint`` (set by the engine iff ``params.grammar``) has accepted exactly the output
+    tokens: one ``accept`` per sampled token, none on recompute after preemption.
     """
 
     def __init__(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
@@ -40,6 +47,11 @@ class Sequence:
         self.num_cached_tokens: int | None = None  # prefix-cache hit at first admission
         self.finish_reason: str | None = None
         self.logprobs: list[TokenLogprobs] | None = [] if params.logprobs is not None else None
+        # Entry i scores prompt token i given the ones before it (none for the first). Filled chunk
+        # by chunk as the prompt is computed; its length says how far it got (kept across preemption).
+        self.prompt_logprobs: list[TokenLogprobs | None] | None = (
+            [None] if params.prompt_logprobs is not None else None
+        )
         # Disaggregation: a prefill-only sequence stops after its first token and keeps its pages
         # until the worker has exported them; a prefilled one arrives with its prompt's KV. A
         # sequence that holds its pages keeps them when it finishes, until ``LLMEngine.release``
@@ -47,7 +59,12 @@ class Sequence:
         self.prefill_only = False
         self.hold_pages = False
         self.pending_kv: torch.Tensor | None = None
+        self.num_shared_kv_pages = 0  # leading pages of pending_kv already held here (prefix cache)
+        # Other choices of this prompt (OpenAI's n): born when this one samples its first token
+        self.siblings: list[Sequence] = []
+        self.constraint: TokenConstraint | None = None
         self._keys: list[bytes] = []
+        self._prompt_tensor: torch.Tensor | None = None
 
     def token_seed(self) -> int | None:
         """Seed for the next sampled token: a function of (seed, output index) only, so a request
@@ -71,6 +88,12 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
+
+    def prompt_tensor(self) -> torch.Tensor:
+        """The prompt's token ids as a CPU int64 tensor, built once (penalties read it every step)."""
+        if self._prompt_tensor is None:
+            self._prompt_tensor = torch.tensor(self.token_ids[: self.num_prompt_tokens], dtype=torch.long)
+        return self._prompt_tensor
 
     def page_keys(self, num_pages: int, page_size: int, fingerprint: bytes) -> list[bytes]:
         """Hash-chain keys of the first ``num_pages`` full pages (computed once, then memoised)."""

@@ -99,7 +99,11 @@ class EmbeddedRedis:
                 "--appendonly", "no", "--dir", self._dir, "--logfile", str(log_path), "--daemonize", "no"]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        # a session of its own: a terminal's Ctrl-C must not stop it under the processes using it
+        # (``tandem up`` stops it last, after they deregistered)
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + self.startup_timeout_s
         client = redis.Redis(
             host=self.host,

@@ -18,8 +18,16 @@ from kvstore.keys import chain_keys
 from kvstore.tensors import nbytes, to_buffer
 from kvstore.types import StoreError
 from transfer.errors import TransferError
-from transfer.messages import BAD_REQUEST, UNAVAILABLE, AbortTask, DecodeTask, GenerateTask, TokenEvent
-from worker.base import BaseWorker, sampling_params
+from transfer.messages import (
+    BAD_REQUEST,
+    UNAVAILABLE,
+    AbortTask,
+    DecodeTask,
+    GenerateTask,
+    HandoffChoice,
+    TokenEvent,
+)
+from worker.base import BaseWorker, choice_params, task_ids, wire_logprobs
 
 log = logging.getLogger("tandem.prefill")
 
@@ -40,17 +48,26 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
     def _abort(self, message: AbortTask) -> None:
         if self._tasks.pop(message.request_id, None) is not None:
             self.drop(message.request_id)
+        else:  # another choice of a prompt being prefilled: it is no longer wanted
+            self.engine.abort(message.request_id)
+
+    def held(self) -> dict[str, str]:
+        return {request_id: task.reply_to for request_id, task in self._tasks.items()}
 
     def _start(self, task: GenerateTask) -> None:
         try:
-            params = sampling_params(task.sampling)
+            params, siblings = choice_params(task)
             prompt = list(task.token_ids)
-            self.engine.validate(prompt, params)
+            for p in (params, *(p for _, p in siblings)):
+                self.engine.validate(prompt, p)
         except (TypeError, ValueError) as e:
-            self.fail(task.reply_to, task.request_id, BAD_REQUEST, str(e))
+            for request_id in task_ids(task):
+                self.fail(task.reply_to, request_id, BAD_REQUEST, str(e))
             return
         self._store_hits[task.request_id] = self._fetch_prefix(task.request_id, prompt)
-        self.engine.add_request(prompt, params, request_id=task.request_id, prefill_only=True)
+        self.engine.add_request(
+            prompt, params, request_id=task.request_id, prefill_only=True, siblings=siblings
+        )
         self._tasks[task.request_id] = task
 
     def _fetch_prefix(self, request_id: str, prompt: list[int]) -> int:
@@ -96,7 +113,7 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
     # -- engine -----------------------------------------------------------------------------------
 
     def step(self) -> None:
-        for seq in self.engine.step().finished:
+        for seq in self.engine.step().finished:  # a prompt's other choices finish beside it, pageless
             task = self._tasks.pop(seq.request_id, None)
             try:
                 if task is not None and seq.finish_reason != "abort":
@@ -105,37 +122,54 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
                 self.release(seq)
 
     def _hand_off(self, task: GenerateTask, seq: Sequence) -> None:
-        first = seq.output_token_ids[0]
+        """Each choice's first token to the router; the prompt's KV, once, to the decode worker
+        for the choices that go on."""
         store_hits = min(self._store_hits.pop(task.request_id, 0), seq.num_cached_tokens or 0)
         local_hits = (seq.num_cached_tokens or 0) - store_hits
-        done = seq.finish_reason != "prefilled"
         self.counters.prefilled(seq.num_prompt_tokens, local_hits, store_hits)
+        choices = [seq, *seq.siblings]  # choice i of the task is choices[i]
+        going_on = [i for i, c in enumerate(choices) if c.finish_reason == "prefilled"]
         started = time.perf_counter()
-        kv = None if done else self.engine.export_kv(seq)
+        kv = self.engine.export_kv(seq) if going_on else None
         exported_s = time.perf_counter() - started
         self._write_back(task.request_id, seq)
-        self.send(
-            task.reply_to,
-            TokenEvent(
-                request_id=task.request_id, worker_id=self.info.worker_id, token_ids=(first,),
-                finish_reason=seq.finish_reason if done else None,
-                num_cached_local=local_hits, num_cached_store=store_hits,
-            ),
-        )  # fmt: skip
-        if done:
-            return
+        prompt_logprobs = wire_logprobs(seq.prompt_logprobs or [])
+        for i, choice in enumerate(choices):
+            done = i not in going_on
+            self.send(
+                task.reply_to,
+                TokenEvent(
+                    request_id=choice.request_id, worker_id=self.info.worker_id,
+                    token_ids=(choice.output_token_ids[0],), finish_reason=choice.finish_reason if done else None,
+                    num_cached_local=local_hits, num_cached_store=store_hits,
+                    logprobs=wire_logprobs(choice.logprobs or []), prompt_logprobs=prompt_logprobs,
+                ),
+            )  # fmt: skip
+        if going_on:
+            self._send_decode(task, [choices[i] for i in going_on], going_on, kv, exported_s)
+
+    def _send_decode(
+        self, task: GenerateTask, choices: list[Sequence], indices: list[int], kv, exported_s: float
+    ) -> None:
+        """Hand the prompt's KV to the decode worker for ``choices`` (task choice ``indices``)."""
+        ids = [c.request_id for c in choices]
         if task.decode_address is None:
-            self.fail(task.reply_to, task.request_id, BAD_REQUEST, "a prefill worker needs a decode_address")
+            for request_id in ids:
+                self.fail(task.reply_to, request_id, BAD_REQUEST, "a prefill worker needs a decode_address")
             return
         started = time.perf_counter()
+        main, rest = choices[0], choices[1:]
         handoff = DecodeTask(
-            request_id=task.request_id, token_ids=task.token_ids, first_token=first,
+            request_id=main.request_id, token_ids=task.token_ids, first_token=main.output_token_ids[0],
             sampling=task.sampling, reply_to=task.reply_to, buffers=(to_buffer(kv),),
+            siblings=tuple(HandoffChoice(c.request_id, c.output_token_ids[0]) for c in rest),
+            sibling_indices=tuple(indices[1:]), index=indices[0],
         )  # fmt: skip
 
         def lost(reason: str) -> None:
             text = f"decode worker at {task.decode_address} did not take the KV: {reason}"
-            self.fail(task.reply_to, task.request_id, UNAVAILABLE, text)
+            for request_id in ids:
+                self.fail(task.reply_to, request_id, UNAVAILABLE, text)
 
         self.send(task.decode_address, handoff, lost)
         self.counters.transferred("kv_send", nbytes([kv]), exported_s + time.perf_counter() - started)

@@ -19,7 +19,13 @@ from router.config import RouterConfig
 from router.dispatch.cluster import ClusterSnapshot, ClusterView
 from router.dispatch.failures import Suspects
 from router.errors import ApiError
-from router.protocol import ParsedRequest, parse_chat, parse_completion, prompt_too_long, sampling_fields
+from router.protocol import (
+    ParsedRequest,
+    parse_chat,
+    parse_completion,
+    prompt_too_long,
+    sampling_fields,
+)
 from router.tokenizer import TextTokenizer
 from router.validation import parse_body
 from transfer.messages import Sampling
@@ -29,13 +35,31 @@ SLO_REASONS = ("ttft_slo", "tbt_slo")  # rejections that are 429 (the others: 50
 
 
 @dataclass(frozen=True)
+class Choice:
+    """One choice of a request (a prompt of a batch, one of its ``n`` samples): its prompt's token
+    ids, its sampling, and its first route."""
+
+    index: int  # in the response's choices: prompt i's sample j is i * n + j
+    token_ids: list[int]
+    sampling: Sampling  # this choice's own (``n`` 1, a seed of its own)
+    route: Route
+    # n > 1: the prompt's first choice prefills once for all its choices (``followers``: their
+    # indices); the others follow it (``leader``: its index) unless it fails, then go alone
+    followers: tuple[int, ...] = ()
+    leader: int | None = None
+
+
+@dataclass(frozen=True)
 class Admitted:
-    """A request that may be served: what it asks, its prompt's token ids, and its first route."""
+    """A request that may be served: what it asks and its choices."""
 
     parsed: ParsedRequest
-    token_ids: list[int]
-    sampling: Sampling
-    route: Route
+    choices: list[Choice]
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """Usage's prompt tokens: each prompt's once, whatever ``n``."""
+        return sum(len(c.token_ids) for c in self.choices[:: self.parsed.n])
 
 
 class Admission:
@@ -66,40 +90,55 @@ class Admission:
         max_model_len = _max_model_len(snapshot)
         self._check_length(parsed, max_model_len)
         # tokenizing (and rendering a chat) costs milliseconds per thousand tokens: off the event loop
-        token_ids = await asyncio.to_thread(self._tokenize, parsed)
-        sampling = sampling_fields(parsed, len(token_ids), max_model_len, self.config.default_max_tokens)
-        route = await self.route(snapshot, token_ids, sampling.max_tokens)
-        return Admitted(parsed, token_ids, sampling, route)
+        prompts = await asyncio.to_thread(self._tokenize, parsed)
+        choices = []
+        for i, token_ids in enumerate(prompts):
+            sampling = sampling_fields(parsed, len(token_ids), max_model_len, self.config.default_max_tokens)
+            route = await self.route(snapshot, token_ids, sampling.max_tokens)
+            first, n = i * parsed.n, parsed.n
+            followers = tuple(range(first + 1, first + n))
+            choices.append(Choice(first, token_ids, sampling.for_choice(0), route, followers=followers))
+            for j in range(1, n):
+                choices.append(Choice(first + j, token_ids, sampling.for_choice(j), route, leader=first))
+        return Admitted(parsed, choices)
 
-    async def reroute(self, admitted: Admitted) -> Route:
-        """Another route for a request a worker failed (that worker is a suspect by now)."""
-        return await self.route(self.cluster.current(), admitted.token_ids, admitted.sampling.max_tokens)
+    def max_model_len(self) -> int | None:
+        """The context every live worker can hold (None while no worker is known)."""
+        snapshot = self.cluster.snapshot
+        return _max_model_len(snapshot) if snapshot.by_role(*ROLES) else None
+
+    async def reroute(self, choice: Choice) -> Route:
+        """Another route for a choice a worker failed (that worker is a suspect by now)."""
+        return await self.route(self.cluster.current(), choice.token_ids, choice.sampling.max_tokens)
 
     def _check_length(self, parsed: ParsedRequest, max_model_len: int) -> None:
         """400 before tokenizing a text too long for the context whatever its tokens: at least
         ``len(text) / max_token_chars`` tokens (a chat's messages are inside its rendered text)."""
         if parsed.messages is not None:
-            chars = sum(len(m["content"] or "") for m in parsed.messages)
+            texts = ["".join(m["content"] or "" for m in parsed.messages)]
         else:
-            chars = len(parsed.prompt) if isinstance(parsed.prompt, str) else 0
+            texts = [p for p in parsed.prompts if isinstance(p, str)]
+        chars = max(map(len, texts), default=0)
         at_least = chars // self.tokenizer.max_token_chars
         if at_least >= max_model_len:
             why = f"the prompt's {chars} characters are at least {at_least} tokens"
             raise prompt_too_long(parsed, max_model_len, why)
 
-    def _tokenize(self, parsed: ParsedRequest) -> list[int]:
+    def _tokenize(self, parsed: ParsedRequest) -> list[list[int]]:
+        """Each prompt's token ids (a chat's: its rendered template)."""
         param = parsed.prompt_param
         try:
             if parsed.messages is not None:
-                token_ids = self.tokenizer.apply_chat_template(parsed.messages)
+                prompts = [self.tokenizer.apply_chat_template(parsed.messages)]
             else:
-                prompt = parsed.prompt
-                token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+                prompts = [self.tokenizer.encode(p) if isinstance(p, str) else p for p in parsed.prompts]
+            if parsed.suffix is not None:
+                prompts = [self.tokenizer.fill_in_the_middle(p, parsed.suffix) for p in prompts]
         except ValueError as e:
-            raise ApiError(400, str(e), param=param) from e
-        if not token_ids:
+            raise ApiError(400, str(e), param="suffix" if parsed.suffix is not None else param) from e
+        if not all(prompts):
             raise ApiError(400, "the prompt tokenizes to nothing", param=param)
-        return token_ids
+        return prompts
 
     async def route(self, snapshot: ClusterSnapshot, token_ids: list[int], max_tokens: int) -> Route:
         """The conductor's decision for this prompt on ``snapshot``; a rejection raises ``ApiError``."""

@@ -1,4 +1,5 @@
-"""The FastAPI app: the OpenAI-compatible endpoints, ``/health`` and ``/metrics``.
+"""The FastAPI app: the OpenAI-compatible endpoints, ``/tokenize`` and ``/detokenize``, the
+probes ``/health`` and ``/ready``, and ``/metrics``.
 
 ``create_app(config)`` loads the tokenizer at once (a bad model directory fails here, not on the
 first request); the lifespan binds the inbox, starts the event thread and the registry refresh,
@@ -21,7 +22,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kvstore.client import StoreClient
-from router import openapi
+from router import openapi, tokens
+from router.admission import read_body
 from router.config import RouterConfig
 from router.dispatch.cluster import ClusterView
 from router.dispatch.dispatcher import Dispatcher
@@ -31,6 +33,7 @@ from router.observe.history import MetricsHistory
 from router.observe.metrics import RouterMetrics
 from router.serving import Router, error_response
 from router.tokenizer import TextTokenizer
+from router.validation import parse_body
 from worker.registry import WorkerRegistry
 from worker.types import ROLES, WorkerState
 
@@ -135,8 +138,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else None
-        return error_response(ApiError(exc.status_code, str(exc.detail), code=code))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(
+            ApiError(exc.status_code, str(exc.detail), code=code), exc.headers
+        )  # 405: Allow
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -175,30 +180,76 @@ def _add_generation_endpoints(app: FastAPI, config: RouterConfig) -> None:
 
 def _add_endpoints(app: FastAPI, config: RouterConfig, metrics: RouterMetrics) -> None:
     _add_generation_endpoints(app, config)
+    _add_token_endpoints(app, config)
+    _add_probes(app)
 
     @app.get("/v1/models")
-    async def models() -> dict:
-        card = {"id": config.model_name, "object": "model", "created": 0, "owned_by": "tandem"}
+    async def models(request: Request) -> dict:
+        """The served model; ``max_model_len`` is the context every live worker can hold."""
+        router = request.app.state.router
+        card = {
+            "id": config.model_name, "object": "model", "created": 0, "owned_by": "tandem",
+            "max_model_len": router.admission.max_model_len(),
+        }  # fmt: skip
         return {"object": "list", "data": [card]}
-
-    @app.get("/health")
-    async def health(request: Request) -> JSONResponse:
-        """200 when a request could be routed now (a usable cluster view, a prefill or colocated
-        worker, and a decode worker for any prefill-role one); 503 otherwise. Counts workers by
-        role; ``registry_reachable`` is False while Redis is down and the last view is used."""
-        cluster: ClusterView = request.app.state.router.cluster
-        counts = {role: len(cluster.snapshot.by_role(role)) for role in ROLES}
-        ready = cluster.fresh and (
-            counts["colocated"] > 0 or (counts["prefill"] > 0 and counts["decode"] > 0)
-        )
-        body = {
-            "status": "ok" if ready else "unavailable",
-            "registry_fresh": cluster.fresh,
-            "registry_reachable": cluster.registry_reachable,  # False: serving on the last view
-            "workers": counts,
-        }
-        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
+
+
+def _add_token_endpoints(app: FastAPI, config: RouterConfig) -> None:
+    """``/tokenize`` and ``/detokenize`` (vLLM's bodies): the router's own tokenizer, the one requests use."""
+    errors = openapi.error_responses()
+
+    @app.post("/tokenize", responses=errors, openapi_extra=openapi.request_docs(openapi.TokenizeRequest))
+    async def tokenize(request: Request) -> JSONResponse:
+        """Token ids of a prompt, or of a chat as the model's template renders it."""
+        router = request.app.state.router
+        body = parse_body(await read_body(request, config.max_body_bytes, config.body_timeout_s))
+        token_ids = await asyncio.to_thread(tokens.tokenize, body, router.tokenizer, config.model_name)
+        max_model_len = router.admission.max_model_len()
+        return JSONResponse({"count": len(token_ids), "max_model_len": max_model_len, "tokens": token_ids})
+
+    @app.post("/detokenize", responses=errors, openapi_extra=openapi.request_docs(openapi.DetokenizeRequest))
+    async def detokenize(request: Request) -> JSONResponse:
+        """The text of token ids."""
+        router = request.app.state.router
+        body = parse_body(await read_body(request, config.max_body_bytes, config.body_timeout_s))
+        return JSONResponse({"prompt": tokens.detokenize(body, router.tokenizer, config.model_name)})
+
+
+def _add_probes(app: FastAPI) -> None:
+    """``/health`` (liveness: the process answers) and ``/ready`` (a request could be served now)."""
+
+    def state(request: Request) -> tuple[bool, dict]:
+        cluster: ClusterView = request.app.state.router.cluster
+        counts = {role: len(cluster.snapshot.by_role(role)) for role in ROLES}
+        draining = getattr(request.app.state, "draining", False)
+        ready = (
+            cluster.fresh
+            and not draining
+            and (counts["colocated"] > 0 or (counts["prefill"] > 0 and counts["decode"] > 0))
+        )
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "draining": draining,
+            "registry_fresh": cluster.fresh,
+            "registry_reachable": cluster.registry_reachable,  # False: serving on the last view
+            "workers": counts,
+        }
+        return ready, body
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        """200 while the router runs (a liveness probe); the body says whether it is ready (see
+        ``/ready``) and counts the live workers by role."""
+        return JSONResponse(state(request)[1])
+
+    @app.get("/ready", responses={503: {"description": "not ready: the body says why"}})
+    async def ready(request: Request) -> JSONResponse:
+        """200 when a request could be routed now: a usable cluster view, a prefill-capable and a
+        decode-capable worker (a colocated one is both), and the router not draining; 503 otherwise.
+        ``registry_reachable`` is False while Redis is down and the last view is used."""
+        is_ready, body = state(request)
+        return JSONResponse(body, status_code=200 if is_ready else 503)

@@ -21,7 +21,11 @@ class RouterConfig:
 
     ``inbox`` is the address the router binds for worker events (``tcp://127.0.0.1:0`` picks a
     port); ``advertise_inbox`` the address workers reply to (default: the bound one).
-    ``request_timeout_s``: a request that receives no event for this long fails (504).
+    ``event_timeout_s``: a request that receives no event from its workers for this long fails
+    (504); ``request_timeout_s`` (None: no limit) bounds the whole request, streamed or not: past
+    it the request fails (504) and is aborted on the workers.
+    ``max_in_flight`` (None: no limit) bounds the requests the router serves at once; beyond it a
+    request is refused with 429 and ``Retry-After``, whatever the policy.
     ``max_retries``: how many times a request a worker failed (unreachable, lost, refused the KV)
     is routed again, to other workers, while nothing of its response has been sent.
     ``default_max_tokens`` caps chat completions that name no ``max_tokens`` (completions default
@@ -36,7 +40,9 @@ class RouterConfig:
     costs: CostModel = field(default_factory=default_costs)  # the cpu-smollm2 profile's
     inbox: str = "tcp://127.0.0.1:0"
     advertise_inbox: str | None = None
-    request_timeout_s: float = 120.0
+    event_timeout_s: float = 120.0
+    request_timeout_s: float | None = None
+    max_in_flight: int | None = 1024
     refresh_interval_s: float = 0.25
     # a cluster view not refreshed for this long is unusable (503)
     stale_after_s: float = MEMBERSHIP.stale_after_s
@@ -67,11 +73,15 @@ class RouterConfig:
         if self.lost_grace_s < 0:
             raise ValueError(f"lost_grace_s must be >= 0, got {self.lost_grace_s}")
         for name in (
-            "request_timeout_s", "refresh_interval_s", "stale_after_s", "send_timeout_s", "max_body_bytes",
+            "event_timeout_s", "refresh_interval_s", "stale_after_s", "send_timeout_s", "max_body_bytes",
             "body_timeout_s", "registry_grace_s",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.request_timeout_s is not None and self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be positive or None, got {self.request_timeout_s}")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1 or None, got {self.max_in_flight}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.api_key is not None and (not self.api_key or self.api_key != self.api_key.strip()):

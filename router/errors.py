@@ -8,7 +8,8 @@ class ApiError(Exception):
     """A failure to report to the HTTP client as an OpenAI-shaped error with ``status``.
 
     ``failed_worker`` names the worker whose failure this is (dead, hung, unreachable, refused the
-    KV): the dispatcher avoids it for a while and may route the request again.
+    KV): the dispatcher avoids it for a while and may route the request again. ``headers`` go out
+    with the error response (which workers the failed attempt went to).
     """
 
     def __init__(
@@ -28,6 +29,7 @@ class ApiError(Exception):
         self.param = param
         self.retry_after_s = retry_after_s
         self.failed_worker = failed_worker
+        self.headers: dict[str, str] = {}
 
     @property
     def type(self) -> str:

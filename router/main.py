@@ -1,5 +1,5 @@
 """``tandem serve router``: the OpenAI-compatible front end and conductor, on uvicorn, until
-SIGTERM / SIGINT.
+SIGTERM / SIGINT (then it drains: see ``router.server``).
 
     python -m router.main --model DIR --redis-url redis://127.0.0.1:6379 [--port 8000]
 """
@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edge_args(p)
     _add_cost_args(p.add_argument_group("cost model (what the conductor predicts TTFT and TBT from)"))
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--drain-timeout-s", type=_positive_s, default=30.0,
+        help="on SIGTERM / SIGINT, stop accepting connections and give the requests in flight this "
+        "long to finish (default 30; a second signal stops at once)",
+    )  # fmt: skip
     return p
 
 
@@ -72,8 +77,18 @@ def _add_request_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tbt-slo-ms", type=float, default=5_000, help="time-between-tokens SLO (default 5000)")
     p.add_argument(
-        "--request-timeout-s", type=float, default=120.0,
+        "--request-timeout-s", type=float, default=None,
+        help="fail (504) and abort on the workers a request not complete after this long, streamed or "
+        "not (default: no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--event-timeout-s", type=float, default=120.0,
         help="fail a request that receives no worker event for this long (default 120)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-in-flight", type=int, default=1024,
+        help="requests served at once; beyond it a request gets 429 with Retry-After, whatever the "
+        "policy (default 1024; 0: no limit)",
     )  # fmt: skip
     p.add_argument(
         "--max-retries", type=int, default=1,
@@ -149,6 +164,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         inbox=args.inbox,
         advertise_inbox=args.advertise_inbox,
         request_timeout_s=args.request_timeout_s,
+        event_timeout_s=args.event_timeout_s,
+        max_in_flight=args.max_in_flight or None,
         max_retries=args.max_retries,
         default_max_tokens=args.default_max_tokens,
         max_body_bytes=args.max_body_bytes,
@@ -160,8 +177,13 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the server took over the signals (loading)
+        return 130
 
+
+def _main(argv: list[str] | None) -> int:
     from router.app import create_app
 
     parser = build_parser()
@@ -183,16 +205,33 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(__name__).info("router on http://%s:%d (policy %s)", args.host, port, args.policy)
     if args.port_file is not None:
         _write_atomically(args.port_file, f"{port}\n")
+    return _serve(app, sock, args)
+
+
+def _serve(app, sock: socket.socket, args: argparse.Namespace) -> int:
+    """Serve ``app`` on ``sock`` until SIGTERM / SIGINT, then drain (``router.server``)."""
+    import uvicorn
+
+    from router.server import DrainingServer
+
     config = uvicorn.Config(
         app, log_level=args.log_level.lower(), access_log=False, http="h11",
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # larger request heads: 400, connection closed
+        timeout_graceful_shutdown=args.drain_timeout_s,
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app)
     server.run(sockets=[sock])
     return 0 if server.started else 1  # not started: startup failed (logged)
 
 
 MAX_HEADER_BYTES = 64 << 10
+
+
+def _positive_s(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -15,7 +15,9 @@ from router.errors import ApiError
 from router.validation import (
     bad,
     get_bool,
+    get_grammar,
     get_int,
+    get_logit_bias,
     get_number,
     get_stop,
     get_str,
@@ -26,13 +28,19 @@ from transfer.messages import Sampling
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_N = 16  # choices per prompt
+MAX_BATCH = 64  # prompts per completions request
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's chat limit; vLLM's default)
 _INT64 = 2**63
 
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    """A valid request. Exactly one of ``prompt`` (completions: text or token ids) and ``messages``
-    (chat) is set. ``max_tokens`` None means "the default" (see ``sampling_fields``)."""
+    """A valid request. Exactly one of ``prompts`` (completions: each text or token ids; more than
+    one is a batch) and ``messages`` (chat) is set. ``max_tokens`` None means "the default" (see
+    ``sampling_fields``); 0 (completions with ``echo`` only) asks for the prompt alone.
+    ``logprobs`` is how many alternatives each token's log-probability comes with (None: no
+    logprobs); ``n`` how many choices each prompt gets."""
 
     model: str
     stream: bool
@@ -40,9 +48,14 @@ class ParsedRequest:
     stop: tuple[str, ...]
     max_tokens: int | None
     max_tokens_param: str
-    sampling: dict[str, Any]  # SamplingParams fields except max_tokens
-    prompt: str | list[int] | None = None
+    sampling: dict[str, Any]  # SamplingParams fields except max_tokens and prompt_logprobs
+    prompts: tuple[str | list[int], ...] | None = None
     messages: list[dict[str, Any]] | None = field(default=None)
+    n: int = 1
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None  # fill-in-the-middle: the text after the completion
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage in every chunk
 
     @property
     def chat(self) -> bool:
@@ -76,47 +89,79 @@ def _common(body: dict, served_model: str, vocab_size: int, *, chat: bool) -> di
         raise bad("stream_options", "'stream_options' must be an object")
     if options and not stream:
         raise bad("stream_options", "'stream_options' is only allowed when 'stream' is true")
-    max_tokens = get_int(body, "max_tokens", lo=1)
-    param = "max_tokens"
+    options = options or {}
+    max_tokens, param = get_int(body, "max_tokens", lo=0), "max_tokens"
     if chat and max_tokens is None:
         max_tokens, param = get_int(body, "max_completion_tokens", lo=1), "max_completion_tokens"
-    seed = get_int(body, "seed", lo=-_INT64, hi=_INT64 - 1)
-    stop_ids = body.get("stop_token_ids")
-    sampling = {
-        "temperature": get_number(body, "temperature", 1.0, 0.0, 2.0),
-        "top_p": get_number(body, "top_p", 1.0, 0.0, 1.0, open_lo=True),
-        "top_k": get_int(body, "top_k", lo=-1, hi=vocab_size) or 0,
-        "seed": seed,
-        "stop_token_ids": tuple(get_token_ids(stop_ids, "stop_token_ids", vocab_size)) if stop_ids else (),
-        "ignore_eos": get_bool(body, "ignore_eos", False),
-    }
     return {
         "model": model,
         "stream": stream,
-        "include_usage": bool(options and get_bool(options, "include_usage", False)),
+        "include_usage": get_bool(options, "include_usage", False),
+        "continuous_usage": get_bool(options, "continuous_usage_stats", False),
         "stop": get_stop(body),
         "max_tokens": max_tokens,
         "max_tokens_param": param,
-        "sampling": sampling,
+        "sampling": _sampling(body, vocab_size),
+        "n": get_int(body, "n", lo=1, hi=MAX_N) or 1,
+    }
+
+
+def _sampling(body: dict, vocab_size: int) -> dict[str, Any]:
+    """The request's ``Sampling`` fields but ``max_tokens``, ``logprobs`` and ``prompt_logprobs``."""
+    stop_ids = body.get("stop_token_ids")
+    min_tokens = get_int(body, "min_tokens", lo=0) or 0
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int) and min_tokens > max_tokens:
+        raise bad("min_tokens", f"'min_tokens' ({min_tokens}) must be <= max_tokens ({max_tokens})")
+    return {
+        "temperature": get_number(body, "temperature", 1.0, 0.0, 2.0),
+        "top_p": get_number(body, "top_p", 1.0, 0.0, 1.0, open_lo=True),
+        "top_k": get_int(body, "top_k", lo=-1, hi=vocab_size) or 0,
+        "min_p": get_number(body, "min_p", 0.0, 0.0, 1.0),
+        "seed": get_int(body, "seed", lo=-_INT64, hi=_INT64 - 1),
+        "stop_token_ids": tuple(get_token_ids(stop_ids, "stop_token_ids", vocab_size)) if stop_ids else (),
+        "ignore_eos": get_bool(body, "ignore_eos", False),
+        "presence_penalty": get_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        "frequency_penalty": get_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        "repetition_penalty": get_number(body, "repetition_penalty", 1.0, 0.0, 2.0, open_lo=True),
+        "logit_bias": get_logit_bias(body, vocab_size),
+        "min_tokens": min_tokens,
+        "grammar": get_grammar(body),
     }
 
 
 def parse_completion(body: dict, served_model: str, vocab_size: int) -> ParsedRequest:
     common = _common(body, served_model, vocab_size, chat=False)
-    if "prompt" not in body or body["prompt"] is None:
+    logprobs = get_int(body, "logprobs", lo=0, hi=MAX_LOGPROBS)
+    echo = get_bool(body, "echo", False)
+    if common["max_tokens"] == 0 and not echo:
+        raise bad("max_tokens", "'max_tokens' must be >= 1 (0 is only allowed with 'echo')")
+    if echo and common["stream"] and logprobs is not None:
+        raise bad("echo", "'echo' with 'logprobs' is not supported when streaming; use stream=false")
+    prompts = _prompts(body.get("prompt"), vocab_size)
+    suffix = get_str(body, "suffix", None)
+    return ParsedRequest(prompts=prompts, logprobs=logprobs, echo=echo, suffix=suffix or None, **common)
+
+
+def _prompts(prompt: Any, vocab_size: int) -> tuple[str | list[int], ...]:
+    """A completion's prompt field: one text, one token-id list, or a batch of either."""
+    if prompt is None:
         raise bad("prompt", "'prompt' is a required field")
-    prompt = body["prompt"]
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-        if len(prompt) > 1:
-            raise bad("prompt", "batched prompts are not supported: send one prompt per request")
-        prompt = prompt[0]
-    if isinstance(prompt, list):
-        prompt = get_token_ids(prompt, "prompt", vocab_size)
-    elif not isinstance(prompt, str):
-        raise bad("prompt", "'prompt' must be a string or an array of token ids")
-    if not prompt:
-        raise bad("prompt", "'prompt' must not be empty")
-    return ParsedRequest(prompt=prompt, **common)
+    batch = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], (str, list))
+    items = prompt if batch else [prompt]
+    if len(items) > MAX_BATCH:
+        raise bad("prompt", f"a batch holds at most {MAX_BATCH} prompts, got {len(items)}")
+    out: list[str | list[int]] = []
+    for i, item in enumerate(items):
+        param = f"prompt[{i}]" if batch else "prompt"
+        if isinstance(item, list):
+            item = get_token_ids(item, param, vocab_size)
+        elif not isinstance(item, str):
+            raise bad(param, f"'{param}' must be a string or an array of token ids")
+        if not item:
+            raise bad(param, f"'{param}' must not be empty")
+        out.append(item)
+    return tuple(out)
 
 
 def _message(index: int, message: Any) -> dict[str, Any]:
@@ -148,6 +193,10 @@ def _message(index: int, message: Any) -> dict[str, Any]:
 
 def parse_chat(body: dict, served_model: str, vocab_size: int) -> ParsedRequest:
     common = _common(body, served_model, vocab_size, chat=True)
+    top = get_int(body, "top_logprobs", lo=0, hi=MAX_LOGPROBS)
+    wants = get_bool(body, "logprobs", False)
+    if top is not None and not wants:
+        raise bad("top_logprobs", "'top_logprobs' needs 'logprobs': true")
     messages = body.get("messages")
     if messages is None:
         raise bad("messages", "'messages' is a required field")
@@ -155,7 +204,8 @@ def parse_chat(body: dict, served_model: str, vocab_size: int) -> ParsedRequest:
         raise bad("messages", "'messages' must be an array of messages")
     if not messages:
         raise bad("messages", "'messages' must not be empty")
-    return ParsedRequest(messages=[_message(i, m) for i, m in enumerate(messages)], **common)
+    parsed = [_message(i, m) for i, m in enumerate(messages)]
+    return ParsedRequest(messages=parsed, logprobs=(top or 0) if wants else None, **common)
 
 
 def sampling_fields(
@@ -165,7 +215,8 @@ def sampling_fields(
 
     400 (code ``context_length_exceeded``) if the prompt leaves no room in the context, or if an
     explicit ``max_tokens`` does not fit after the prompt. Without one, chat completions get
-    ``min(default_max_tokens, room)``, completions ``min(16, room)``.
+    ``min(default_max_tokens, room)``, completions ``min(16, room)``. ``max_tokens`` 0 (echo
+    only) generates one token the response leaves out.
     """
     room = max_model_len - num_prompt_tokens
     if room < 1:
@@ -184,5 +235,11 @@ def sampling_fields(
             code="context_length_exceeded",
         )
     else:
-        max_tokens = request.max_tokens
-    return Sampling(**request.sampling, max_tokens=max_tokens)
+        max_tokens = max(1, request.max_tokens)
+    sampling = dict(request.sampling, min_tokens=min(request.sampling["min_tokens"], max_tokens))
+    return Sampling(
+        **sampling,
+        max_tokens=max_tokens,
+        logprobs=request.logprobs,
+        prompt_logprobs=request.logprobs if request.echo else None,
+    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SSE_DONE = b"data: [DONE]\n\n"
+NO_USAGE: dict[str, Any] = {}  # a chunk without a "usage" key (stream_options.include_usage unset)
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -34,34 +35,43 @@ class ResponseHead:
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.request_id, "object": obj, "created": self.created, "model": self.model}
 
-    def complete(self, text: str, finish_reason: str | None, usage_body: dict[str, Any]) -> dict[str, Any]:
+    def choice(
+        self, index: int, text: str, finish_reason: str | None, logprobs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One choice of a whole (non-streamed) response."""
         if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-            return {**self._base("chat.completion"), "choices": [choice], "usage": usage_body}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        return {**self._base("text_completion"), "choices": [choice], "usage": usage_body}
+            message = {"role": "assistant", "content": text}
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def complete(self, choices: list[dict[str, Any]], usage_body: dict[str, Any]) -> dict[str, Any]:
+        obj = "chat.completion" if self.chat else "text_completion"
+        return {**self._base(obj), "choices": choices, "usage": usage_body}
 
     def chunk(
-        self, text: str, finish_reason: str | None, *, first: bool = False, with_usage_field: bool = False
+        self,
+        index: int,
+        text: str,
+        finish_reason: str | None,
+        *,
+        first: bool = False,
+        logprobs: dict[str, Any] | None = None,
+        usage_body: dict[str, Any] | None = NO_USAGE,
     ) -> dict[str, Any]:
-        """A streamed chunk. The first chat chunk carries the role; with ``stream_options.
-        include_usage`` every chunk has ``"usage": null`` and a last one carries the usage."""
+        """A streamed chunk of choice ``index``. The first chat chunk of a choice carries the role.
+        ``usage_body``: ``NO_USAGE`` leaves the key out, None writes ``"usage": null`` (OpenAI's
+        ``include_usage``), a dict the usage so far (``continuous_usage_stats``)."""
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {}
             if text and not first:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             body = {**self._base("chat.completion.chunk"), "choices": [choice]}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
             body = {**self._base("text_completion"), "choices": [choice]}
-        if with_usage_field:
-            body["usage"] = None
+        if usage_body is not NO_USAGE:
+            body["usage"] = usage_body
         return body
 
     def usage_chunk(self, usage_body: dict[str, Any]) -> dict[str, Any]:

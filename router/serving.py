@@ -1,28 +1,30 @@
-"""Serving one OpenAI request: admit (``admission``: parse → tokenize → route) → attempt
-(generate → respond), with another attempt on other workers when a worker fails it before anything
-of the response is sent (``dispatch.failures``); the router's metrics count every outcome.
+"""Serving one OpenAI request: admit (``admission``: parse → tokenize → route) → start each of its
+choices (a batch's prompts times ``n``; a worker's failure before a choice's first token is tried
+again on other workers, ``dispatch.failures``) → respond; the router's metrics count every outcome.
 
-Every failure before the first token is an HTTP error with its status (the response waits for the
-first token before it commits to 200, streaming or not); a failure after it, in a stream, is an
-SSE error event followed by ``[DONE]``. A client that goes away cancels the request on the
-workers. Which workers served a request is in the ``x-tandem-prefill`` / ``x-tandem-decode``
-headers (the same worker twice in colocated mode).
+Every failure before the first tokens is an HTTP error with its status (the response waits for
+every choice's first token before it commits to 200, streaming or not); a failure after it, in a
+stream, is an SSE error event followed by ``[DONE]``. A client that goes away, or a request past
+its deadline (``request_timeout_s``), cancels the request on the workers. Which workers served a
+request is in the ``x-tandem-prefill`` / ``x-tandem-decode`` headers (the same worker twice in
+colocated mode; comma-separated when its choices went to several).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from router.admission import Admission, Admitted
+from router.accounting import Accounting
+from router.admission import Admission, Choice
 from router.conductor import PendingDecodes, PendingPrefills, Route
 from router.conductor.costs import cached_split, pages_needed
 from router.config import RouterConfig
@@ -31,14 +33,14 @@ from router.dispatch.dispatcher import Dispatcher
 from router.dispatch.failures import Suspects, should_retry
 from router.dispatch.generation import Delta, Generation
 from router.errors import ApiError
-from router.observe.metrics import PrefillReport, RouterMetrics
-from router.protocol import ParsedRequest
-from router.responses import SSE_DONE, ResponseHead, sse, usage
+from router.jobs import Job, Started, headers, merged
+from router.observe.metrics import RouterMetrics
+from router.render import ChoiceRender
+from router.responses import NO_USAGE, SSE_DONE, ResponseHead, sse, usage
 from router.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_REJECTED_CODES = {"no_workers", "no_decode", "cluster_unavailable", "ttft_slo", "tbt_slo"}
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -46,20 +48,30 @@ class ClientGone(Exception):
     """The HTTP client disconnected before the response was complete."""
 
 
+class _LeaderFailed(Exception):
+    """The choice that was to prefill for this one failed before its first token."""
+
+
+def _settle(led: dict[int, asyncio.Future], choice: Choice) -> None:
+    """A leader's first attempt is over without a first token: its followers go alone."""
+    future = led.get(choice.index)
+    if future is not None and not future.done():
+        future.set_result(False)
+
+
+def _choice_id(job: Job, index: int, attempt: int) -> str:
+    """The request id workers know a choice's attempt by."""
+    request_id = job.head.request_id
+    if len(job.admitted.choices) > 1:
+        request_id += f"-{index}"
+    return f"{request_id}.{attempt}" if attempt else request_id
+
+
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
     if error.retry_after_s is not None:
         headers["retry-after"] = str(error.retry_after_s)
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
-
-
-@dataclass(frozen=True)
-class Job:
-    """What every attempt at one admitted request shares."""
-
-    head: ResponseHead  # the response's id, creation time and model
-    admitted: Admitted
-    arrived_at: float  # time.monotonic() at arrival: TTFT and E2E count from here
 
 
 class Router:
@@ -80,89 +92,164 @@ class Router:
         self._decoding = PendingDecodes()
         self._suspects = Suspects()
         self.admission = Admission(config, tokenizer, cluster, self._pending, self._suspects, self._decoding)
+        self.accounting = Accounting(metrics, self._pending, self._decoding)
 
     async def serve(self, request: Request, *, chat: bool) -> Response:
-        """Admit the request, then attempt it until it is answered: a worker's failure before
-        anything of the response is sent is retried on other workers, up to ``max_retries`` times."""
+        """Admit the request, start each of its choices, then answer: whole, or as a stream that
+        owns the choices from then on."""
         arrived_at = time.monotonic()
         try:
+            self._check_capacity()
             admitted = await self.admission.admit(request, chat=chat)
         except ApiError as e:
-            self._count_refusal(e)
+            self.accounting.refused(e)
             return error_response(e)
         request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         head = ResponseHead(request_id, int(time.time()), self.config.model_name, chat)
-        job = Job(head, admitted, arrived_at)
-        self.metrics.request_started()
-        route, attempt = admitted.route, 0
-        while True:  # one attempt per pass: only a failure another route may fix goes round again
-            gen = self._generation(job, route, attempt)
-            headers = _headers(job, gen, attempt)
-            try:
-                return await self._attempt(request, job, gen, headers)
-            except ClientGone:
-                self._finish(gen, "cancelled")
-                return Response(status_code=499)
-            except ApiError as failure:
-                next_route = await self._after_failure(job, gen, failure, attempt)
-                if isinstance(next_route, ApiError):
-                    self._finish(gen, "failed")
-                    log.warning("request %s failed: %s", request_id, next_route.message)
-                    return error_response(next_route, headers)
-            route, attempt = next_route, attempt + 1
+        timeout_s = self.config.request_timeout_s
+        job = Job(head, admitted, arrived_at, arrived_at + timeout_s if timeout_s is not None else None)
+        self.accounting.started()
+        started: list[Started] = []
+        try:
+            started = await _until_disconnected(request, self._start_all(job))
+            if admitted.parsed.stream:
+                sse_headers = {**headers(job, started), **_SSE_HEADERS}
+                stream, started = self._stream(job, started), []  # the stream owns them now
+                return StreamingResponse(stream, media_type="text/event-stream", headers=sse_headers)
+            body = await _until_disconnected(request, self._collect(job, started))
+            self.accounting.ended([s.gen for s in started], "ok")
+            return JSONResponse(body, headers=headers(job, started))
+        except ClientGone:
+            self.accounting.ended([s.gen for s in started], "cancelled")
+            return Response(status_code=499)
+        except ApiError as e:
+            self.accounting.ended([s.gen for s in started], "failed")
+            log.warning("request %s failed: %s", request_id, e.message)
+            return error_response(e, {**e.headers, "x-request-id": request_id})
+        finally:
+            for s in started:
+                s.gen.close()
 
-    def _generation(self, job: Job, route: Route, attempt: int) -> Generation:
-        request_id = job.head.request_id if not attempt else f"{job.head.request_id}.{attempt}"
-        admitted = job.admitted
-        return Generation(
-            self.dispatcher, route, request_id, admitted.token_ids, admitted.sampling, decoder=self.tokenizer,
-            stop=admitted.parsed.stop, timeout_s=self.config.request_timeout_s, arrived_at=job.arrived_at,
+    def _check_capacity(self) -> None:
+        """429 beyond ``max_in_flight`` admitted requests, whatever the policy."""
+        limit = self.config.max_in_flight
+        if limit is not None and self.accounting.num_in_flight >= limit:
+            raise ApiError(
+                429, f"this server is serving its limit of {limit} requests at once; retry shortly",
+                code="too_many_requests", retry_after_s=1,
+            )  # fmt: skip
+
+    async def _start_all(self, job: Job) -> list[Started]:
+        """Every choice started, in index order. If one fails, or the deadline passes first, the
+        others are closed and the error raised."""
+        choices = job.admitted.choices
+        led = {c.index: asyncio.get_running_loop().create_future() for c in choices if c.followers}
+        # followers first: each listens for its events before its leader sends the shared task
+        order = sorted(choices, key=lambda c: c.leader is None)
+        by_index = {c.index: asyncio.ensure_future(self._start_choice(job, c, led)) for c in order}
+        tasks = [by_index[c.index] for c in choices]
+        try:
+            async with asyncio.timeout(job.remaining_s()):
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except TimeoutError:
+            pass  # what has not started is cancelled below
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        ok = [t for t in tasks if not t.cancelled() and t.exception() is None]
+        if len(ok) == len(tasks):
+            return [t.result() for t in tasks]
+        for t in ok:
+            t.result().gen.close()
+            self.accounting.finish(t.result().gen, "failed")
+        errors = [t.exception() for t in tasks if not t.cancelled() and t.exception() is not None]
+        raise errors[0] if errors else self._deadline_error()
+
+    def _deadline_error(self) -> ApiError:
+        return ApiError(
+            504, f"the request did not complete within this server's limit of {self.config.request_timeout_s:g}s",
+            code="request_timeout",
         )  # fmt: skip
 
-    async def _attempt(
-        self, request: Request, job: Job, gen: Generation, headers: dict[str, str]
-    ) -> Response:
-        """One attempt, up to its response. Raises ``ApiError`` (it failed) or ``ClientGone``.
+    async def _start_choice(self, job: Job, choice: Choice, led: dict[int, asyncio.Future]) -> Started:
+        """A choice up to its first output, attempt after attempt. Raises ``ApiError``.
 
-        ``gen`` is closed when this returns or raises, except when it returns a stream: the
-        stream then owns ``gen`` and closes it when it ends."""
-        uncached = cached_split(gen.route.prefill, len(gen.token_ids))[2]
-        self._pending.add(gen.request_id, gen.prefill_id, uncached)
-        if gen.route.decode is not None:
-            final_tokens = len(gen.token_ids) + job.admitted.sampling.max_tokens
-            self._decoding.add(gen.request_id, gen.decode_id, pages_needed(gen.route.decode, final_tokens))
-        streaming = False
-        try:
-            await gen.start()
-            deltas = gen.deltas()
-            first = await _until_disconnected(request, anext(deltas))
-            self._pending.done(gen.request_id)  # prefilled: the worker's own reports cover the rest
-            if job.admitted.parsed.stream:
-                streaming = True
-                stream = self._stream(gen, job.head, job.admitted.parsed, first, deltas)
-                return StreamingResponse(
-                    stream, media_type="text/event-stream", headers={**headers, **_SSE_HEADERS}
-                )
-            text = [first.text]
-            if first.finish_reason is None:
-                text += await _until_disconnected(request, _collect(deltas))
-            body = job.head.complete("".join(text), gen.finish_reason, self._usage(gen))
-            self._finish(gen, "ok")
-            return JSONResponse(body, headers=headers)
-        finally:
-            if not streaming:
+        A leader's first attempt prefills for its followers too; a follower's first attempt only
+        listens, and goes on alone (another attempt, routed again) if its leader's fails."""
+        route, attempt = choice.route, 0
+        while True:  # one attempt per pass: only a failure another route may fix goes round again
+            gen = self._generation(job, choice, route, attempt)
+            following = attempt == 0 and choice.leader is not None
+            try:
+                if following:
+                    gen.listen()
+                    if not await asyncio.shield(led[choice.leader]):
+                        raise _LeaderFailed()
+                first, rest = await self._first_delta(choice, gen, send=not following)
+                if attempt == 0 and choice.followers:
+                    led[choice.index].set_result(True)
+                render = ChoiceRender(job.admitted.parsed, choice, gen, self.tokenizer)
+                return Started(choice, gen, first, rest, attempt, render)
+            except _LeaderFailed:
                 gen.close()
+                next_route = await self.admission.reroute(choice)
+            except ApiError as failure:
+                gen.close()
+                _settle(led, choice)
+                next_route = await self._after_failure(job, choice, gen, failure, attempt)
+                if isinstance(next_route, ApiError):
+                    self.accounting.finish(gen, "failed")
+                    next_route.headers = {
+                        "x-tandem-prefill": gen.prefill_id,
+                        "x-tandem-decode": gen.decode_id,
+                    }
+                    raise next_route from None
+            except BaseException:
+                gen.close()
+                _settle(led, choice)
+                self.accounting.finish(gen, "cancelled")
+                raise
+            route, attempt = next_route, attempt + 1
+
+    def _generation(self, job: Job, choice: Choice, route: Route, attempt: int) -> Generation:
+        sampling, choice_ids = choice.sampling, ()
+        if attempt == 0 and choice.followers:  # one prefill for every choice of the prompt
+            sampling = dataclasses.replace(sampling, n=len(choice.followers) + 1)
+            choice_ids = tuple(_choice_id(job, i, 0) for i in choice.followers)
+        return Generation(
+            self.dispatcher, route, _choice_id(job, choice.index, attempt), choice.token_ids, sampling,
+            decoder=self.tokenizer, stop=job.admitted.parsed.stop, timeout_s=self.config.event_timeout_s,
+            arrived_at=job.arrived_at, choice_ids=choice_ids,
+        )  # fmt: skip
+
+    async def _first_delta(
+        self, choice: Choice, gen: Generation, *, send: bool = True
+    ) -> tuple[Delta, AsyncIterator[Delta]]:
+        """Send the task (unless another choice's carries this one) and wait for the first output.
+        Raises ``ApiError``."""
+        if gen.route.decode is not None:
+            final_tokens = len(gen.token_ids) + choice.sampling.max_tokens
+            self._decoding.add(gen.request_id, gen.decode_id, pages_needed(gen.route.decode, final_tokens))
+        if send:  # the prefill work is the sender's: a follower adds none
+            uncached = cached_split(gen.route.prefill, len(gen.token_ids))[2]
+            self._pending.add(gen.request_id, gen.prefill_id, uncached)
+            await gen.start()
+        deltas = gen.deltas()
+        first = await anext(deltas)
+        self._pending.done(gen.request_id)  # prefilled: the worker's own reports cover the rest
+        return first, deltas
 
     async def _after_failure(
-        self, job: Job, gen: Generation, failure: ApiError, attempt: int
+        self, job: Job, choice: Choice, gen: Generation, failure: ApiError, attempt: int
     ) -> Route | ApiError:
         """The route of the next attempt after ``failure``, or the error to answer with."""
         self._blame(failure)
         if not should_retry(failure, attempt, self.config.max_retries):
             return failure
-        self._count_prefill(gen)  # the prefill worker counted it; so does the router
+        self.accounting.count_prefill(gen)  # the prefill worker counted it; so does the router
         try:  # the failed worker is a suspect now: the conductor avoids it
-            route = await self.admission.reroute(job.admitted)
+            route = await self.admission.reroute(choice)
         except ApiError as reroute:
             return reroute
         self.metrics.retries.inc()
@@ -171,101 +258,68 @@ class Router:
         )
         return route
 
-    async def _stream(
-        self,
-        gen: Generation,
-        head: ResponseHead,
-        parsed: ParsedRequest,
-        first: Delta,
-        rest: AsyncIterator[Delta],
-    ) -> AsyncIterator[bytes]:
+    async def _collect(self, job: Job, started: list[Started]) -> dict[str, Any]:
+        """The whole response body, once every choice has finished."""
+        for s in started:
+            s.render.add(s.first)
+        async for s, delta in merged(job, started, self._deadline_error):
+            s.render.add(delta)
+        choices = [s.render.choice(job.head) for s in started]
+        return job.head.complete(choices, self._usage(job, started))
+
+    async def _stream(self, job: Job, started: list[Started]) -> AsyncIterator[bytes]:
         outcome = "cancelled"  # unless it gets to the end: Starlette cancels us when the client leaves
+        parsed, head = job.admitted.parsed, job.head
         try:
-            with_usage = parsed.include_usage
-            yield sse(head.chunk(first.text, first.finish_reason, first=True, with_usage_field=with_usage))
-            if first.finish_reason is None:
-                async for delta in rest:
-                    if delta.text or delta.finish_reason is not None:
-                        yield sse(head.chunk(delta.text, delta.finish_reason, with_usage_field=with_usage))
-            if with_usage:
-                yield sse(head.usage_chunk(self._usage(gen)))
+            for s in started:
+                yield sse(self._chunk(job, started, s, s.first, first=True))
+            async for s, delta in merged(job, started, self._deadline_error):
+                chunk = self._chunk(job, started, s, delta)  # counts the delta's tokens, sent or not
+                if (
+                    delta.text
+                    or delta.finish_reason is not None
+                    or (delta.token_ids and parsed.logprobs is not None)
+                ):
+                    yield sse(chunk)
+            if parsed.include_usage:
+                yield sse(head.usage_chunk(self._usage(job, started)))
             outcome = "ok"
             yield SSE_DONE
         except ApiError as e:
             outcome = "failed"
             self._blame(e)
-            log.warning("request %s failed mid-stream: %s", gen.request_id, e.message)
+            log.warning("request %s failed mid-stream: %s", head.request_id, e.message)
             yield sse(e.body())
             yield SSE_DONE
         finally:
-            gen.close()
-            self._finish(gen, outcome)
+            for s in started:
+                s.gen.close()
+            self.accounting.ended([s.gen for s in started], outcome)
+
+    def _chunk(
+        self, job: Job, started: list[Started], s: Started, delta: Delta, *, first: bool = False
+    ) -> dict:
+        parsed = job.admitted.parsed
+        text, logprobs, finish_reason = s.render.delta(delta, first=first)
+        usage_body: dict[str, Any] | None = NO_USAGE
+        if parsed.continuous_usage:
+            usage_body = self._usage(job, started)
+        elif parsed.include_usage:
+            usage_body = None
+        return job.head.chunk(
+            s.choice.index, text, finish_reason, first=first, logprobs=logprobs, usage_body=usage_body
+        )
 
     def _blame(self, error: ApiError) -> None:
         worker_id = self._suspects.blame(error)
         if worker_id is not None:
             self.metrics.worker_failures.labels(worker_id).inc()
 
-    def _usage(self, gen: Generation) -> dict[str, Any]:
-        cached = gen.num_cached_local + gen.num_cached_store
-        return usage(len(gen.token_ids), gen.num_output_tokens, cached)
-
-    def _count_refusal(self, error: ApiError) -> None:
-        if error.code in _REJECTED_CODES:
-            self.metrics.requests.labels("rejected").inc()
-            self.metrics.rejections.labels(error.code).inc()
-        else:
-            self.metrics.requests.labels("invalid" if error.status < 500 else "failed").inc()
-
-    def _count_prefill(self, gen: Generation) -> None:
-        """An attempt is over: its decode KV is no longer committed, and its prefill is counted
-        (once), if its prefill worker reported one."""
-        self._pending.done(gen.request_id)
-        self._decoding.done(gen.request_id)
-        if gen.first_token_at is None or gen.prefill_counted:  # never reported: nothing was reused
-            return
-        gen.prefill_counted = True
-        predicted = gen.route.prefill
-        self.metrics.prefilled(
-            PrefillReport(
-                gen.prefill_id, len(gen.token_ids), gen.num_cached_local, gen.num_cached_store,
-                predicted.cached_local_tokens, predicted.cached_store_tokens,
-            )
-        )  # fmt: skip
-
-    def _finish(self, gen: Generation, outcome: str) -> None:
-        self._count_prefill(gen)
-        m = self.metrics
-        m.request_ended()
-        m.requests.labels(outcome).inc()
-        m.generation_tokens.inc(gen.num_output_tokens)
-        if gen.first_token_at is None:
-            return
-        ttft = gen.first_token_at - gen.started_at
-        m.ttft.observe(ttft)
-        for before, after in zip(gen.token_times, gen.token_times[1:]):
-            m.itl.observe(after - before)
-        if outcome == "ok":
-            e2e = time.monotonic() - gen.started_at
-            m.e2e.observe(e2e)
-            if gen.num_output_tokens > 1:
-                m.tpot.observe((e2e - ttft) / (gen.num_output_tokens - 1))
-
-
-def _headers(job: Job, gen: Generation, attempt: int) -> dict[str, str]:
-    """Which workers serve this attempt, and how many attempts came before it."""
-    headers = {
-        "x-tandem-prefill": gen.prefill_id,
-        "x-tandem-decode": gen.decode_id,
-        "x-request-id": job.head.request_id,
-    }
-    if attempt:
-        headers["x-tandem-retries"] = str(attempt)
-    return headers
-
-
-async def _collect(deltas: AsyncIterator[Delta]) -> list[str]:
-    return [d.text async for d in deltas]
+    def _usage(self, job: Job, started: list[Started]) -> dict[str, Any]:
+        n = job.admitted.parsed.n
+        cached = sum(s.gen.num_cached_local + s.gen.num_cached_store for s in started[::n])
+        completion = sum(s.render.num_output_tokens for s in started)
+        return usage(job.admitted.num_prompt_tokens, completion, cached)
 
 
 async def _until_disconnected(request: Request, work: Awaitable[T]) -> T:

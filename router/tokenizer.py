@@ -19,6 +19,27 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 _SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: each byte as the printable character its vocabularies spell it with."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _byte_to_unicode().items()}
 
 
 class _GenerationBlock(jinja2.ext.Extension):
@@ -83,6 +104,9 @@ class TextTokenizer:
         self.chat_template = self._find_template(model_dir, config)
         self._template = _compile(self.chat_template) if self.chat_template else None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        decoder = json.loads(path.read_text()).get("decoder") or {}
+        decoders = [decoder, *decoder.get("decoders", [])]
+        self._byte_level = any(d.get("type") == "ByteLevel" for d in decoders)
         # no token covers more characters of text than its vocabulary entry has (byte-level and
         # SentencePiece vocabularies spell a token with at least one character per character it
         # decodes to): a text of N characters is at least N / max_token_chars tokens
@@ -102,6 +126,10 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of a plain prompt, with the special tokens the tokenizer adds (e.g. BOS)."""
         return self._tok.encode(text, add_special_tokens=True).ids
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of a text alone (no special tokens added)."""
+        return self._tok.encode(text, add_special_tokens=False).ids
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The chat as the template writes it, ending with the assistant's generation prompt.
@@ -129,3 +157,29 @@ class TextTokenizer:
 
     def decode(self, token_ids: list[int]) -> str:
         return self._tok.decode(token_ids, skip_special_tokens=True)
+
+    def fill_in_the_middle(self, prompt: str | list[int], suffix: str) -> list[int]:
+        """The prompt of a fill-in-the-middle completion (prefix, suffix, middle: the order
+        StarCoder-style models are trained on). ``ValueError`` if the vocabulary has no FIM tokens."""
+        ids = [self._tok.token_to_id(t) for t in FIM_TOKENS]
+        if None in ids:
+            raise ValueError(
+                "'suffix' needs a model trained for fill-in-the-middle; this model's vocabulary has no "
+                f"{', '.join(FIM_TOKENS)} tokens"
+            )
+        prefix_ids = (
+            self._tok.encode(prompt, add_special_tokens=False).ids if isinstance(prompt, str) else prompt
+        )
+        suffix_ids = self._tok.encode(suffix, add_special_tokens=False).ids
+        return [ids[0], *prefix_ids, ids[1], *suffix_ids, ids[2]]
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text as logprobs show it (special tokens included)."""
+        return self._tok.decode([token_id], skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> list[int]:
+        """One token's bytes (a byte-level BPE token may hold part of a UTF-8 character)."""
+        piece = self._tok.id_to_token(token_id)
+        if self._byte_level and piece is not None and all(c in _UNICODE_TO_BYTE for c in piece):
+            return [_UNICODE_TO_BYTE[c] for c in piece]
+        return list(self.token_text(token_id).encode())

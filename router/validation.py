@@ -11,6 +11,8 @@ import math
 from typing import Any
 
 from router.errors import ApiError
+from router.structured import grammar_for
+from transfer.messages import TokenBias
 
 _MISSING = object()
 
@@ -21,6 +23,7 @@ def bad(param: str | None, message: str, code: str | None = None) -> ApiError:
 
 MAX_DEPTH = 32  # JSON nesting: an OpenAI request needs five or six levels
 MAX_STOP_CHARS = 1024
+MAX_LOGIT_BIAS = 300  # tokens per request, as OpenAI allows
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -150,33 +153,74 @@ def get_stop(body: dict) -> tuple[str, ...]:
     return tuple(stops)
 
 
+def get_logit_bias(body: dict, vocab_size: int) -> tuple[TokenBias, ...]:
+    """OpenAI's ``logit_bias``: a map of token ids (as strings) to biases in [-100, 100]."""
+    value = body.get("logit_bias")
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise bad("logit_bias", f"'logit_bias' must be an object of token id → bias, got {_kind(value)}")
+    if len(value) > MAX_LOGIT_BIAS:
+        raise bad("logit_bias", f"'logit_bias' takes at most {MAX_LOGIT_BIAS} tokens, got {len(value)}")
+    out = []
+    for key, bias in value.items():
+        token = int(key) if key.isdigit() else -1
+        if not 0 <= token < vocab_size:
+            raise bad("logit_bias", f"'logit_bias' key {key!r} is not a token id in [0, {vocab_size})")
+        get_number(value, key, 0.0, -100.0, 100.0)  # names the key when the bias is out of range
+        out.append(TokenBias(token, float(bias)))
+    return tuple(out)
+
+
+def get_grammar(body: dict) -> str | None:
+    """The grammar ``response_format`` asks the output to match (None for plain text)."""
+    value = body.get("response_format")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad("response_format", f"'response_format' must be an object, got {_kind(value)}")
+    try:
+        return grammar_for(value)
+    except ValueError as e:
+        raise bad("response_format", f"'response_format': {e}") from None
+
+
+_COMMON = {
+    "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "logprobs",
+    "stop", "presence_penalty", "frequency_penalty", "logit_bias", "user", "seed", "response_format",
+    # vLLM's sampling extensions
+    "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
+}  # fmt: skip
+FIELDS = {
+    "completions": _COMMON | {"prompt", "suffix", "echo", "best_of"},
+    "chat": _COMMON | {
+        "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
+        "parallel_tool_calls", "functions", "function_call", "metadata", "store", "service_tier",
+        "modalities",
+    },
+}  # fmt: skip
+
+
 def reject_unsupported(body: dict, *, chat: bool) -> None:
-    """400 for features this server does not implement, when asked for with a non-default value."""
-    if (n := get_int(body, "n", lo=1)) is not None and n > 1:
-        raise bad("n", "n > 1 is not supported: send one request per sample")
-    if (best_of := get_int(body, "best_of", lo=1)) is not None and best_of > 1:
-        raise bad("best_of", "best_of > 1 is not supported")
-    logprobs = body.get("logprobs")
-    if logprobs is not None and logprobs is not False:  # completions' logprobs=0 asks for them too
-        raise bad("logprobs", "logprobs are not supported yet")
-    if body.get("top_logprobs") is not None:
-        raise bad("top_logprobs", "logprobs are not supported yet")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if get_number(body, name, 0.0, -2.0, 2.0) != 0.0:
-            raise bad(name, f"{name} is not supported yet (leave it 0)")
-    if body.get("logit_bias"):
-        raise bad("logit_bias", "logit_bias is not supported")
-    if chat:
-        for name in ("tools", "functions"):
-            if body.get(name):
-                raise bad(name, "tool calling is not supported")
-        if body.get("tool_choice") not in (None, "none"):
-            raise bad("tool_choice", "tool calling is not supported")
-        fmt = body.get("response_format")
-        if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-            raise bad("response_format", "only the 'text' response_format is supported")
-    else:
-        if get_bool(body, "echo", False):
-            raise bad("echo", "echo is not supported")
-        if body.get("suffix") is not None:
-            raise bad("suffix", "suffix is not supported")
+    """400 for a field this server does not know (as OpenAI answers one), and for features it does
+    not implement asked for with a non-default value: nothing a client sends is ignored silently."""
+    unknown = sorted(set(body) - FIELDS["chat" if chat else "completions"])
+    if unknown:
+        raise bad(unknown[0], f"unrecognized request argument supplied: {unknown[0]}")
+    n = get_int(body, "n", lo=1) or 1
+    if (best_of := get_int(body, "best_of", lo=1)) is not None and best_of != n:
+        raise bad("best_of", "best_of other than n is not supported (choices are not ranked)")
+    if not chat:
+        return
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise bad(name, "tool calling is not supported")
+    for name in ("tool_choice", "function_call"):
+        if body.get(name) not in (None, "none"):
+            raise bad(name, "tool calling is not supported")
+    if body.get("store"):
+        raise bad("store", "this server does not store completions ('store' must be false)")
+    if body.get("modalities") not in (None, ["text"]):
+        raise bad("modalities", "only the 'text' modality is supported")
+    if body.get("service_tier") not in (None, "auto", "default"):
+        raise bad("service_tier", "'service_tier' must be 'auto' or 'default'")

@@ -131,7 +131,10 @@ class OutboxPool:
     def flush(self) -> int:
         """Send what the peers take now; drop what waited too long. Returns how many still wait."""
         now, waiting = self._clock(), 0
-        for address, peer in self._peers.items():
+        # a drop callback may send (a failure to the router): over a copy, skipping a peer closed meanwhile
+        for address, peer in list(self._peers.items()):
+            if self._peers.get(address) is not peer:
+                continue
             queue = peer.queue
             while queue and peer.box.try_send(queue[0][1]):
                 queue.popleft()

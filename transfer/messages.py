@@ -13,6 +13,7 @@ Changing a message's fields means bumping its ``version``: peers reject versions
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -100,6 +101,7 @@ def _check_same_length(kind: str, name_a: str, a: tuple, name_b: str, b: tuple) 
 BAD_REQUEST = "bad_request"  # the request could not be decoded or is invalid: fix the sender
 UNAVAILABLE = "unavailable"  # a dependency of the server (e.g. the Redis index) is down: retry later
 INTERNAL = "internal"  # the server hit a bug; it is shutting down
+DRAINING = "draining"  # the worker that answers is shutting down: route the request elsewhere
 
 
 @dataclass(frozen=True)
@@ -197,10 +199,19 @@ class StatsReply(Message, kind="store_stats_reply"):
 
 
 @dataclass(frozen=True)
+class TokenBias:
+    """One ``logit_bias`` entry: ``bias`` is added to token ``token_id``'s logit."""
+
+    token_id: int
+    bias: float
+
+
+@dataclass(frozen=True)
 class Sampling:
     """How a worker samples a request: the fields of the engine's ``SamplingParams`` as they
     travel (the router validated them; the worker's ``SamplingParams`` validates them again).
-    A nested struct on the wire: ``transfer.wire`` checks each field against these annotations."""
+    A nested struct on the wire: ``transfer.wire`` checks each field against these annotations.
+    ``grammar`` is an llguidance grammar (``router.structured``) the output must match."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -210,10 +221,41 @@ class Sampling:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    logit_bias: tuple[TokenBias, ...] = ()
+    min_tokens: int = 0
+    grammar: str | None = None
+    n: int = 1  # choices sampled from one prefill (GenerateTask.choice_ids names choices 1..n-1)
+
+    def for_choice(self, index: int) -> Sampling:
+        """Choice ``index``'s own sampling: ``n`` 1 and a seed of its own (choice 0 keeps the
+        request's), so ``n`` seeded samples differ and each is reproducible alone."""
+        seed = self.seed
+        if seed is not None and index:
+            seed = (seed + index * 0x9E37_79B9_7F4A_7C15) % 2**63
+        return dataclasses.replace(self, n=1, seed=seed)
 
 
 @dataclass(frozen=True)
-class GenerateTask(Message, kind="generate_task", version=2):
+class TokenLogprob:
+    """A token's log-probability and the top alternatives (``top_ids[i]`` has ``top_logprobs[i]``),
+    from the model's raw distribution."""
+
+    token_id: int
+    logprob: float
+    top_ids: tuple[int, ...] = ()
+    top_logprobs: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_same_length("token_logprob", "top_ids", self.top_ids, "top_logprobs", self.top_logprobs)
+
+
+@dataclass(frozen=True)
+class GenerateTask(Message, kind="generate_task", version=4):
     """Router → prefill worker: prefill ``token_ids`` and sample the first token.
 
     ``decode_address`` is the chosen decode worker's inbox; the prefill worker hands the KV over
@@ -225,14 +267,29 @@ class GenerateTask(Message, kind="generate_task", version=2):
     sampling: Sampling
     reply_to: str
     decode_address: str | None
+    choice_ids: tuple[str, ...] = ()  # with sampling.n > 1: the request ids of choices 1..n-1
+
+    def __post_init__(self) -> None:
+        if len(self.choice_ids) != self.sampling.n - 1:
+            raise ValueError(f"{self.KIND}: n = {self.sampling.n} needs {self.sampling.n - 1} choice_ids")
 
 
 @dataclass(frozen=True)
-class DecodeTask(Message, kind="decode_task", version=2):
+class HandoffChoice:
+    """Another choice of a prefilled prompt: its request id and the first token prefill sampled."""
+
+    request_id: str
+    first_token: int
+
+
+@dataclass(frozen=True)
+class DecodeTask(Message, kind="decode_task", version=4):
     """Prefill → decode worker: continue a prefilled request.
 
     ``buffers[0]`` holds the KV of the first ``len(token_ids)`` tokens as packed pages
     ``[layers, 2, kv_heads, pages, page_size, head_dim]``; ``first_token`` was sampled by prefill.
+    ``siblings``: the request's other choices still to decode (``n`` > 1), sharing the prompt's
+    KV; each samples with ``sampling.for_choice(i)`` for its index i.
     """
 
     request_id: str
@@ -241,10 +298,14 @@ class DecodeTask(Message, kind="decode_task", version=2):
     sampling: Sampling
     reply_to: str
     buffers: tuple[Buffer, ...]
+    siblings: tuple[HandoffChoice, ...] = ()
+    sibling_indices: tuple[int, ...] = ()  # each sibling's choice index (request_id's is ``index``)
+    index: int = 0
 
     def __post_init__(self) -> None:
         if len(self.buffers) != 1:
             raise ValueError(f"{self.KIND}: expected exactly one KV buffer, got {len(self.buffers)}")
+        _check_same_length(self.KIND, "siblings", self.siblings, "sibling_indices", self.sibling_indices)
 
 
 @dataclass(frozen=True)
@@ -255,7 +316,7 @@ class AbortTask(Message, kind="abort_task"):
 
 
 @dataclass(frozen=True)
-class TokenEvent(Message, kind="token_event"):
+class TokenEvent(Message, kind="token_event", version=2):
     """Worker → router: new tokens of a request; ``finish_reason`` set on the last event.
 
     The prefill worker's event carries the first token and the prompt's cache hits
@@ -268,11 +329,14 @@ class TokenEvent(Message, kind="token_event"):
     finish_reason: str | None
     num_cached_local: int = 0
     num_cached_store: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token in token_ids, when the request asked
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # the first event's: prompt tokens 1.. (not 0)
 
 
 @dataclass(frozen=True)
 class RequestFailed(Message, kind="request_failed"):
-    """Worker → router: the request cannot complete. ``code`` is BAD_REQUEST, UNAVAILABLE or INTERNAL."""
+    """Worker → router: the request cannot complete. ``code`` is BAD_REQUEST, UNAVAILABLE, DRAINING
+    or INTERNAL."""
 
     request_id: str
     worker_id: str

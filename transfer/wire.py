@@ -58,9 +58,12 @@ def encode(message: Message, *, msg_id: int | None = None, seq: int | None = Non
 
 
 def _plain(value: Any) -> Any:
-    """A field as MessagePack carries it: a nested struct (dataclass) becomes a map of its fields."""
+    """A field as MessagePack carries it: a nested struct (dataclass) becomes a map of its fields,
+    a tuple of structs a list of maps."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)) and value and dataclasses.is_dataclass(value[0]):
+        return [_plain(v) for v in value]
     return value
 
 

@@ -8,6 +8,10 @@ with their pages, writes chunks to the store, and reports load.
 
 A message a role does not take is refused: a prompt (``GenerateTask``) gets a ``RequestFailed``
 so the router is not left waiting, anything else is logged and dropped.
+
+A draining worker (``start_drain``: it is shutting down) refuses new prompts with ``DRAINING``,
+so the router routes them again elsewhere, and keeps serving what it holds (``held``); past its
+grace period it fails those too (``abandon``).
 """
 
 from __future__ import annotations
@@ -20,34 +24,61 @@ from typing import ClassVar
 
 from engine.llm_engine import LLMEngine
 from engine.sequence import Sequence
-from engine.types import EngineLoad, SamplingParams
+from engine.types import EngineLoad, SamplingParams, TokenLogprobs
 from kvstore.tensors import nbytes
 from kvstore.types import StoreError
 from transfer.channel import OutboxPool
 from transfer.errors import TransferError
-from transfer.messages import BAD_REQUEST, GenerateTask, Message, RequestFailed, Sampling
+from transfer.messages import (
+    BAD_REQUEST,
+    DRAINING,
+    AbortTask,
+    GenerateTask,
+    Message,
+    RequestFailed,
+    Sampling,
+    TokenLogprob,
+)
 from worker.counters import WorkerCounters
 from worker.types import ROLES, WorkerInfo, WorkerLoad, WorkerTotals
 
 log = logging.getLogger("tandem.worker")
 
 
-def load_report(engine: EngineLoad, totals: WorkerTotals) -> WorkerLoad:
-    """What a worker publishes: its engine's load and its totals, field by field."""
-    return WorkerLoad(**dataclasses.asdict(engine), **dataclasses.asdict(totals))
+def load_report(engine: EngineLoad, totals: WorkerTotals, draining: bool = False) -> WorkerLoad:
+    """What a worker publishes: its engine's load and its totals, field by field, and whether it
+    is draining."""
+    return WorkerLoad(**dataclasses.asdict(engine), **dataclasses.asdict(totals), draining=draining)
 
 
 def sampling_params(sampling: Sampling) -> SamplingParams:
-    """The engine's parameters for a request's wire ``Sampling`` (``ValueError`` if invalid)."""
-    return SamplingParams(
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        max_tokens=sampling.max_tokens,
-        seed=sampling.seed,
-        stop_token_ids=sampling.stop_token_ids,
-        ignore_eos=sampling.ignore_eos,
-        logprobs=sampling.logprobs,
+    """The engine's parameters for one choice's wire ``Sampling`` (``ValueError`` if invalid;
+    ``n`` is the worker's business: see ``choice_params``)."""
+    fields = {f.name: getattr(sampling, f.name) for f in dataclasses.fields(sampling) if f.name != "n"}
+    fields["logit_bias"] = tuple((b.token_id, b.bias) for b in sampling.logit_bias)
+    return SamplingParams(**fields)
+
+
+def choice_params(task: GenerateTask) -> tuple[SamplingParams, list[tuple[str, SamplingParams]]]:
+    """A task's first choice's parameters, and each other choice's request id and parameters."""
+    siblings = [
+        (cid, sampling_params(task.sampling.for_choice(i + 1))) for i, cid in enumerate(task.choice_ids)
+    ]
+    return sampling_params(task.sampling.for_choice(0)), siblings
+
+
+def task_ids(task: GenerateTask) -> tuple[str, ...]:
+    """Every request id a task answers for: its own, and its other choices' (``n`` > 1)."""
+    return (task.request_id, *task.choice_ids)
+
+
+def wire_logprobs(logprobs: list[TokenLogprobs | None]) -> tuple[TokenLogprob, ...]:
+    """The engine's logprobs as they travel (an entry the engine has none for is skipped: only the
+    prompt's first token has none, and the wire's prompt logprobs start after it)."""
+    return tuple(
+        TokenLogprob(lp.token_id, lp.logprob, tuple(lp.top), tuple(lp.top.values()))
+        for lp in logprobs
+        if lp is not None
     )
 
 
@@ -76,6 +107,7 @@ class BaseWorker:
         self.store = store  # kvstore.StoreClient bound to this worker's node, or None
         self.outboxes = OutboxPool()
         self.counters = WorkerCounters()
+        self.draining = False  # shutting down: no new prompts (see start_drain)
 
     # -- what a role defines ------------------------------------------------------------------
 
@@ -89,28 +121,56 @@ class BaseWorker:
     # -- the loop's side (worker.loop) ----------------------------------------------------------
 
     def handle(self, message: Message) -> None:
+        if self.draining and isinstance(message, GenerateTask):
+            text = f"worker {self.info.worker_id} is draining (shutting down) and takes no new prompts; retry"
+            for request_id in task_ids(message):
+                self.fail(message.reply_to, request_id, DRAINING, text)
+            return
         handler = self.handlers().get(type(message))
         if handler is not None:
             handler(message)
         elif isinstance(message, GenerateTask):
-            self.fail(
-                message.reply_to,
-                message.request_id,
-                BAD_REQUEST,
-                f"this {self.info.role} worker takes no prompts",
-            )
+            for request_id in task_ids(message):
+                self.fail(
+                    message.reply_to,
+                    request_id,
+                    BAD_REQUEST,
+                    f"this {self.info.role} worker takes no prompts",
+                )
         else:
             log.warning("%s worker ignores a %s message", self.info.role, message.KIND)
 
     def report(self) -> WorkerLoad:
         """This worker's load: its engine's and its own counters."""
-        return load_report(self.engine.load(), self.counters.totals())
+        return load_report(self.engine.load(), self.counters.totals(), self.draining)
 
     def has_work(self) -> bool:
         return self.engine.has_unfinished()
 
     def close(self) -> None:
         self.outboxes.close()
+
+    # -- draining (worker.drain) -----------------------------------------------------------------
+
+    def held(self) -> dict[str, str]:
+        """Every request this worker holds (accepted, not finished): request id -> its router's
+        address. A role that holds requests says which."""
+        return {}
+
+    def start_drain(self) -> int:
+        """Refuse new prompts from now on (``DRAINING``) and report ``draining``; hand-offs
+        (``DecodeTask``) are still taken. Returns how many requests it holds."""
+        self.draining = True
+        return len(self.held())
+
+    def abandon(self, text: str) -> int:
+        """Fail every request held (``DRAINING``: the router may route it again) and drop it
+        with its pages, through the role's own abort. Returns how many there were."""
+        held = self.held()
+        for request_id, reply_to in held.items():
+            self.fail(reply_to, request_id, DRAINING, text)
+            self.handle(AbortTask(request_id))
+        return len(held)
 
     # -- helpers for the roles -------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from engine.args import add_engine_args, build_engine
 from engine.llm_engine import LLMEngine
 from transfer.channel import Inbox
 from worker.base import BaseWorker
+from worker.drain import Drain
 from worker.loop import run_worker_loop
 from worker.registry import WorkerRegistry
 from worker.types import WorkerInfo
@@ -32,12 +33,22 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT, so the serve loop can deregister and exit cleanly."""
-    stop = threading.Event()
+def drain_on_signals() -> tuple[threading.Event, threading.Event]:
+    """``(drain, stop)``: the first SIGTERM or SIGINT sets ``drain`` (finish what the worker holds,
+    then deregister and exit), the next one sets ``stop`` (deregister and exit at once)."""
+    drain, stop = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if drain.is_set():
+            log.warning("%s again: stopping at once", signal.Signals(signum).name)
+            stop.set()
+        else:
+            log.info("%s: draining (send it again to stop at once)", signal.Signals(signum).name)
+            drain.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+        signal.signal(sig, on_signal)
+    return drain, stop
 
 
 def worker_parser(role: str, description: str, writes: str | None) -> argparse.ArgumentParser:
@@ -68,6 +79,19 @@ def add_worker_args(parser: argparse.ArgumentParser, role: str) -> None:
     )
     parser.add_argument("--worker-id", default=None, help=f"unique id (default {role}@<inbox address>)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument(
+        "--drain-timeout-s", type=positive_seconds, default=30.0,
+        help="on SIGTERM / SIGINT, finish the requests held for at most this long, then fail the rest "
+        "and exit (default 30; a second signal exits at once)",
+    )  # fmt: skip
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def add_store_args(parser: argparse.ArgumentParser, writes: str) -> None:
@@ -122,9 +146,10 @@ def role_main(worker_class: type[BaseWorker], module_name: str) -> Callable[[lis
 
 
 def run_worker_process(args: argparse.Namespace, role: str, make_worker: WorkerFactory) -> int:
-    """A worker process's whole life: engine, inbox, registration, the loop until SIGTERM / SIGINT,
-    then deregistration and closing."""
+    """A worker process's whole life: engine, inbox, registration, the loop until a SIGTERM /
+    SIGINT's drain is done (or a second signal), then deregistration and closing."""
     setup_logging(args.log_level)
+    requested, stop = drain_on_signals()  # before loading: a signal meanwhile drains an idle worker
     engine = build_engine(args, args.model)
     inbox = Inbox(args.listen)
     info = worker_info(args, role, engine, args.advertise or inbox.address)
@@ -132,10 +157,12 @@ def run_worker_process(args: argparse.Namespace, role: str, make_worker: WorkerF
     if info.store_node_id:
         log.info("%s writes chunks to store node %s", info.worker_id, info.store_node_id)
     log.info("%s ready: inbox %s", info.worker_id, inbox.address)
+    drain = Drain(requested, args.drain_timeout_s, worker.start_drain, lambda: len(worker.held()),
+                  worker.abandon, worker_id=info.worker_id)  # fmt: skip
     try:
         run_worker_loop(
             info, inbox, WorkerRegistry(args.redis_url), handle=worker.handle, step=worker.step,
-            has_work=worker.has_work, report=worker.report, stop=stop_on_signals(), flush=worker.flush,
+            has_work=worker.has_work, report=worker.report, stop=stop, flush=worker.flush, drain=drain,
         )  # fmt: skip
     finally:
         worker.close()

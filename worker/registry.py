@@ -89,7 +89,10 @@ def _parse(cls: type, row: dict[str, str]):
         if f.name in row:
             kind = f.type if isinstance(f.type, str) else f.type.__name__
             text = row[f.name]
-            kwargs[f.name] = int(text) if kind == "int" else float(text) if kind == "float" else text
+            if kind == "bool":  # published as str(True) / str(False)
+                kwargs[f.name] = text == "True"
+            else:
+                kwargs[f.name] = int(text) if kind == "int" else float(text) if kind == "float" else text
     return cls(**kwargs)
 
 

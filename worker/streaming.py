@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from engine.sequence import Sequence
 from transfer.messages import AbortTask, TokenEvent
-from worker.base import BaseWorker
+from worker.base import BaseWorker, wire_logprobs
 
 log = logging.getLogger("tandem.worker")
 
@@ -23,6 +23,7 @@ log = logging.getLogger("tandem.worker")
 class Stream:
     reply_to: str
     report_hits: bool  # the first event carries the prompt's cache hits (prefilled on this worker)
+    first: bool = True  # no event sent yet: the next carries the prompt's logprobs, if asked
 
 
 class StreamingWorker(BaseWorker):
@@ -43,6 +44,9 @@ class StreamingWorker(BaseWorker):
     def abort(self, message: AbortTask) -> None:
         self.close_stream(message.request_id)
 
+    def held(self) -> dict[str, str]:
+        return {request_id: stream.reply_to for request_id, stream in self._streams.items()}
+
     def step(self) -> None:
         result = self.engine.step()
         finished = {id(s) for s in result.finished}
@@ -61,14 +65,19 @@ class StreamingWorker(BaseWorker):
         """What the role does with a finished sequence before its pages are released."""
 
     def _emit(self, seq: Sequence, stream: Stream, done: bool) -> None:
-        hits = 0
+        hits, prompt_logprobs = 0, ()
         if stream.report_hits:
             hits = seq.num_cached_tokens or 0
             self.counters.prefilled(seq.num_prompt_tokens, hits, 0)
             stream.report_hits = False
+        if stream.first:
+            prompt_logprobs = wire_logprobs(seq.prompt_logprobs or [])
+            stream.first = False
         event = TokenEvent(
             request_id=seq.request_id, worker_id=self.info.worker_id, token_ids=(seq.token_ids[-1],),
             finish_reason=seq.finish_reason if done else None, num_cached_local=hits,
+            logprobs=wire_logprobs(seq.logprobs[-1:]) if seq.logprobs else (),
+            prompt_logprobs=prompt_logprobs,
         )  # fmt: skip
         self.send(stream.reply_to, event, lambda _: self._unreachable(seq.request_id))
 

@@ -49,6 +49,13 @@ class Membership:
     def suspect_s(self) -> float:
         return self.lease_ttl_s + 4 * self.heartbeat_s
 
+    @property
+    def drain_notice_s(self) -> float:
+        """How long a draining worker stays reachable at least: a router routes only by a view
+        younger than ``stale_after_s``, so past this every router has seen it draining and sends
+        it nothing new (a hand-off routed just before may still be on its way)."""
+        return self.stale_after_s
+
 
 MEMBERSHIP = Membership()
 
@@ -118,6 +125,9 @@ class WorkerLoad(WorkerTotals):
     fitted step line; see there), which this module cannot import: the router reads these types
     without loading the engine. ``worker.base.load_report`` builds one from the two parts, and a
     test holds the field sets equal.
+
+    ``draining``: the worker is shutting down gracefully. It is live (its requests are still
+    served, so they are not lost) but takes no new ones: the router routes nothing new to it.
     """
 
     num_running: int = 0
@@ -130,6 +140,7 @@ class WorkerLoad(WorkerTotals):
     step_per_token_s: float = 0.0
     step_samples: int = 0
     updated_at: float = 0.0
+    draining: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ workers of the last view stay in it for ``stale_after_s`` while they re-register
 misconfigured container) are left out of the view, with a warning, rather than sent token ids from
 the wrong tokenizer. Every refresh reports the live workers to ``on_refresh`` (the dispatcher fails
 requests whose workers lapsed).
+
+A draining worker (shutting down: ``WorkerLoad.draining``) stays in the view's ``workers``, so the
+requests it still serves are not failed as lost, but ``by_role`` leaves it out: nothing new is
+routed to it.
 """
 
 from __future__ import annotations
@@ -40,7 +44,13 @@ class ClusterSnapshot:
     store_nodes: tuple[NodeInfo, ...] = ()  # live store nodes and their usage, for /metrics
 
     def by_role(self, *roles: str) -> tuple[WorkerState, ...]:
-        return tuple(w for w in self.workers if w.info.role in roles)
+        """The workers of these roles that take new requests (draining ones are left out)."""
+        return tuple(w for w in self.workers if w.info.role in roles and not w.load.draining)
+
+    @property
+    def draining(self) -> tuple[WorkerState, ...]:
+        """The workers that finish what they hold and take nothing new."""
+        return tuple(w for w in self.workers if w.load.draining)
 
 
 class ClusterView:
@@ -154,9 +164,12 @@ class ClusterView:
                 retry_after_s=1,
             )
         if not self._snapshot.by_role(*ROLES):
-            raise ApiError(
-                503, "no worker is live; retry when one has registered", code="no_workers", retry_after_s=1
+            why = (
+                "every live worker is draining (shutting down)"
+                if self._snapshot.draining
+                else "no worker is live"
             )
+            raise ApiError(503, f"{why}; retry when one has registered", code="no_workers", retry_after_s=1)
         return self._snapshot
 
     async def prefill_candidates(

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from router.errors import ApiError
-from transfer.messages import BAD_REQUEST, INTERNAL, UNAVAILABLE, RequestFailed
+from transfer.messages import BAD_REQUEST, DRAINING, INTERNAL, UNAVAILABLE, RequestFailed
 from worker.types import MEMBERSHIP
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_STATUS_OF_CODE = {BAD_REQUEST: 400, UNAVAILABLE: 503, INTERNAL: 500}
+_STATUS_OF_CODE = {BAD_REQUEST: 400, UNAVAILABLE: 503, DRAINING: 503, INTERNAL: 500}
 
 
 # ---- what a failure means for the request ---------------------------------------------------
@@ -55,9 +55,10 @@ def lost(worker_id: str) -> ApiError:
 
 
 def refused(event: RequestFailed, decode_id: str) -> ApiError:
-    """A worker failed the request. ``UNAVAILABLE`` from the prefill worker means the decode
-    worker did not take the KV: the decode worker is to blame; otherwise nobody is."""
-    failed = decode_id if event.code == UNAVAILABLE else None
+    """A worker failed the request. ``DRAINING``: the worker that answers is shutting down and is
+    avoided; ``UNAVAILABLE`` from the prefill worker means the decode worker did not take the KV:
+    the decode worker is to blame; otherwise nobody is."""
+    failed = event.worker_id if event.code == DRAINING else decode_id if event.code == UNAVAILABLE else None
     return ApiError(
         _STATUS_OF_CODE.get(event.code, 500), f"worker {event.worker_id} failed the request: {event.message}",
         code=event.code, failed_worker=failed,

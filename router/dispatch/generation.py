@@ -19,17 +19,23 @@ from router.detokenizer import Decoder, TextStream
 from router.dispatch import failures
 from router.dispatch.dispatcher import Dispatcher, WorkerLost
 from transfer.errors import PeerTimeout
-from transfer.messages import BAD_REQUEST, GenerateTask, RequestFailed, Sampling, TokenEvent
+from transfer.messages import BAD_REQUEST, GenerateTask, RequestFailed, Sampling, TokenEvent, TokenLogprob
 
 
 @dataclass(frozen=True)
 class Delta:
-    """New output: ``text`` (maybe "" while a character or stop string is incomplete),
-    ``num_tokens`` generated tokens it came from, ``finish_reason`` on the last one."""
+    """New output: ``text`` (maybe "" while a character or stop string is incomplete), the
+    generated ``token_ids`` it came from (with their ``logprobs`` when asked), ``finish_reason``
+    on the last one."""
 
     text: str
-    num_tokens: int
+    token_ids: tuple[int, ...]
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 class Generation:
@@ -45,6 +51,7 @@ class Generation:
         stop: Sequence[str] = (),
         timeout_s: float,
         arrived_at: float | None = None,
+        choice_ids: tuple[str, ...] = (),
     ) -> None:
         self.dispatcher = dispatcher
         self.route = route
@@ -52,10 +59,12 @@ class Generation:
         self.token_ids = tuple(token_ids)
         self.sampling = sampling
         self.timeout_s = timeout_s
+        self.choice_ids = choice_ids  # the other choices this task prefills for (sampling.n > 1)
         self.text = TextStream(decoder, stop)
         self.num_cached_local = 0
         self.num_cached_store = 0
         self.num_output_tokens = 0
+        self.prompt_logprobs: tuple[TokenLogprob, ...] = ()  # the prefill worker's, when asked
         self.finish_reason: str | None = None
         self.started_at = arrived_at if arrived_at is not None else time.monotonic()  # TTFT counts from here
         self.first_token_at: float | None = None
@@ -64,6 +73,7 @@ class Generation:
         self._workers_done = False  # the workers finished on their own: no abort needed
         self._prefill_seen = False
         self.prefill_counted = False  # the router's metrics have this attempt's prefill
+        self.finished = False  # the router's metrics have this attempt's outcome
 
     @property
     def prefill_id(self) -> str:
@@ -82,10 +92,14 @@ class Generation:
         decode = self.route.decode
         return decode.info.instance_key if decode is not None else self._prefill_key
 
+    def listen(self) -> None:
+        """Take this request's events from now on (a choice whose task another choice sends)."""
+        self._entry = self.dispatcher.open(self.request_id, {self._prefill_key, self._decode_key})
+
     async def start(self) -> None:
         """Send the task to the prefill worker. Raises ``ApiError`` 503 if it accepts nothing (dead
         or stuck)."""
-        self._entry = self.dispatcher.open(self.request_id, {self._prefill_key, self._decode_key})
+        self.listen()
         decode = self.route.decode
         task = GenerateTask(
             request_id=self.request_id,
@@ -93,6 +107,7 @@ class Generation:
             sampling=self.sampling,
             reply_to=self.dispatcher.reply_to,
             decode_address=decode.info.address if decode is not None else None,
+            choice_ids=self.choice_ids,
         )
         try:
             await self.dispatcher.send_async(self.route.prefill.worker.info.address, task)
@@ -118,7 +133,7 @@ class Generation:
                 self._workers_done = True
                 self.finish_reason = event.finish_reason
                 text += self.text.finish()
-            yield Delta(text, len(event.token_ids), self.finish_reason)
+            yield Delta(text, event.token_ids, self.finish_reason, event.logprobs)
             if self.finish_reason is not None:
                 return
 
@@ -133,6 +148,7 @@ class Generation:
                 self._prefill_seen = True
                 self.num_cached_local = event.num_cached_local
                 self.num_cached_store = event.num_cached_store
+                self.prompt_logprobs = event.prompt_logprobs
             elif event.worker_id == self.decode_id:
                 # the decode worker has the request: the prefill worker's fate no longer matters
                 # (until now it did: dying before its hand-off left, it would leave the request hanging)

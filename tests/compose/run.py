@@ -91,7 +91,7 @@ def wait_for_router(url: str, timeout_s: float) -> None:
     last_report = 0.0
     while True:
         try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+            if requests.get(f"{url}/ready", timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass

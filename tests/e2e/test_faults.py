@@ -197,7 +197,7 @@ def test_the_supervisor_restarts_what_died_and_it_serves_again(cluster, model_id
     wait_until(lambda: cluster.redis.exit_code() is not None, what="redis to die")
     wait_until(all_back, timeout_s=60, what="redis to be restarted and every worker to re-register")
     wait_until(
-        lambda: requests.get(f"{cluster.url}/health", timeout=5).status_code == 200, what="router ready"
+        lambda: requests.get(f"{cluster.url}/ready", timeout=5).status_code == 200, what="router ready"
     )
     answer = c.completions.create(model=model_id, prompt="Say hi", max_tokens=4, temperature=0)
     assert answer.choices[0].text

@@ -9,6 +9,7 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.sampler import sample
+from engine.sequence import Sequence
 from tests.engine.reference import hf_log_softmax, mixed_prompts
 
 
@@ -87,8 +88,8 @@ def test_sampler_respects_top_p_mass():
     # Two tokens hold 0.9 of the mass: with top_p=0.85 only they may ever be drawn.
     probs = torch.tensor([0.6, 0.3, 0.05, 0.05])
     logits = probs.log().repeat(400, 1)
-    params = [SamplingParams(temperature=1.0, top_p=0.85)] * 400
-    tokens, _ = sample(logits, params, list(range(400)))
+    seqs = [Sequence(str(i), [0], SamplingParams(temperature=1.0, top_p=0.85, seed=i)) for i in range(400)]
+    tokens, _ = sample(logits, seqs)
     assert set(tokens) == {0, 1}
     share = tokens.count(0) / len(tokens)
     assert 0.55 < share < 0.78  # renormalised: 0.6 / 0.9 ≈ 0.667

@@ -1,6 +1,7 @@
 """A stand-in worker for router tests: real registry entry, real ZeroMQ inbox, scripted answers.
 
-It speaks the serving protocol like the real workers: a prefill worker answers a GenerateTask
+It speaks the serving protocol like the real workers (a task for ``n`` choices is answered
+choice by choice, as if each were its own task): a prefill worker answers a GenerateTask
 with the first token and hands a DecodeTask to the decode worker; a decode (or colocated) worker
 streams the rest, one token per event, ``token_delay_s`` apart. The output is ``reply`` cut at
 ``max_tokens`` ("length") or its end ("stop"). Everything it receives is recorded.
@@ -8,6 +9,7 @@ streams the rest, one token per event, ``token_delay_s`` apart. The output is ``
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -131,8 +133,10 @@ class FakeWorker:
             return
         if not isinstance(message, (GenerateTask, DecodeTask)):
             return
+        ids = [message.request_id, *getattr(message, "choice_ids", ())]  # n > 1: one answer per choice
         if b.fail is not None:
-            self._send(message.reply_to, RequestFailed(message.request_id, self.worker_id, *b.fail))
+            for request_id in ids:
+                self._send(message.reply_to, RequestFailed(request_id, self.worker_id, *b.fail))
             return
         max_tokens = message.sampling.max_tokens
         output = b.reply[:max_tokens]
@@ -142,7 +146,9 @@ class FakeWorker:
                 _Running(message.request_id, message.reply_to, output[1:], finish, time.monotonic())
             )
         else:
-            self._prefill(message, output, finish)
+            for request_id in ids:
+                self._prefill(dataclasses.replace(message, request_id=request_id, choice_ids=(),
+                                                  sampling=dataclasses.replace(message.sampling, n=1)), output, finish)  # fmt: skip
 
     def _prefill(self, task: GenerateTask, output: list[int], finish: str) -> None:
         """Answer the first token; hand the rest to the decode worker named, or decode it here."""

@@ -56,7 +56,8 @@ def test_workers_of_another_model_are_left_out(start_router, start_worker, model
 
 def test_no_workers_is_503(start_router, model_name):
     router = start_router()
-    assert requests.get(router.url + "/health", timeout=5).status_code == 503
+    assert requests.get(router.url + "/ready", timeout=5).status_code == 503
+    assert requests.get(router.url + "/health", timeout=5).json()["status"] == "unavailable"
     r = post(router, {"model": model_name, "prompt": "hi"})
     assert r.status_code == 503 and r.json()["error"]["code"] == "no_workers"
 
@@ -131,7 +132,7 @@ def test_decode_worker_dies_mid_stream(start_router, start_worker, model_name):
 
 def test_request_timeout(start_router, start_worker, model_name):
     start_worker("c0", "colocated").behaviour.silent = True
-    router = start_router(request_timeout_s=0.5)
+    router = start_router(event_timeout_s=0.5)
     router.wait_ready(colocated=1)
     r = post(router, {"model": model_name, "prompt": "hi"})
     assert r.status_code == 504 and r.json()["error"]["code"] == "worker_timeout"

@@ -80,7 +80,8 @@ def test_process_serves_and_stops_on_sigterm(redis_server, default_model, tmp_pa
             conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (128 << 10) + b"\r\n\r\n")
             assert conn.recv(100).startswith(b"HTTP/1.1 400 ")
         assert requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200
-        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 503  # no workers
+        assert requests.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 503  # no workers
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200  # alive
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) in (
             0,

@@ -1,5 +1,6 @@
 """/openapi.json describes the request bodies and OpenAI's error responses, and schemathesis,
-driven by it against a live router (bounded, fixed seed), finds no server error."""
+driven by it against a live router (bounded, fixed seed), finds no server error and no status
+the document does not declare."""
 
 from __future__ import annotations
 
@@ -47,10 +48,13 @@ def test_the_document_declares_bodies_and_errors(router, default_model):
 def test_schemathesis_finds_no_server_error(router):
     run = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", f"{router.url}/openapi.json",
-         "--checks", "not_a_server_error", "--phases", "coverage,fuzzing", "-n", "25", "--seed", "7"],
+         "--checks", "not_a_server_error,status_code_conformance", "--phases", "coverage,fuzzing", "-n", "25", "--seed", "7"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:]
     assert " passed" in run.stdout and "failed" not in run.stdout.split("SUMMARY")[-1]
     ok = requests.post(f"{router.url}/v1/completions", json={"model": "x", "prompt": "hi"}, timeout=10)
     assert ok.status_code == 404  # still serving, still precise
+    wrong_method = requests.get(f"{router.url}/v1/completions", timeout=10)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"

@@ -8,31 +8,31 @@ import dataclasses
 import pytest
 
 from engine.types import EngineLoad, SamplingParams
-from transfer.messages import Sampling
+from transfer.messages import Sampling, TokenBias
 from worker.base import BaseWorker, load_report, sampling_params
 from worker.types import Membership, WorkerLoad, WorkerTotals
 
 
 def test_the_wire_sampling_struct_has_the_engine_parameters_fields_and_defaults():
-    wire = {f.name: f.default for f in dataclasses.fields(Sampling)}
+    wire = {f.name: f.default for f in dataclasses.fields(Sampling) if f.name != "n"}  # n: the worker's
     engine = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
     assert wire == engine
 
 
 def test_every_sampling_field_reaches_the_engine():
     sent = Sampling(
-        temperature=0.5,
-        top_p=0.8,
-        top_k=7,
-        max_tokens=9,
-        seed=3,
-        stop_token_ids=(4, 5),
-        ignore_eos=True,
-        logprobs=2,
-    )
+        temperature=0.5, top_p=0.8, top_k=7, max_tokens=9, seed=3, stop_token_ids=(4, 5), ignore_eos=True,
+        logprobs=2, prompt_logprobs=1, presence_penalty=0.5, frequency_penalty=-0.5, repetition_penalty=1.2,
+        min_p=0.1, logit_bias=(TokenBias(7, -3.0),), min_tokens=2, grammar='{"grammars": []}',
+    )  # fmt: skip
+    defaults = Sampling()
     got = sampling_params(sent)
     for f in dataclasses.fields(Sampling):
-        assert getattr(got, f.name) == getattr(sent, f.name), f.name
+        if f.name == "n":
+            continue
+        assert getattr(sent, f.name) != getattr(defaults, f.name), f"set {f.name} in this test"
+        want = ((7, -3.0),) if f.name == "logit_bias" else getattr(sent, f.name)
+        assert getattr(got, f.name) == want, f.name
 
 
 def test_invalid_sampling_is_refused_by_the_engine_parameters():
@@ -48,7 +48,7 @@ def test_a_load_report_is_its_engine_load_and_its_totals():
     parts = {f.name for f in dataclasses.fields(EngineLoad)} | {
         f.name for f in dataclasses.fields(WorkerTotals)
     }
-    assert names == parts | {"updated_at"}
+    assert names == parts | {"updated_at", "draining"}
     assert (load.num_running, load.queued_prefill_tokens, load.step_samples) == (3, 40, 9)
     assert (load.prompt_tokens, load.cached_store_tokens, load.kv_send_bytes) == (100, 64, 4096)
     assert load.store_fetch_s == 0.5

@@ -93,7 +93,9 @@ def test_once_the_decode_worker_has_the_request_only_it_matters(channels):
 
     async def scenario():
         dispatcher.start()
-        gen = Generation(dispatcher, route, "r1", [1], {"max_tokens": 9}, decoder=ByteDecoder(), timeout_s=2)
+        gen = Generation(
+            dispatcher, route, "r1", [1], Sampling(max_tokens=9), decoder=ByteDecoder(), timeout_s=2
+        )
         await gen.start()
         deltas = gen.deltas()
         dispatcher._deliver(TokenEvent("r1", "p", tuple(b"a"), None))

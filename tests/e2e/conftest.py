@@ -1,0 +1,17 @@
+"""Whole-cluster fixtures shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.launcher import ClusterConfig, LocalCluster
+
+
+@pytest.fixture(scope="session")
+def one_by_one(default_model):
+    """``tandem up``'s default shape (1 prefill + 1 decode worker, a store node each, Redis, the
+    router), started once for the tests that only talk to it; stopped by PID at the end."""
+    config = ClusterConfig(model_dir=default_model, port=0, num_pages=512, num_prefill=1, num_decode=1)
+    cluster = LocalCluster(config).start()
+    yield cluster
+    cluster.stop()

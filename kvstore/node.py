@@ -128,7 +128,7 @@ class StoreNode:
             if self.pool.touch(key):
                 stored.append(True)
                 continue
-            chunk = self.pool.reserve(key, buffer.nbytes, buffer.dtype, buffer.shape)
+            chunk = self.pool.reserve(key, buffer.nbytes, buffer.dtype, buffer.shape, buffer.checksum)
             stored.append(chunk is not None)
             if chunk is not None:
                 writes.append((chunk, buffer.data))
@@ -152,7 +152,8 @@ class StoreNode:
             if chunk is not None:
                 self.pool.pin(chunk)
                 self._pinned_by_request.append(chunk)
-                buffers.append(Buffer(self.pool.view(chunk), chunk.dtype, chunk.shape))
+                # the producer's checksum, not one of the arena's bytes: a reader detects a change at rest too
+                buffers.append(Buffer(self.pool.view(chunk), chunk.dtype, chunk.shape, checksum=chunk.checksum))
         self.pool.touch_chain(list(request.keys))
         return GetReply(tuple(found), tuple(buffers))
 

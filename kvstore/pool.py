@@ -20,6 +20,7 @@ class Chunk:
     nbytes: int
     dtype: str
     shape: tuple[int, ...]
+    checksum: int | None = None  # its producer's (transfer.wire), sent back with the bytes
     pins: int = 0
     deleted: bool = False  # dropped from the table while pinned: its slot is freed on last release
 
@@ -79,7 +80,9 @@ class ChunkPool:
             if key in self._chunks:
                 self._chunks.move_to_end(key)
 
-    def reserve(self, key: bytes, nbytes: int, dtype: str, shape: tuple[int, ...]) -> Chunk | None:
+    def reserve(
+        self, key: bytes, nbytes: int, dtype: str, shape: tuple[int, ...], checksum: int | None = None
+    ) -> Chunk | None:
         """A slot for a new chunk under ``key``, evicting as needed; None if no slot is free or
         evictable now. The chunk is listed at once and pinned (being written, it is never
         evicted): ``write`` its bytes, then ``release`` it."""
@@ -91,7 +94,7 @@ class ChunkPool:
         slot = self.arena.allocate()
         if slot is None:
             return None
-        chunk = Chunk(slot, nbytes, dtype, tuple(shape))
+        chunk = Chunk(slot, nbytes, dtype, tuple(shape), checksum)
         self._chunks[key] = chunk
         self.pin(chunk)
         return chunk

@@ -17,7 +17,7 @@ from engine.sequence import Sequence
 from kvstore.keys import chain_keys
 from kvstore.tensors import nbytes, to_buffer
 from kvstore.types import StoreError
-from transfer.errors import TransferError
+from transfer.errors import CorruptBuffer, TransferError
 from transfer.messages import (
     BAD_REQUEST,
     UNAVAILABLE,
@@ -88,6 +88,11 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
                 return 0
             started = time.perf_counter()
             chunks = self.store.get(keys[local:best])
+        except CorruptBuffer as e:  # changed since it was put: never used, recomputed, and replaced
+            log.warning("request %s: the store's chunks are corrupt, recomputing: %s", request_id, e)
+            self._stored_chunks[request_id] = local
+            self._forget(keys[local:best])
+            return 0
         except (StoreError, KeyError, TransferError, ValueError) as e:
             log.warning("request %s: store fetch failed, recomputing: %s", request_id, e)
             return 0

@@ -5,7 +5,8 @@ workers and receives events about many requests from many workers at once. An ``
 process receives; an ``Outbox`` sends to one peer's inbox. Back-pressure is ZeroMQ's: ``send``
 waits while the peer's queue is full and raises ``PeerTimeout`` if it stays full for ``timeout_s``.
 An ``OutboxPool`` never waits: what a peer cannot take now waits in that peer's queue.
-A receiver never blocks on a bad message: undecodable frames are logged and dropped.
+A receiver never blocks on a bad message: undecodable frames are logged and dropped; a message
+whose bytes fail their checksums is handed over as ``Damaged``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,21 @@ from dataclasses import dataclass, field
 import zmq
 
 from transfer import sockets
-from transfer.errors import PeerTimeout, WireError
+from transfer.errors import CorruptBuffer, PeerTimeout, WireError
 from transfer.messages import Message
 from transfer.sockets import SocketOptions
 from transfer.wire import decode, encode
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A message that arrived whole but with bytes that do not match their checksums: ``message``
+    as decoded, whose buffers must not be used, and ``problem``, what did not match."""
+
+    message: Message
+    problem: str
 
 
 class Inbox:
@@ -36,12 +46,16 @@ class Inbox:
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
 
-    def recv(self, timeout_s: float) -> Message | None:
-        """The next message, or None if none arrives within ``timeout_s``."""
+    def recv(self, timeout_s: float) -> Message | Damaged | None:
+        """The next message, or None if none arrives within ``timeout_s``. A message whose buffers
+        do not match their checksums comes as ``Damaged``, so the receiver can fail its request."""
         while self._poller.poll(max(0, int(timeout_s * 1000))):
             frames = self._sock.recv_multipart(copy=False)
             try:
                 return decode(frames).message
+            except CorruptBuffer as e:
+                log.error("inbox %s received a %s with corrupt bytes: %s", self.address, e.message.KIND, e)
+                return Damaged(e.message, str(e))
             except WireError as e:
                 log.error("inbox %s dropped an undecodable message: %s", self.address, e)
                 timeout_s = 0

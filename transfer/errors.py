@@ -24,6 +24,16 @@ class WireError(TransferError, ValueError):
         self.msg_id = msg_id
 
 
+class CorruptBuffer(WireError):
+    """A message whose header decoded but one of its buffers does not match the checksum its
+    producer computed: bytes changed in transit or at rest. ``message`` is the message as decoded
+    (its buffers must not be used), so the receiver can fail the request it belongs to."""
+
+    def __init__(self, problem: str, msg_id: int | None, message: object) -> None:
+        super().__init__(problem, msg_id)
+        self.message = message
+
+
 class PeerUnavailable(TransferError):
     """No live connection to the peer: it could not be reached within the connect timeout, or it
     disconnected while a reply was outstanding."""

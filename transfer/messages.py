@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 # Item size of every dtype a buffer may be described with (names as torch and numpy spell them).
@@ -51,6 +51,10 @@ class Buffer:
     data: Any
     dtype: str
     shape: tuple[int, ...]
+    # xxh3-64 of the bytes as their producer computed it (None: ``transfer.wire`` computes it when
+    # sending). A store node keeps a chunk's and sends it back with the bytes, so a reader detects
+    # a change made anywhere between the producer and itself.
+    checksum: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_ITEMSIZE:

@@ -21,7 +21,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from transfer import sockets
-from transfer.errors import PeerTimeout, PeerUnavailable, RemoteError, WireError
+from transfer.errors import CorruptBuffer, PeerTimeout, PeerUnavailable, RemoteError, WireError
 from transfer.messages import BAD_REQUEST, ErrorReply, Message
 from transfer.sockets import SocketOptions
 from transfer.wire import decode, encode
@@ -75,7 +75,8 @@ class RequestClient:
 
         Raises ``RemoteError`` if the server answered with an error, ``PeerUnavailable`` if the
         connection dropped while the reply was outstanding, ``PeerTimeout`` if nothing came in
-        time, ``WireError`` if the reply could not be decoded.
+        time, ``WireError`` if the reply could not be decoded (``CorruptBuffer``: its bytes do not
+        match their checksum).
         """
         if msg_id not in self._outstanding:
             raise ValueError(f"request {msg_id} is not outstanding (never submitted, or already waited on)")
@@ -96,6 +97,8 @@ class RequestClient:
             self._outstanding.discard(msg_id)
             self._lost.discard(msg_id)
         reply = self._replies.pop(msg_id)
+        if isinstance(reply, CorruptBuffer):
+            raise reply
         if isinstance(reply, ErrorReply):
             raise RemoteError(reply.code, reply.message)
         return reply
@@ -108,7 +111,12 @@ class RequestClient:
 
     def _receive(self) -> None:
         while self._sock.poll(0, zmq.POLLIN):
-            envelope = decode(self._sock.recv_multipart(copy=False))
+            try:
+                envelope = decode(self._sock.recv_multipart(copy=False))
+            except CorruptBuffer as e:  # the answer to e.msg_id: raised to whoever waits on that one
+                if e.msg_id in self._outstanding:
+                    self._replies[e.msg_id] = e
+                continue
             if envelope.msg_id in self._outstanding:
                 self._replies[envelope.msg_id] = envelope.message
             else:

@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 from typing import ClassVar
 
 from engine.llm_engine import LLMEngine
 from engine.sequence import Sequence
 from engine.types import EngineLoad, SamplingParams, TokenLogprobs
-from kvstore.tensors import nbytes
-from kvstore.types import StoreError
-from transfer.channel import OutboxPool
-from transfer.errors import TransferError
+from transfer.channel import Damaged, OutboxPool
 from transfer.messages import (
     BAD_REQUEST,
     DRAINING,
+    UNAVAILABLE,
     AbortTask,
     GenerateTask,
     Message,
@@ -41,6 +38,7 @@ from transfer.messages import (
 )
 from worker.counters import WorkerCounters
 from worker.types import ROLES, WorkerInfo, WorkerLoad, WorkerTotals
+from worker.writeback import ChunkWriter
 
 log = logging.getLogger("tandem.worker")
 
@@ -107,6 +105,7 @@ class BaseWorker:
         self.store = store  # kvstore.StoreClient bound to this worker's node, or None
         self.outboxes = OutboxPool()
         self.counters = WorkerCounters()
+        self.writer = ChunkWriter(store, self.counters) if store is not None else None
         self.draining = False  # shutting down: no new prompts (see start_drain)
 
     # -- what a role defines ------------------------------------------------------------------
@@ -120,7 +119,10 @@ class BaseWorker:
 
     # -- the loop's side (worker.loop) ----------------------------------------------------------
 
-    def handle(self, message: Message) -> None:
+    def handle(self, message: Message | Damaged) -> None:
+        if isinstance(message, Damaged):
+            self._damaged(message)
+            return
         if self.draining and isinstance(message, GenerateTask):
             text = f"worker {self.info.worker_id} is draining (shutting down) and takes no new prompts; retry"
             for request_id in task_ids(message):
@@ -140,6 +142,17 @@ class BaseWorker:
         else:
             log.warning("%s worker ignores a %s message", self.info.role, message.KIND)
 
+    def _damaged(self, damaged: Damaged) -> None:
+        """A message whose bytes were corrupted on their way: its requests fail, never run on them
+        (a hand-off's ``UNAVAILABLE``: the router prefills it again, elsewhere if it can)."""
+        message = damaged.message
+        reply_to = getattr(message, "reply_to", None)
+        if reply_to is None:
+            return
+        ids = [message.request_id, *(c.request_id for c in getattr(message, "siblings", ()))]
+        for request_id in ids:
+            self.fail(reply_to, request_id, UNAVAILABLE, f"its KV arrived corrupted ({damaged.problem})")
+
     def report(self) -> WorkerLoad:
         """This worker's load: its engine's and its own counters."""
         return load_report(self.engine.load(), self.counters.totals(), self.draining)
@@ -148,6 +161,8 @@ class BaseWorker:
         return self.engine.has_unfinished()
 
     def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
         self.outboxes.close()
 
     # -- draining (worker.drain) -----------------------------------------------------------------
@@ -186,8 +201,10 @@ class BaseWorker:
         self.outboxes.send(address, message, dropped)
 
     def flush(self) -> int:
-        """Send the messages that wait for their peers; how many still wait."""
-        return self.outboxes.flush()
+        """Send the messages that wait for their peers; how many still wait (draining, the chunks
+        the store writer has not written yet count too: the worker waits for them before it exits)."""
+        unwritten = self.writer.pending if self.draining and self.writer is not None else 0
+        return self.outboxes.flush() + unwritten
 
     def fail(self, reply_to: str, request_id: str, code: str, text: str) -> None:
         """Tell the router the request cannot complete (``code``: a ``transfer.messages`` code)."""
@@ -207,18 +224,13 @@ class BaseWorker:
 
     def write_chunks(self, seq: Sequence, num_tokens: int, first_chunk: int) -> None:
         """Write ``seq``'s full chunks from ``first_chunk`` up to ``num_tokens`` tokens to this
-        worker's store node and count the transfer. Store trouble is logged, never the request's
+        worker's store node, off the loop (``worker.writeback``): they are packed (copied) here,
+        so the pages may be released at once. Store trouble is logged, never the request's
         failure: the chunks are a cache."""
-        if self.store is None:
+        if self.writer is None:
             return
         keys, chunks = self.engine.pack_chunks(seq, num_tokens, self.info.chunk_tokens, first_chunk)
-        if not keys:
-            return
-        try:
-            started = time.perf_counter()
-            self.store.put(keys, chunks)
-            self.counters.transferred("store_put", nbytes(chunks), time.perf_counter() - started)
-        except (StoreError, TransferError) as e:
+        if keys and not self.writer.submit(seq.request_id, keys, chunks):
             log.warning(
-                "request %s: could not write %d chunks to the store: %s", seq.request_id, len(chunks), e
+                "request %s: the store writer is behind; %d chunks not cached", seq.request_id, len(keys)
             )

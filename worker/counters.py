@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+
 from worker.types import TRANSFER_KINDS, WorkerTotals
 
 
 class WorkerCounters:
-    """Accumulates a worker's ``WorkerTotals``; only the worker's loop thread touches it."""
+    """Accumulates a worker's ``WorkerTotals``. The loop thread counts everything but the store
+    writes, which its chunk writer's thread counts (``worker.writeback``): transfers take a lock."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.prompt_tokens = 0
         self.cached_local_tokens = 0
         self.cached_store_tokens = 0
@@ -22,15 +26,17 @@ class WorkerCounters:
 
     def transferred(self, kind: str, nbytes: int, seconds: float) -> None:
         """``nbytes`` of KV moved in ``seconds``; ``kind`` is one of ``TRANSFER_KINDS``."""
-        total = self._transfer[kind]
-        total[0] += nbytes
-        total[1] += seconds
+        with self._lock:
+            total = self._transfer[kind]
+            total[0] += nbytes
+            total[1] += seconds
 
     def totals(self) -> WorkerTotals:
         moved = {}
-        for kind, (nbytes, seconds) in self._transfer.items():
-            moved[f"{kind}_bytes"] = nbytes
-            moved[f"{kind}_s"] = seconds
+        with self._lock:
+            for kind, (nbytes, seconds) in self._transfer.items():
+                moved[f"{kind}_bytes"] = nbytes
+                moved[f"{kind}_s"] = seconds
         return WorkerTotals(
             prompt_tokens=self.prompt_tokens,
             cached_local_tokens=self.cached_local_tokens,

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+import xxhash
 
 from engine import LLM, SamplingParams
 from kvstore.client import StoreClient
@@ -20,7 +21,9 @@ from tests.engine.reference import mixed_prompts
 from transfer.channel import Inbox, Outbox
 from transfer.messages import (
     BAD_REQUEST,
+    UNAVAILABLE,
     AbortTask,
+    Buffer,
     DecodeTask,
     GenerateTask,
     RequestFailed,
@@ -146,7 +149,7 @@ def test_second_request_hits_locally_then_through_the_store(model, cluster, rout
     assert tokens(local) == tokens(remote)
 
 
-def test_the_next_turn_reuses_the_answer_the_decode_worker_wrote_back(model, cluster, router):
+def test_the_next_turn_reuses_the_answer_the_decode_worker_wrote_back(model, cluster, redis_url, router):
     """Turn 1 is prefilled on prefill-0 and decoded on decode-0, which writes the chunks its answer
     completed to its own store node. Turn 2 (turn 1 + its answer + more) on prefill-1 then finds
     the prompt's chunks on store-0 and the answer's on store-d: both come from the store."""
@@ -157,13 +160,12 @@ def test_the_next_turn_reuses_the_answer_the_decode_worker_wrote_back(model, clu
     answer = tokens(turn1)
     assert len(answer) == 30
     turn2_prompt = prompt + answer + [3, 4, 5]
-    # the write-back follows turn 1's last token on the decode worker's loop: once a later request
-    # has been through that loop, it is done
-    router.run(addresses["prefill-0"], [1, 2], GREEDY, addresses["decode-0"], "after-t1")
+    # the decode worker writes turn 1's answer back off its loop, after its last token: wait for it
+    offline = LLM(str(model), page_size=16, num_pages=64)
+    wait_for_chunks(redis_url, chain_keys((prompt + answer)[:-1], 16, offline.engine.fingerprint), 4)
     turn2 = router.run(addresses["prefill-1"], turn2_prompt, sampling, addresses["decode-0"], "t2")
     assert turn2[0].num_cached_store == 64 and turn2[0].num_cached_local == 0
     # the same two turns in one engine with the same chunking: its turn 2 reuses the same 64 tokens
-    offline = LLM(str(model), page_size=16, num_pages=64)
     params = SamplingParams(**sampling)
     assert offline.generate([prompt], params)[0].token_ids == answer
     again = offline.generate([turn2_prompt], params)[0]
@@ -258,3 +260,91 @@ def test_tasks_naming_unreachable_reply_addresses_do_not_stall_the_worker(cluste
     while first.finish_reason is None:
         first = router.inbox.recv(30.0)
     assert all(p.poll() is None for p in procs)
+
+
+def test_a_hand_off_corrupted_on_the_way_fails_its_request_never_decodes_it(model, cluster, router):
+    """A bit of the KV flips between prefill and decode: the decode worker, checking the bytes
+    against the checksum prefill sent, fails the request (the router would prefill it again)."""
+    addresses, procs = cluster
+    offline = LLM(str(model), page_size=8, num_pages=64)
+    prompt = mixed_prompts(250, seed=31)[3]
+    seq = offline.engine.add_request(prompt, SamplingParams(**GREEDY), request_id="p", prefill_only=True)
+    while offline.engine.has_unfinished():
+        offline.engine.step()
+    good = to_buffer(offline.engine.export_kv(seq))
+    data = bytearray(memoryview(good.data))
+    data[len(data) // 2] ^= 0x10
+    corrupt = Buffer(data, good.dtype, good.shape, checksum=xxhash.xxh3_64_intdigest(good.data))
+    decode = router.outboxes.setdefault(addresses["decode-0"], Outbox(addresses["decode-0"]))
+    first = seq.output_token_ids[0]
+    decode.send(
+        DecodeTask("flipped", tuple(prompt), first, Sampling(**GREEDY), router.inbox.address, (corrupt,))
+    )
+    reply = router.inbox.recv(30.0)
+    assert isinstance(reply, RequestFailed) and reply.request_id == "flipped" and reply.code == UNAVAILABLE
+    assert "corrupt" in reply.message
+    ok = router.run(addresses["prefill-0"], prompt, GREEDY, addresses["decode-0"], "after-flip")
+    assert tokens(ok) == offline.generate([prompt], SamplingParams(**GREEDY))[0].token_ids
+    assert all(p.poll() is None for p in procs)
+
+
+def test_a_store_chunk_corrupted_at_rest_is_recomputed_and_deleted(model, cluster, redis_url, router):
+    """A store node's memory goes bad under a chunk: the prefill worker that fetches it finds the
+    bytes do not match the checksum they were put with, recomputes, answers exactly as the
+    offline engine, and deletes the chunk."""
+    addresses, procs = cluster
+    offline = LLM(str(model), page_size=8, num_pages=256)
+    prompt = mixed_prompts(250, seed=32)[4]  # 4 full 16-token chunks before its last token
+    seq = offline.engine.add_request(prompt, SamplingParams(**GREEDY), request_id="c", prefill_only=True)
+    while offline.engine.has_unfinished():
+        offline.engine.step()
+    keys, chunks = offline.engine.pack_chunks(seq, len(prompt) - 1, 16)
+    node, stop_node, thread = in_process_node(redis_url, "store-bad")
+    writer = StoreClient(redis_url, node_id="store-bad")
+    try:
+        assert writer.put(keys, chunks) == [True] * len(keys)
+        node.pool.view(node.pool.get(keys[0]))[7] ^= 0x40  # the first chunk's bytes go bad at rest
+        expect = offline.generate([prompt], SamplingParams(**GREEDY))[0].token_ids
+        events = router.run(addresses["prefill-1"], prompt, GREEDY, addresses["decode-0"], "at-rest")
+        assert events[0].num_cached_store == 0 and tokens(events) == expect
+        assert not node.pool.contains(keys[0])  # deleted, so that the real chunk replaces it
+    finally:
+        writer.close()
+        stop_node.set()
+        thread.join(timeout=10)
+    assert all(p.poll() is None for p in procs)
+
+
+def in_process_node(redis_url: str, node_id: str):
+    """A store node served from a thread of this process (so the test can reach into its arena)."""
+    import threading
+
+    from kvstore.config import StoreNodeConfig
+    from kvstore.node import StoreNode
+
+    node = StoreNode(StoreNodeConfig(node_id=node_id, listen="tcp://127.0.0.1:0", redis_url=redis_url,
+                                     capacity_bytes=64 << 20))  # fmt: skip
+    stop_node = threading.Event()
+    thread = threading.Thread(target=node.serve, args=(stop_node,), name=node_id)
+    thread.start()
+    client = StoreClient(redis_url)
+    try:
+        deadline = time.monotonic() + 10
+        while node_id not in {n.node_id for n in client.nodes()}:
+            assert time.monotonic() < deadline, f"{node_id} did not register"
+            time.sleep(0.02)
+    finally:
+        client.close()
+    return node, stop_node, thread
+
+
+def wait_for_chunks(redis_url: str, keys: list[bytes], count: int, timeout_s: float = 15.0) -> None:
+    """Until the store index holds the first ``count`` of ``keys`` (on any node)."""
+    client = StoreClient(redis_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while client.match(keys[:count]).anywhere < count:
+            assert time.monotonic() < deadline, f"{count} chunks not written back in {timeout_s}s"
+            time.sleep(0.05)
+    finally:
+        client.close()

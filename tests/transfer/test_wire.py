@@ -8,6 +8,7 @@ import dataclasses
 import msgpack
 import numpy as np
 import pytest
+import xxhash
 
 from transfer.errors import WireError
 from transfer.messages import (
@@ -64,7 +65,7 @@ def test_round_trip_with_ids_and_buffers():
 
 def test_buffers_are_views_of_the_frames_not_copies():
     frame = bytearray(b"\x00" * 8)
-    message = decode([encode(GetReply((True,), (Buffer.raw(b"x" * 8),)))[0], frame]).message
+    message = decode([encode(GetReply((True,), (Buffer.raw(bytes(frame)),)))[0], frame]).message
     frame[0] = 42
     assert message.buffers[0].data[0] == 42
 
@@ -184,7 +185,14 @@ def test_frame_count_and_buffer_sizes_must_match_the_header():
     with pytest.raises(WireError, match="frame index 1, expected 2"):
         decode(with_header(frames, buffers=bad))
     with pytest.raises(WireError, match="store_stats: carries no buffers"):
-        decode(with_header(encode(StatsRequest()), buffers=[["uint8", [1], 1]]) + [b"x"])
+        decode(
+            with_header(encode(StatsRequest()), buffers=[["uint8", [1], 1, xxhash.xxh3_64_intdigest(b"x")]])
+            + [b"x"]
+        )
+    bad = header_of(frames)["buffers"]
+    bad[0] = bad[0][:3]
+    with pytest.raises(WireError, match=r"descriptor must be \[dtype, shape, frame_index, checksum\]"):
+        decode(with_header(frames, buffers=bad))
 
 
 def test_message_invariants_are_checked_on_decode():

@@ -153,7 +153,9 @@ class StoreNode:
                 self.pool.pin(chunk)
                 self._pinned_by_request.append(chunk)
                 # the producer's checksum, not one of the arena's bytes: a reader detects a change at rest too
-                buffers.append(Buffer(self.pool.view(chunk), chunk.dtype, chunk.shape, checksum=chunk.checksum))
+                buffers.append(
+                    Buffer(self.pool.view(chunk), chunk.dtype, chunk.shape, checksum=chunk.checksum)
+                )
         self.pool.touch_chain(list(request.keys))
         return GetReply(tuple(found), tuple(buffers))
 

@@ -122,7 +122,9 @@ def _decode_header(header: dict, frames: Sequence[Any], msg_id: int | None) -> E
         raise WireError(str(e)) from None
     for i, buffer in enumerate(buffers):  # last: a receiver told of corruption can answer the message
         if xxhash.xxh3_64_intdigest(buffer.data) != buffer.checksum:
-            raise CorruptBuffer(f"{kind}.buffers[{i}]: its bytes do not match their checksum", msg_id, message)
+            raise CorruptBuffer(
+                f"{kind}.buffers[{i}]: its bytes do not match their checksum", msg_id, message
+            )
     return Envelope(message, header["id"], header["seq"])
 
 
@@ -166,7 +168,9 @@ def _buffers(kind: str, descriptors: Any, frames: Sequence[Any]) -> tuple[Buffer
 def _buffer(kind: str, i: int, descriptor: Any, frame: Any) -> Buffer:
     where = f"{kind}.buffers[{i}]"
     if not (isinstance(descriptor, list) and len(descriptor) == 4):
-        raise WireError(f"{where}: descriptor must be [dtype, shape, frame_index, checksum], got {descriptor!r}")
+        raise WireError(
+            f"{where}: descriptor must be [dtype, shape, frame_index, checksum], got {descriptor!r}"
+        )
     dtype, shape, frame_index, sum_ = descriptor
     _coerce(sum_, int, f"{where}.checksum")
     if dtype not in DTYPE_ITEMSIZE:

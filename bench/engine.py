@@ -8,6 +8,12 @@ Three measurements, all float32 on the model given (default SmolLM2-135M-Instruc
    Throughput counts only the tokens each request asked for.
 2. prefill: long prompts with ``max_tokens=1``; achieved FLOP/s as a fraction of the fp32 GEMM peak.
 3. decode: ``--decode-batch`` sequences decoding together; FLOP/s per step against the same peak.
+4. quantization (alone with ``--quantization-only``, merged into the results file): batch-1 decode
+   (128-token prompt, 128 new tokens, greedy) and prefill for fp32, int8 and int4 weights, and the
+   quantized models' accuracy against fp32 on ``QUANT_QUESTIONS``: the fp32 greedy continuation is
+   scored under each model (teacher-forced, the engine's prompt logprobs) for the mean |delta
+   log-prob| of its tokens and how often each model's own top-1 is that token; and how many
+   free-running greedy continuations equal fp32's, and their mean common-prefix length.
 
 The GEMM peak is measured first, in this process, with the same thread count. FLOPs count the
 matmuls: 2 x (linear weights) per token, attention scores and values over the real context, and the
@@ -159,6 +165,90 @@ def measure_decode(llm: LLM, flops: FlopModel, vocab: int, batch: int, prompt_le
     }
 
 
+QUANT_QUESTIONS = (
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "def fibonacci(n):",
+    "List three primary colors.",
+    "Explain what a KV cache is in one sentence.",
+    "Translate 'good morning' into Spanish.",
+    "What is 12 times 12?",
+    "Give two tips for writing clear emails.",
+)
+QUANT_NEW_TOKENS = 32  # per prompt, for the accuracy figures
+
+
+def quant_prompts(llm: LLM) -> list[list[int]]:
+    return [llm.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in QUANT_QUESTIONS]
+
+
+def greedy(llm: LLM, prompts: list[list[int]]) -> list[list[int]]:
+    params = SamplingParams(temperature=0.0, max_tokens=QUANT_NEW_TOKENS, ignore_eos=True)
+    return [o.token_ids for o in llm.generate(prompts, params)]
+
+
+def scored(llm: LLM, prompts: list[list[int]], outputs: list[list[int]]) -> list[tuple[float, int]]:
+    """(log-prob, top-1 token id) of each output token given the prompt and the outputs before it."""
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
+    outs = llm.generate([p + o for p, o in zip(prompts, outputs)], params)
+    rows = []
+    for prompt, out in zip(prompts, outs):
+        rows += [(lp.logprob, next(iter(lp.top))) for lp in out.prompt_logprobs[len(prompt) :]]
+    return rows
+
+
+def quant_accuracy(llm: LLM, prompts, ref_out, ref_scores) -> dict:
+    """How far ``llm`` is from fp32 (``ref_out``: fp32 greedy outputs, ``ref_scores``: their scores)."""
+    own = greedy(llm, prompts)
+    scores = scored(llm, prompts, ref_out)
+    ref_tokens = [t for o in ref_out for t in o]
+    prefix = [next((i for i, (a, b) in enumerate(zip(o, r)) if a != b), len(r)) for o, r in zip(own, ref_out)]
+    return {
+        "mean_abs_logprob_delta": statistics.fmean(abs(a[0] - b[0]) for a, b in zip(scores, ref_scores)),
+        "teacher_forced_top1_agreement": statistics.fmean(s[1] == t for s, t in zip(scores, ref_tokens)),
+        "greedy_exact_matches": sum(p == len(r) for p, r in zip(prefix, ref_out)),
+        "greedy_mean_common_prefix": statistics.fmean(prefix),
+    }
+
+
+def measure_quantization(model_dir: str, flops: FlopModel, vocab: int) -> dict:
+    """Batch-1 decode and prefill speed for fp32, int8 and int4 weights, and accuracy against fp32."""
+    rows, ref = {}, None
+    for method in (None, "int8", "int4"):
+        name = method or "fp32"
+        llm = LLM(model_dir, dtype="float32", quantization=method, max_num_seqs=8, num_pages=512)
+        llm.generate([[100] * 16], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
+        row = {"decode_batch1": measure_decode(llm, flops, vocab, 1, 128, 128)}
+        row["prefill"] = measure_prefill(llm, flops, vocab, 512, 4)
+        prompts = quant_prompts(llm)
+        if ref is None:
+            out = greedy(llm, prompts)
+            ref = (out, scored(llm, prompts, out))
+        else:
+            row["accuracy_vs_fp32"] = quant_accuracy(llm, prompts, *ref)
+            row["decode_speedup_vs_fp32"] = (
+                row["decode_batch1"]["tokens_per_s"] / rows["fp32"]["decode_batch1"]["tokens_per_s"]
+            )
+        rows[name] = row
+        _print_quant_row(name, row)
+        del llm
+    return {"threads": torch.get_num_threads(), "questions": list(QUANT_QUESTIONS),
+            "new_tokens": QUANT_NEW_TOKENS, "rows": rows}  # fmt: skip
+
+
+def _print_quant_row(name: str, row: dict) -> None:
+    line = f"{name}: batch-1 decode {row['decode_batch1']['tokens_per_s']:.1f} tok/s"
+    line += f", prefill {row['prefill']['tokens_per_s']:.0f} tok/s"
+    if "accuracy_vs_fp32" in row:
+        acc = row["accuracy_vs_fp32"]
+        line += (
+            f" ({row['decode_speedup_vs_fp32']:.2f}x fp32); |dlogp| {acc['mean_abs_logprob_delta']:.4f}, "
+            f"top-1 agreement {acc['teacher_forced_top1_agreement']:.1%}, greedy equal "
+            f"{acc['greedy_exact_matches']}/{len(QUANT_QUESTIONS)}"
+        )
+    print(line)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -172,6 +262,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prefill-len", type=int, default=512)
     ap.add_argument("--skip-hf", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--quantization-only", action="store_true",
+        help="run only the quantization section; its results replace that key of --out, the rest is kept",
+    )  # fmt: skip
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default=str(RESULTS))
     return ap.parse_args(argv)
 
@@ -225,9 +320,13 @@ def measure_hf(model_dir: str, reqs, batch_size: int, engine_s: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model_dir = args.model or default_model_dir()
     cfg = ModelConfig.from_dir(model_dir)
     flops = FlopModel(cfg)
+    if args.quantization_only:
+        return _quantization_only(args, model_dir, flops, cfg.vocab_size)
     print(f"model {model_dir}\nthreads {torch.get_num_threads()}; measuring the fp32 GEMM peak ...")
     peak = gemm_peak_flops()
     print(f"GEMM peak {peak / 1e9:.1f} GFLOP/s")
@@ -241,12 +340,24 @@ def main(argv: list[str] | None = None) -> int:
         engine_s = result["engine"]["seconds"]
         result["hf"] = measure_hf(model_dir, reqs, args.hf_batch_size, engine_s)
         result["speedup_vs_hf"] = result["hf"]["seconds"] / engine_s
+    result["quantization"] = measure_quantization(model_dir, flops, cfg.vocab_size)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     _refit_profile(out)
+    return 0
+
+
+def _quantization_only(args: argparse.Namespace, model_dir: str, flops: FlopModel, vocab: int) -> int:
+    print(f"model {model_dir}\nthreads {torch.get_num_threads()}; quantization section only")
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result["quantization"] = measure_quantization(model_dir, flops, vocab)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

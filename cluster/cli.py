@@ -70,6 +70,9 @@ def _add_generate(sub) -> None:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    gen.add_argument(
+        "--quantization", choices=["int8", "int4"], help="weight-only quantization (default none)"
+    )
 
 
 def _add_chat(sub) -> None:
@@ -104,6 +107,9 @@ def _add_up(sub) -> None:
         "--redis-url", default=env.REDIS_URL, help="external Redis (default: $REDIS_URL, else embedded)"
     )
     _add_up_memory(up)
+    up.add_argument(
+        "--quantization", choices=["int8", "int4"], help="workers' weight-only quantization (default none)"
+    )
     up.add_argument(
         "--api-key", default=env.API_KEY,
         help="clients must send 'Authorization: Bearer KEY' (default: $TANDEM_API_KEY; unset: no key)",
@@ -149,7 +155,7 @@ def _generate(args: argparse.Namespace) -> int:
     from engine import LLM, SamplingParams
 
     model_dir = resolve_model(args.model)
-    llm = LLM(str(model_dir), dtype=args.dtype)
+    llm = LLM(str(model_dir), dtype=args.dtype, quantization=args.quantization)
     params = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed
     )
@@ -258,6 +264,7 @@ def _up_config(args: argparse.Namespace):
         store_capacity_bytes=args.store_capacity, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
         kv_cache_memory_bytes=args.kv_cache_memory, drain_timeout_s=args.drain_timeout_s,
         max_num_batched_tokens=args.max_num_batched_tokens, api_key=args.api_key,
+        extra_worker_args=("--quantization", args.quantization) if args.quantization else (),
     )  # fmt: skip
 
 

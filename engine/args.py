@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from engine.config import DTYPES, EngineConfig
+from engine.config import DTYPES, QUANTIZATIONS, EngineConfig
 from engine.llm_engine import LLMEngine, default_device
 from engine.memory import tune_host_allocator
 
@@ -16,6 +16,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dtype", default="float32", choices=sorted(DTYPES), help="weights and KV dtype (float32 on CPU)"
     )
+    g.add_argument(
+        "--quantization", default=None, choices=QUANTIZATIONS,
+        help="weight-only quantization of the linears and LM head (default: none, weights in --dtype)",
+    )  # fmt: skip
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     g.add_argument("--page-size", type=int, default=16, help="tokens per KV page (default 16)")
     g.add_argument("--num-pages", type=int, default=None, help="KV pages (default: sized from free memory)")
@@ -37,6 +41,7 @@ def engine_config(args: argparse.Namespace, model_dir: str, device: str) -> Engi
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
+        quantization=args.quantization,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATIONS = ("int4", "int8")  # weight-only; see engine.quant
 
 
 @dataclass(frozen=True)
@@ -121,10 +122,15 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     enable_prefix_caching: bool = True
     kv_cache_memory_fraction: float = 0.2  # of free memory, when num_pages is None
+    quantization: str | None = None  # weight-only "int8" | "int4" of the linears; None: dtype
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be one of {list(QUANTIZATIONS)} or None, got {self.quantization!r}"
+            )
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
         if self.num_pages is not None and self.num_pages < 1:
@@ -141,3 +147,9 @@ class EngineConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def numerics(self) -> str:
+        """What decides the KV bytes besides the checkpoint: the dtype, and the weights' quantization
+        (a quantized model's KV differs from the full-precision one's, so caches must not mix)."""
+        return self.dtype if self.quantization is None else f"{self.dtype}+{self.quantization}"

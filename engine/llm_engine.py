@@ -53,7 +53,7 @@ class LLMEngine:
             "num_kv_heads": self.model_cfg.num_kv_heads,
             "head_dim": self.model_cfg.head_dim,
         }
-        self.fingerprint = model_fingerprint(config.model, config.dtype, layout)
+        self.fingerprint = model_fingerprint(config.model, config.numerics, layout)
         self.pool = PagePool(num_pages, config.page_size)
         self.kv = KVCacheManager(self.pool, self.fingerprint, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
@@ -64,7 +64,7 @@ class LLMEngine:
         self._unborn: dict[str, Sequence] = {}  # sibling request id -> the sequence it forks from
         log.info(
             "engine ready: %s (%s) on %s, %d pages x %d tokens (%.1f MiB KV), max_model_len %d",
-            self.model_cfg.architecture, config.dtype, config.device, num_pages, config.page_size,
+            self.model_cfg.architecture, config.numerics, config.device, num_pages, config.page_size,
             num_pages * page_bytes / 2**20, max_len,
         )  # fmt: skip
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.models import model_class
+from engine.quant import quantize_model
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -38,9 +39,15 @@ def iter_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def load_model(
-    model_dir: str | Path, cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int
+    model_dir: str | Path,
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
+    quantization: str | None = None,
 ) -> nn.Module:
-    """Instantiate the registered class for ``cfg`` and fill it from the checkpoint, in ``dtype``."""
+    """Instantiate the registered class for ``cfg`` and fill it from the checkpoint, in ``dtype``;
+    with ``quantization`` ("int8" | "int4"), its linears are then quantized (see engine.quant)."""
     model_dir = Path(model_dir)
     cls = model_class(cfg)
     with torch.device("meta"):
@@ -49,5 +56,7 @@ def load_model(
     model = model.to_empty(device=device).to(dtype=dtype)
     model.load_weights(iter_weights(weight_files(model_dir)))
     model.eval()
+    if quantization is not None:
+        quantize_model(model, quantization)
     model.init_rope(device)
     return model

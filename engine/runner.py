@@ -24,7 +24,9 @@ class ModelRunner:
         self.model_cfg = model_cfg
         self.device = torch.device(config.device)
         self.page_size = config.page_size
-        self.model = load_model(config.model, model_cfg, config.torch_dtype, self.device, max_model_len)
+        self.model = load_model(
+            config.model, model_cfg, config.torch_dtype, self.device, max_model_len, config.quantization
+        )
         self.kv_cache = torch.zeros(
             model_cfg.num_layers, 2, model_cfg.num_kv_heads, num_pages, config.page_size, model_cfg.head_dim,
             dtype=config.torch_dtype, device=self.device,

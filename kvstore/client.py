@@ -53,6 +53,10 @@ class StoreClient:
         if timeout_s <= 0 or connect_timeout_s <= 0 or max_request_bytes <= 0:
             raise ValueError("timeout_s, connect_timeout_s and max_request_bytes must be positive")
         self.index = StoreIndex(redis_url, prefix=index_prefix)
+        self._settings = {
+            "redis_url": redis_url, "node_id": node_id, "timeout_s": timeout_s, "connect_timeout_s": connect_timeout_s,
+            "max_request_bytes": max_request_bytes, "index_prefix": index_prefix,
+        }  # fmt: skip
         self.node_id = node_id
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -60,6 +64,11 @@ class StoreClient:
         self._connections: dict[str, RequestClient] = {}
         self._own_address: str | None = None  # node_id's address, looked up once
         self._lock = threading.Lock()
+
+    def clone(self) -> StoreClient:
+        """Another client of the same store and node, with connections and a lock of its own: a
+        thread that writes through it never makes this one's reads wait."""
+        return StoreClient(**self._settings)
 
     # ---- lookups (index only) ------------------------------------------------------------------
 

@@ -105,7 +105,8 @@ class BaseWorker:
         self.store = store  # kvstore.StoreClient bound to this worker's node, or None
         self.outboxes = OutboxPool()
         self.counters = WorkerCounters()
-        self.writer = ChunkWriter(store, self.counters) if store is not None else None
+        # its own client: a write in flight never holds up this worker's fetches
+        self.writer = ChunkWriter(store.clone(), self.counters) if store is not None else None
         self.draining = False  # shutting down: no new prompts (see start_drain)
 
     # -- what a role defines ------------------------------------------------------------------

@@ -65,8 +65,11 @@ class ChunkWriter:
                     self.pending -= 1
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Write what is queued (for at most ``timeout_s``), then stop the thread."""
+        """Write what is queued (for at most ``timeout_s``), then stop the thread and close the
+        store client it was given."""
         self._queue.put(None)
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.warning("the chunk writer still had %d batches to write; dropped", self.pending)
+        else:
+            self._store.close()

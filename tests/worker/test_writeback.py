@@ -38,7 +38,7 @@ def node(redis_server, start_node):  # noqa: F811
 
 def test_chunks_are_written_off_the_callers_thread_and_counted(redis_server, node):  # noqa: F811
     store, counters = StoreClient(redis_server.url, node_id="w0"), WorkerCounters()
-    writer = ChunkWriter(store, counters)
+    writer = ChunkWriter(store.clone(), counters)
     try:
         keys, chunks = batch(1)
         assert writer.submit("r1", keys, chunks)
@@ -52,7 +52,7 @@ def test_chunks_are_written_off_the_callers_thread_and_counted(redis_server, nod
 
 def test_a_stalled_node_drops_what_exceeds_the_budget_and_close_writes_the_rest(redis_server, node):  # noqa: F811
     store = StoreClient(redis_server.url, node_id="w0", timeout_s=30)
-    writer = ChunkWriter(store, WorkerCounters(), max_pending_bytes=3 * 4 * 256 * 4)  # 3 chunks
+    writer = ChunkWriter(store.clone(), WorkerCounters(), max_pending_bytes=3 * 4 * 256 * 4)  # 3 chunks
     node.proc.send_signal(signal.SIGSTOP)  # the node stops reading: the first put waits on it
     try:
         first, second = batch(2), batch(3)

@@ -14,6 +14,11 @@ Three measurements, all float32 on the model given (default SmolLM2-135M-Instruc
    scored under each model (teacher-forced, the engine's prompt logprobs) for the mean |delta
    log-prob| of its tokens and how often each model's own top-1 is that token; and how many
    free-running greedy continuations equal fp32's, and their mean common-prefix length.
+5. vLLM (alone with ``--vllm-only``, merged into the results file): with a vLLM CPU venv
+   (``--vllm-python``, default ``.peers/vllm/bin/python`` from ``make peer-vllm`` if built) the
+   mixed workload, decode at batch 32 and 1, and prefill run on Tandem then on vLLM (same prompts),
+   row by row, printing Tandem / vLLM; ``--vllm-quantization`` adds Tandem's batch-1 decode with
+   int8/int4 weights against vLLM fp32. See ``bench/engine_peer.py``.
 
 The GEMM peak is measured first, in this process, with the same thread count. FLOPs count the
 matmuls: 2 x (linear weights) per token, attention scores and values over the real context, and the
@@ -44,6 +49,7 @@ from engine import LLM, SamplingParams  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
+PEER_ROWS = ("mixed", "decode_b32", "decode_b1", "prefill")  # see bench/engine_peer.py
 
 
 def gemm_peak_flops(seconds: float = 3.0) -> float:
@@ -119,9 +125,18 @@ def run_hf(model_dir: str, reqs, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
-def measure_prefill(llm: LLM, flops: FlopModel, vocab: int, prompt_len: int, n: int) -> dict:
+def prefill_prompts(vocab: int, prompt_len: int, n: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(7)
-    prompts = [torch.randint(100, vocab, (prompt_len,), generator=g).tolist() for _ in range(n)]
+    return [torch.randint(100, vocab, (prompt_len,), generator=g).tolist() for _ in range(n)]
+
+
+def decode_prompts(vocab: int, batch: int, prompt_len: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(8)
+    return [torch.randint(100, vocab, (prompt_len,), generator=g).tolist() for _ in range(batch)]
+
+
+def measure_prefill(llm: LLM, flops: FlopModel, vocab: int, prompt_len: int, n: int) -> dict:
+    prompts = prefill_prompts(vocab, prompt_len, n)
     llm.engine.pool.reset_prefix_cache()
     start = time.perf_counter()
     llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=1))
@@ -136,10 +151,8 @@ def measure_prefill(llm: LLM, flops: FlopModel, vocab: int, prompt_len: int, n: 
 
 
 def measure_decode(llm: LLM, flops: FlopModel, vocab: int, batch: int, prompt_len: int, steps: int) -> dict:
-    g = torch.Generator().manual_seed(8)
     engine = llm.engine
-    for _ in range(batch):
-        prompt = torch.randint(100, vocab, (prompt_len,), generator=g).tolist()
+    for prompt in decode_prompts(vocab, batch, prompt_len):
         engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=steps + 1, ignore_eos=True))
     times, step_flops = [], []
     with tqdm(total=steps, desc=f"decode batch {batch}") as bar:
@@ -161,6 +174,7 @@ def measure_decode(llm: LLM, flops: FlopModel, vocab: int, batch: int, prompt_le
         "steps": len(times),
         "step_ms_p50": step_s * 1e3,
         "tokens_per_s": batch / step_s,
+        "tokens_per_s_mean": batch * len(times) / sum(times),
         "flops_per_s": statistics.median(f / t for f, t in zip(step_flops, times)),
     }
 
@@ -266,6 +280,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quantization-only", action="store_true",
         help="run only the quantization section; its results replace that key of --out, the rest is kept",
     )  # fmt: skip
+    ap.add_argument(
+        "--vllm-python",
+        help="python of a vLLM CPU venv (default: .peers/vllm/bin/python if built, else no vLLM)",
+    )
+    ap.add_argument(
+        "--vllm-only", action="store_true",
+        help="run only the side-by-side vLLM rows; their results replace the `vllm` key of --out",
+    )  # fmt: skip
+    ap.add_argument("--rows", nargs="+", default=list(PEER_ROWS), choices=PEER_ROWS, help="vLLM rows to run")
+    ap.add_argument(
+        "--vllm-quantization", nargs="*", default=["int8", "int4"], choices=["int8", "int4"],
+        help="also run Tandem's batch-1 decode with these weights against vLLM fp32",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default=str(RESULTS))
     return ap.parse_args(argv)
@@ -327,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     flops = FlopModel(cfg)
     if args.quantization_only:
         return _quantization_only(args, model_dir, flops, cfg.vocab_size)
+    if args.vllm_only:
+        return _vllm_only(args, model_dir, flops, cfg.vocab_size)
     print(f"model {model_dir}\nthreads {torch.get_num_threads()}; measuring the fp32 GEMM peak ...")
     peak = gemm_peak_flops()
     print(f"GEMM peak {peak / 1e9:.1f} GFLOP/s")
@@ -341,13 +370,48 @@ def main(argv: list[str] | None = None) -> int:
         result["hf"] = measure_hf(model_dir, reqs, args.hf_batch_size, engine_s)
         result["speedup_vs_hf"] = result["hf"]["seconds"] / engine_s
     result["quantization"] = measure_quantization(model_dir, flops, cfg.vocab_size)
+    vllm = _measure_vllm(llm, reqs, flops, cfg.vocab_size, args, model_dir)
+    if vllm is not None:
+        result["vllm"] = vllm
+    _write(Path(args.out), result)
+    _refit_profile(Path(args.out))
+    return 0
 
+
+def _measure_vllm(llm: LLM, reqs, flops: FlopModel, vocab: int, args, model_dir: str) -> dict | None:
+    """The side-by-side rows against the vLLM peer, or None where no peer venv is given or built."""
+    from bench import engine_peer  # it imports this module's measurements
+
+    python = engine_peer.resolve_python(args.vllm_python)
+    if python is None:
+        return None
+    peer = engine_peer.VllmPeer(python, model_dir)
+    try:
+        return engine_peer.compare_with_vllm(llm, peer, reqs, flops, vocab, args)
+    finally:
+        peer.close()
+
+
+def _vllm_only(args: argparse.Namespace, model_dir: str, flops: FlopModel, vocab: int) -> int:
+    print(f"model {model_dir}\nthreads {torch.get_num_threads()}; vLLM side-by-side rows only")
+    llm = LLM(model_dir, dtype="float32", max_num_seqs=64, max_num_batched_tokens=2048)
+    llm.generate([[100] * 16], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
+    vllm = _measure_vllm(
+        llm, make_requests(args.num_requests, vocab, args.seed), flops, vocab, args, model_dir
+    )
+    if vllm is None:
+        return 1
     out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result["vllm"] = vllm
+    _write(out, result)
+    return 0
+
+
+def _write(out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
-    _refit_profile(out)
-    return 0
 
 
 def _quantization_only(args: argparse.Namespace, model_dir: str, flops: FlopModel, vocab: int) -> int:
@@ -355,9 +419,7 @@ def _quantization_only(args: argparse.Namespace, model_dir: str, flops: FlopMode
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
     result["quantization"] = measure_quantization(model_dir, flops, vocab)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    _write(out, result)
     return 0
 
 

@@ -88,25 +88,26 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
                 return 0
             started = time.perf_counter()
             chunks = self.store.get(keys[local:best])
-        except CorruptBuffer as e:  # changed since it was put: never used, recomputed, and replaced
-            log.warning("request %s: the store's chunks are corrupt, recomputing: %s", request_id, e)
-            self._stored_chunks[request_id] = local
-            self._forget(keys[local:best])
-            return 0
+        except CorruptBuffer as e:  # changed since it was put
+            return self._distrust(request_id, keys[local:best], local, f"are corrupt ({e})")
         except (StoreError, KeyError, TransferError, ValueError) as e:
             log.warning("request %s: store fetch failed, recomputing: %s", request_id, e)
             return 0
         try:
             imported = self.engine.import_prefix(prompt, chunks, start_token=local * ct)
-        except ValueError as e:  # not KV this engine can use: never trusted, recomputed, and dropped
-            log.warning(
-                "request %s: the store's chunks are not this model's KV, recomputing: %s", request_id, e
-            )
-            self._stored_chunks[request_id] = local
-            self._forget(keys[local:best])
-            return 0
+        except ValueError as e:  # not KV this engine can use
+            return self._distrust(request_id, keys[local:best], local, f"are not this model's KV ({e})")
         self.counters.transferred("store_fetch", nbytes(chunks), time.perf_counter() - started)
         return max(0, imported - local * ct)
+
+    def _distrust(self, request_id: str, keys: list[bytes], num_local: int, why: str) -> int:
+        """Chunks that must not become KV: never used, recomputed, and deleted from the store so
+        that this prompt's write-back replaces them (it writes past the ``num_local`` it holds).
+        Returns the tokens that came from the store: none."""
+        log.warning("request %s: the store's chunks %s; recomputing", request_id, why)
+        self._stored_chunks[request_id] = num_local
+        self._forget(keys)
+        return 0
 
     def _forget(self, keys: list[bytes]) -> None:
         """Delete chunks that failed the check from every node, so the write-back replaces them."""

@@ -75,13 +75,18 @@ def prompt_too_long(request: ParsedRequest, max_model_len: int, why: str) -> Api
     )  # fmt: skip
 
 
-def _common(body: dict, served_model: str, vocab_size: int, *, chat: bool) -> dict[str, Any]:
-    model = get_str(body, "model")
+def check_model(model: str, served_model: str) -> None:
+    """404 (OpenAI's ``model_not_found``) unless ``model`` is the one this server serves."""
     if model != served_model:
         raise ApiError(
             404, f"the model '{model}' does not exist; this server serves '{served_model}'",
             param="model", code="model_not_found",
         )  # fmt: skip
+
+
+def _common(body: dict, served_model: str, vocab_size: int, *, chat: bool) -> dict[str, Any]:
+    model = get_str(body, "model")
+    check_model(model, served_model)
     reject_unsupported(body, chat=chat)
     stream = get_bool(body, "stream", False)
     options = body.get("stream_options")
@@ -197,15 +202,19 @@ def parse_chat(body: dict, served_model: str, vocab_size: int) -> ParsedRequest:
     wants = get_bool(body, "logprobs", False)
     if top is not None and not wants:
         raise bad("top_logprobs", "'top_logprobs' needs 'logprobs': true")
-    messages = body.get("messages")
+    messages = parse_messages(body.get("messages"))
+    return ParsedRequest(messages=messages, logprobs=(top or 0) if wants else None, **common)
+
+
+def parse_messages(messages: Any) -> list[dict[str, Any]]:
+    """A chat's ``messages``: each with a role and text content (400 naming what is wrong)."""
     if messages is None:
         raise bad("messages", "'messages' is a required field")
     if not isinstance(messages, list):
         raise bad("messages", "'messages' must be an array of messages")
     if not messages:
         raise bad("messages", "'messages' must not be empty")
-    parsed = [_message(i, m) for i, m in enumerate(messages)]
-    return ParsedRequest(messages=parsed, logprobs=(top or 0) if wants else None, **common)
+    return [_message(i, m) for i, m in enumerate(messages)]
 
 
 def sampling_fields(

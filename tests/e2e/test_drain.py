@@ -20,6 +20,8 @@ import time
 import pytest
 import requests
 
+from tests.kvstore.procs import wait_until
+
 pytestmark = pytest.mark.slow
 
 STARTED = re.compile(r"started (\S+) \(pid (\d+)\)")
@@ -153,13 +155,6 @@ def health(url: str) -> dict:
         return {}
 
 
-def wait_until(predicate, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def up():
     cluster = TandemUp("--port", "0", "--prefill", "1", "--decode", "2", "--policy", "round_robin",
@@ -182,7 +177,9 @@ def test_sigterm_to_a_decode_worker_finishes_its_streams_and_new_requests_go_els
     os.kill(up.pids()[victim], signal.SIGTERM)
     held = int(up.wait_for(rf"{victim} draining: (\d+) request")[1])
     assert held >= 4, "the victim's streams were not all in flight at the signal"
-    wait_until(lambda: health(up.url).get("workers", {}).get("decode") == 1, "the router to see the drain")
+    wait_until(
+        lambda: health(up.url).get("workers", {}).get("decode") == 1, 60, "the router to see the drain"
+    )
     for i in range(2):
         body = {"model": up.model, "prompt": f"Say {i}", "max_tokens": 4, "temperature": 0}
         resp = requests.post(f"{up.url}/v1/completions", json=body, timeout=60)
@@ -194,7 +191,9 @@ def test_sigterm_to_a_decode_worker_finishes_its_streams_and_new_requests_go_els
 
 
 def test_sigint_to_tandem_up_finishes_every_accepted_request_and_exits_cleanly(up):
-    wait_until(lambda: health(up.url).get("workers", {}).get("decode") == 2, "the restarted decode worker")
+    wait_until(
+        lambda: health(up.url).get("workers", {}).get("decode") == 2, 60, "the restarted decode worker"
+    )
     streams = open_streams(up.url, up.model, 4, max_tokens=24)
     started(streams)
     up.proc.send_signal(signal.SIGINT)

@@ -18,6 +18,7 @@ from kvstore.tensors import to_buffer
 from tests.e2e.procs import spawn, stop, wait_for_workers
 from tests.engine.conftest import build_tiny
 from tests.engine.reference import mixed_prompts
+from tests.kvstore.procs import node_in_thread, wait_until
 from transfer.channel import Inbox, Outbox
 from transfer.messages import (
     BAD_REQUEST,
@@ -299,52 +300,26 @@ def test_a_store_chunk_corrupted_at_rest_is_recomputed_and_deleted(model, cluste
     while offline.engine.has_unfinished():
         offline.engine.step()
     keys, chunks = offline.engine.pack_chunks(seq, len(prompt) - 1, 16)
-    node, stop_node, thread = in_process_node(redis_url, "store-bad")
-    writer = StoreClient(redis_url, node_id="store-bad")
-    try:
-        assert writer.put(keys, chunks) == [True] * len(keys)
+    with node_in_thread(redis_url, "store-bad") as node:
+        writer = StoreClient(redis_url, node_id="store-bad")
+        try:
+            assert writer.put(keys, chunks) == [True] * len(keys)
+        finally:
+            writer.close()
         node.pool.view(node.pool.get(keys[0]))[7] ^= 0x40  # the first chunk's bytes go bad at rest
         expect = offline.generate([prompt], SamplingParams(**GREEDY))[0].token_ids
         events = router.run(addresses["prefill-1"], prompt, GREEDY, addresses["decode-0"], "at-rest")
         assert events[0].num_cached_store == 0 and tokens(events) == expect
         assert not node.pool.contains(keys[0])  # deleted, so that the real chunk replaces it
-    finally:
-        writer.close()
-        stop_node.set()
-        thread.join(timeout=10)
     assert all(p.poll() is None for p in procs)
-
-
-def in_process_node(redis_url: str, node_id: str):
-    """A store node served from a thread of this process (so the test can reach into its arena)."""
-    import threading
-
-    from kvstore.config import StoreNodeConfig
-    from kvstore.node import StoreNode
-
-    node = StoreNode(StoreNodeConfig(node_id=node_id, listen="tcp://127.0.0.1:0", redis_url=redis_url,
-                                     capacity_bytes=64 << 20))  # fmt: skip
-    stop_node = threading.Event()
-    thread = threading.Thread(target=node.serve, args=(stop_node,), name=node_id)
-    thread.start()
-    client = StoreClient(redis_url)
-    try:
-        deadline = time.monotonic() + 10
-        while node_id not in {n.node_id for n in client.nodes()}:
-            assert time.monotonic() < deadline, f"{node_id} did not register"
-            time.sleep(0.02)
-    finally:
-        client.close()
-    return node, stop_node, thread
 
 
 def wait_for_chunks(redis_url: str, keys: list[bytes], count: int, timeout_s: float = 15.0) -> None:
     """Until the store index holds the first ``count`` of ``keys`` (on any node)."""
     client = StoreClient(redis_url)
     try:
-        deadline = time.monotonic() + timeout_s
-        while client.match(keys[:count]).anywhere < count:
-            assert time.monotonic() < deadline, f"{count} chunks not written back in {timeout_s}s"
-            time.sleep(0.05)
+        wait_until(
+            lambda: client.match(keys[:count]).anywhere >= count, timeout_s, f"{count} chunks written back"
+        )
     finally:
         client.close()

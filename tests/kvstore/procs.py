@@ -1,16 +1,22 @@
-"""Store node processes for tests, and polling with a deadline."""
+"""Store node processes for tests (and a node in a thread of the test's own), and polling with a
+deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from kvstore.client import StoreClient
+from kvstore.config import StoreNodeConfig
 from kvstore.index import StoreIndex
+from kvstore.node import StoreNode
 
 REPO = Path(__file__).resolve().parents[2]
 TTL_S = 1.5  # short leases so that fault tests finish quickly
@@ -90,3 +96,22 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def node_in_thread(redis_url: str, node_id: str, capacity_bytes: int = 64 << 20) -> Iterator[StoreNode]:
+    """A registered store node served from a thread of this process, so a test can reach into its
+    arena (to corrupt bytes at rest); stopped and deregistered on exit."""
+    node = StoreNode(StoreNodeConfig(node_id=node_id, listen="tcp://127.0.0.1:0", redis_url=redis_url,
+                                     capacity_bytes=capacity_bytes))  # fmt: skip
+    stop = threading.Event()
+    thread = threading.Thread(target=node.serve, args=(stop,), name=node_id)
+    thread.start()
+    client = StoreClient(redis_url)
+    try:
+        wait_until(lambda: node_id in {n.node_id for n in client.nodes()}, 10, f"{node_id} to register")
+        yield node
+    finally:
+        client.close()
+        stop.set()
+        thread.join(timeout=10)

@@ -3,38 +3,20 @@ the reader against the checksum its producer computed, never handed out as KV.""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 from kvstore import StoreClient
-from kvstore.config import StoreNodeConfig
-from kvstore.node import StoreNode
+from tests.kvstore.procs import node_in_thread
 from transfer.errors import CorruptBuffer
 
 
 @pytest.fixture
 def node(redis_server):
-    config = StoreNodeConfig(
-        node_id="n0", listen="tcp://127.0.0.1:0", redis_url=redis_server.url, capacity_bytes=1 << 20
-    )
-    node = StoreNode(config)
-    stop = threading.Event()
-    thread = threading.Thread(target=node.serve, args=(stop,), name="store-node")
-    thread.start()
-    client = StoreClient(redis_url=redis_server.url, node_id="n0")
-    deadline_ok = False
-    for _ in range(200):  # registered with its first heartbeat
-        if client.nodes():
-            deadline_ok = True
-            break
-        stop.wait(0.02)
-    assert deadline_ok, "the node did not register"
-    yield node, client
-    client.close()
-    stop.set()
-    thread.join(timeout=10)
+    with node_in_thread(redis_server.url, "n0", capacity_bytes=1 << 20) as store_node:
+        client = StoreClient(redis_url=redis_server.url, node_id="n0")
+        yield store_node, client
+        client.close()
 
 
 def test_a_chunk_changed_at_rest_is_refused_by_its_reader(node):

@@ -9,6 +9,7 @@ import time
 import pytest
 import requests
 
+from tests.kvstore.procs import wait_until
 from transfer.messages import AbortTask, GenerateTask
 
 COMPLETIONS = "/v1/completions"
@@ -17,13 +18,6 @@ COMPLETIONS = "/v1/completions"
 @pytest.fixture(scope="module")
 def model_name(default_model) -> str:
     return default_model.name
-
-
-def wait_until(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -41,7 +35,7 @@ def test_a_request_past_its_deadline_fails_and_is_aborted(start_router, start_wo
         assert r.status_code == 200 and '"request_timeout"' in r.text and r.text.endswith("data: [DONE]\n\n")
     else:
         assert r.status_code == 504 and r.json()["error"]["code"] == "request_timeout"
-    wait_until(lambda: worker.of_kind(AbortTask))  # the worker stops generating for nobody
+    wait_until(lambda: worker.of_kind(AbortTask), 10, "the abort")  # it stops generating for nobody
 
 
 def test_beyond_max_in_flight_is_429_for_any_policy(start_router, start_worker, model_name):
@@ -57,7 +51,7 @@ def test_beyond_max_in_flight_is_429_for_any_policy(start_router, start_worker, 
     )
     thread.start()
     try:
-        wait_until(lambda: worker.of_kind(GenerateTask))  # the first one is being served
+        wait_until(lambda: worker.of_kind(GenerateTask), 10, "the first task")  # it is being served
         r = requests.post(router.url + COMPLETIONS, json=body, timeout=30)
         assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_requests"
         assert r.headers["retry-after"] == "1"

@@ -13,6 +13,7 @@ from colocated.worker import ColocatedWorker
 from engine import LLM
 from prefill.worker import PrefillWorker
 from tests.engine.conftest import build_tiny
+from tests.kvstore.procs import wait_until
 from transfer.channel import Inbox
 from transfer.messages import DRAINING, GenerateTask, RequestFailed, Sampling, TokenEvent
 from worker import drain as drain_module
@@ -185,9 +186,9 @@ def test_the_loop_publishes_draining_at_once_and_deregisters_when_drained(redis_
     ))  # fmt: skip
     loop.start()
     try:
-        wait_for(lambda: [w.load.draining for w in registry.live()] == [False], "registration")
+        wait_until(lambda: [w.load.draining for w in registry.live()] == [False], 10, "registration")
         requested.set()  # the heartbeat is a minute away: only the loop can publish it this soon
-        wait_for(lambda: [w.load.draining for w in registry.live()] == [True], "draining published")
+        wait_until(lambda: [w.load.draining for w in registry.live()] == [True], 10, "draining published")
         assert loop.is_alive(), "a request is still held"
         worker.num_held = 0
         loop.join(timeout=10)
@@ -197,10 +198,3 @@ def test_the_loop_publishes_draining_at_once_and_deregisters_when_drained(redis_
         loop.join(timeout=10)
         inbox.close()
         registry.close()
-
-
-def wait_for(condition, what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)

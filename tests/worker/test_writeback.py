@@ -12,6 +12,7 @@ import torch
 
 from kvstore import StoreClient
 from tests.kvstore.conftest import redis_server, start_node  # noqa: F401 (fixtures)
+from tests.kvstore.procs import wait_until
 from worker.counters import WorkerCounters
 from worker.writeback import ChunkWriter
 
@@ -22,13 +23,6 @@ def batch(seed: int, n: int = 2) -> tuple[list[bytes], list[torch.Tensor]]:
     return [bytes([seed, i]) * 16 for i in range(n)], [
         torch.full(CHUNK, float(seed * 10 + i)) for i in range(n)
     ]
-
-
-def wait_until(condition, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -42,7 +36,7 @@ def test_chunks_are_written_off_the_callers_thread_and_counted(redis_server, nod
     try:
         keys, chunks = batch(1)
         assert writer.submit("r1", keys, chunks)
-        wait_until(lambda: writer.pending == 0)
+        wait_until(lambda: writer.pending == 0, 15, "the write")
         assert all(torch.equal(a, b) for a, b in zip(store.get(keys), chunks))
         assert counters.totals().store_put_bytes == 2 * 4 * 256 * 4
     finally:

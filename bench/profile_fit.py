@@ -38,7 +38,8 @@ def fit(engine: dict, transfer: dict) -> dict:
     per_seq_s = (large["step_ms_p50"] - small["step_ms_p50"]) / 1000 / (large["batch"] - small["batch"])
     base_s = max(0.0, small["step_ms_p50"] / 1000 - per_seq_s * small["batch"])
     fetch = transfer["fetch_cost_model"]
-    return {
+    disk = transfer.get("disk", {}).get("disk_cost_model")
+    profile = {
         "name": "cpu-smollm2",
         "description": f"{engine['model']} on {engine['machine']['threads']} CPU threads, fitted by bench/profile_fit.py",
         "sources": ["bench/results/engine.json", "bench/results/transfer.json"],
@@ -59,6 +60,12 @@ def fit(engine: dict, transfer: dict) -> dict:
         "handoff": {"latency_s": fetch["fixed_s"], "bytes_per_s": 1.0 / fetch["per_byte_s"]},
         "slo": {"ttft_s": 5.0, "tbt_s": 0.3},
     }  # fmt: skip
+    if disk:  # a store node's disk tier: the cold read line of bench.transfer
+        profile["disk"] = {"latency_s": disk["fixed_s"], "bytes_per_s": 1.0 / disk["per_byte_s"]}
+        profile["derivation"].append(
+            "disk: transfer.json disk.disk_cost_model (cold reads, disk hit vs memory hit)"
+        )
+    return profile
 
 
 def write_profile(results: Path = RESULTS, out: Path = PROFILE) -> Path:

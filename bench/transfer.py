@@ -11,7 +11,10 @@ then measures from this process:
   puts fresh keys, so the store evicts as it would in service. Target: ratio >= 0.8.
 - latency to fetch a 16-chunk prefix (``get``: index lookup plus transfer), p50 / p99, and the
   fitted cost model ``fetch_s = fixed_s + per_byte_s * bytes`` the conductor uses;
-- ``match_prefix`` latency for a 64-key chain (half of it cached), p50 / p99.
+- ``match_prefix`` latency for a 64-key chain (half of it cached), p50 / p99;
+- the disk tier (``bench/transfer_disk.py``): write and cold / warm read GiB/s, the latency of a
+  one-chunk fetch that a second node (two memory slots, a disk tier) serves from disk against one
+  served from memory, and the disk cost line the conductor prices a disk hit with.
 
 Results go to ``bench/results/transfer.json``.
 
@@ -38,6 +41,7 @@ import redis  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench import transfer_disk  # noqa: E402
 from kvstore import StoreClient  # noqa: E402
 from kvstore.embedded_redis import EmbeddedRedis  # noqa: E402
 from kvstore.index import StoreIndex  # noqa: E402
@@ -163,20 +167,33 @@ def latency_samples(
     return fetch, match, ping
 
 
-def run(args: argparse.Namespace, redis_url: str, raw_address: str) -> dict:
+def run(args: argparse.Namespace, redis_url: str, raw_address: str, scratch: Path) -> dict:
     chunk_elems, batch = args.chunk_bytes, args.batch
     batches = [[torch.randint(0, 255, (chunk_elems,), dtype=torch.uint8) for _ in range(batch)]
                for _ in range(args.batches_per_round)]  # fmt: skip
     client = StoreClient(redis_url=redis_url, node_id="bench")
+    disk_client = StoreClient(redis_url=redis_url, node_id="bench-disk")
     dealer = sockets.connect_dealer(raw_address, SocketOptions())
-    total = 2 * (args.rounds + 1) + 5 * args.latency_samples
+    total = 2 * (args.rounds + 1) + 6 * args.latency_samples
     with tqdm(total=total, desc="transfer", unit="step") as bar:
         raw_s, store_s = throughput_rounds(client, dealer, batches, args.rounds, bar)
         fetch, match, ping = latency_samples(client, redis_url, batches[0], args.latency_samples, bar)
+        disk_hit = transfer_disk.disk_hit_latency(disk_client, batches[0], args.latency_samples, bar)
+    tier = transfer_disk.tier_throughput(args.chunk_bytes, 64, scratch / "tier")
     dealer.send_multipart([b"stop"])
     dealer.close()
     client.close()
-    return build_result(args, raw_s, store_s, fetch, match, ping)
+    disk_client.close()
+    result = build_result(args, raw_s, store_s, fetch, match, ping)
+    cold = tier.pop("cold_read_s_per_chunk")
+    result["disk"] = {
+        **tier,
+        "fetch_1_chunk_from_disk_ms": percentiles_ms(disk_hit),
+        "fetch_1_chunk_from_memory_ms": percentiles_ms(fetch[1]),
+        "disk_cost_model": transfer_disk.disk_cost_model(args.chunk_bytes, cold, disk_hit, fetch[1]),
+        "directory": str(scratch.parent),
+    }
+    return result
 
 
 def build_result(
@@ -228,15 +245,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     capacity = 2 * args.batches_per_round * args.batch * args.chunk_bytes + 64 * args.chunk_bytes
     procs: list[subprocess.Popen] = []
-    with EmbeddedRedis() as redis_server:
+    with EmbeddedRedis() as redis_server, transfer_disk.scratch_dir() as scratch:
         try:
-            node = subprocess.Popen(
-                [sys.executable, "-m", "kvstore.node_main", "--redis-url", redis_server.url, "--node-id", "bench",
-                 "--listen", "tcp://127.0.0.1:0", "--capacity-bytes", str(capacity),
-                 "--slot-bytes", str(args.chunk_bytes), "--log-level", "WARNING"],
-                cwd=REPO,
-            )  # fmt: skip
+            node = _start_node(redis_server.url, "bench", capacity, args.chunk_bytes)
             procs.append(node)
+            disk_node = _start_node(
+                redis_server.url, "bench-disk", 2 * args.chunk_bytes, args.chunk_bytes,
+                "--disk-path", f"{scratch}/node", "--disk-capacity", str(64 * args.chunk_bytes),
+            )  # fmt: skip
+            procs.append(disk_node)
             raw = subprocess.Popen(
                 [sys.executable, "-m", "bench.transfer", "--raw-server", "tcp://127.0.0.1:0"],
                 cwd=REPO,
@@ -246,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(raw)
             raw_address = raw.stdout.readline().strip()
             _wait_for_node(redis_server.url, "bench", node)
-            results = run(args, redis_server.url, raw_address)
+            _wait_for_node(redis_server.url, "bench-disk", disk_node)
+            results = run(args, redis_server.url, raw_address, Path(scratch))
         finally:
             for proc in procs:
                 proc.terminate()
@@ -263,11 +281,26 @@ def _write(out: Path, results: dict) -> None:
           f"ratio {t['ratio']} (median of rounds {t['ratio_median_of_rounds']}; target >= 0.8)")  # fmt: skip
     print(f"fetch 16-chunk prefix: {results['fetch_prefix_16_chunks_ms']} ms")
     print(f"match_prefix, 64 keys: {results['match_prefix_64_keys_ms']} ms")
+    d = results["disk"]
+    print(f"disk tier: write {d['write_gib_s']} GiB/s, read cold {d['read_cold_gib_s']} / warm "
+          f"{d['read_warm_gib_s']} GiB/s; 1-chunk fetch from disk {d['fetch_1_chunk_from_disk_ms']} ms, "
+          f"from memory {d['fetch_1_chunk_from_memory_ms']} ms")  # fmt: skip
     print(f"wrote {out}")
     if out.resolve() == RESULTS.resolve():  # the cost profile follows the default results
         from bench.profile_fit import write_profile
 
         print(f"refitted {write_profile()}")
+
+
+def _start_node(
+    redis_url: str, node_id: str, capacity: int, slot_bytes: int, *extra: str
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvstore.node_main", "--redis-url", redis_url, "--node-id", node_id,
+         "--listen", "tcp://127.0.0.1:0", "--capacity-bytes", str(capacity),
+         "--slot-bytes", str(slot_bytes), "--log-level", "WARNING", *extra],
+        cwd=REPO,
+    )  # fmt: skip
 
 
 def _wait_for_node(redis_url: str, node_id: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> str:

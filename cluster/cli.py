@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from cluster import env
 from kvstore.sizes import parse_bytes
@@ -128,8 +129,18 @@ def _add_up(sub) -> None:
 def _add_up_memory(up: argparse.ArgumentParser) -> None:
     """How `tandem up` sizes what holds KV: store nodes, chunks, each worker's cache and steps."""
     up.add_argument(
-        "--store-capacity", type=int, default=1 << 30, help="bytes per store node (default 1 GiB)"
-    )
+        "--store-capacity", type=parse_bytes, default=1 << 30,
+        help="memory per store node, e.g. 512MiB (default 1 GiB)",
+    )  # fmt: skip
+    up.add_argument(
+        "--store-disk-path", type=Path, default=None,
+        help="give every store node a disk tier in a directory of its own under this one: chunks evicted "
+        "from memory go there and a restarted cluster comes back warm (default: memory only)",
+    )  # fmt: skip
+    up.add_argument(
+        "--store-disk-capacity", type=parse_bytes, default=8 << 30,
+        help="bytes of disk per store node with --store-disk-path (default 8 GiB)",
+    )  # fmt: skip
     up.add_argument(
         "--chunk-tokens", type=int, default=64,
         help="tokens per store chunk, the unit of reuse across workers (a multiple of 16; default 64)",
@@ -181,8 +192,6 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from cluster.models import default_gguf_path, default_model_dir
     from engine.convert import convert_gguf
 
@@ -261,7 +270,8 @@ def _up_config(args: argparse.Namespace):
     return ClusterConfig(
         model_dir=resolve_model(args.model), num_prefill=args.prefill, num_decode=args.decode, mode=args.mode,
         policy=args.policy, host=args.host, port=args.port, redis_url=args.redis_url,
-        store_capacity_bytes=args.store_capacity, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
+        store_capacity_bytes=args.store_capacity, store_disk_path=args.store_disk_path,
+        store_disk_capacity_bytes=args.store_disk_capacity if args.store_disk_path else 0, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
         kv_cache_memory_bytes=args.kv_cache_memory, drain_timeout_s=args.drain_timeout_s,
         max_num_batched_tokens=args.max_num_batched_tokens, api_key=args.api_key,
         extra_worker_args=("--quantization", args.quantization) if args.quantization else (),

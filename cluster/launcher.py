@@ -53,6 +53,8 @@ class ClusterConfig:
     port: int = 8000
     redis_url: str | None = None
     store_capacity_bytes: int = 1 << 30
+    store_disk_path: Path | None = None  # each node's disk tier in <path>/<node id>; None: none
+    store_disk_capacity_bytes: int = 0
     chunk_tokens: int = 64
     num_pages: int | None = None
     kv_cache_memory_bytes: int | None = None  # per worker; None: default_kv_budget (num_pages wins)
@@ -76,6 +78,10 @@ class ClusterConfig:
             raise ValueError(
                 f"chunk_tokens must be a positive multiple of the workers' page size {WORKER_PAGE_SIZE}, "
                 f"got {self.chunk_tokens}"
+            )
+        if self.store_disk_path is not None and self.store_disk_capacity_bytes <= 0:
+            raise ValueError(
+                f"a store disk tier needs a positive capacity, got {self.store_disk_capacity_bytes}"
             )
 
     @property
@@ -266,8 +272,13 @@ class LocalCluster:
         self._spawn(node_id, "kvstore.node_main", [
             "--redis-url", self.redis_url, "--listen", "tcp://127.0.0.1:0", "--node-id", node_id,
             "--capacity-bytes", str(self.config.store_capacity_bytes), "--chunk-bytes", str(self._kv_bytes_per_token * self.config.chunk_tokens),
+            *self._disk_args(node_id),
         ])  # fmt: skip
         return node_id
+
+    def _disk_args(self, node_id: str) -> list[str]:
+        path, capacity = self.config.store_disk_path, self.config.store_disk_capacity_bytes
+        return ["--disk-path", str(path / node_id), "--disk-capacity", str(capacity)] if path else []
 
     def _spawn(self, name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
         """Start ``python -m module args`` with this process's environment, the cluster key, and ``env``."""

@@ -27,6 +27,7 @@ MiB = 1 << 20
 class PrefixMatch:
     per_node: Counter[str]  # node id -> leading keys of the chain it holds (absent: 0)
     anywhere: int  # leading keys of the chain held by some live node each
+    on_disk: int = 0  # of those ``anywhere`` keys, how many no live node holds in memory (a disk read)
 
 
 class StoreClient:
@@ -90,7 +91,9 @@ class StoreClient:
             if leading:
                 per_node[holding.node_id] = leading
         anywhere = [any(h.held[i] for h in holdings) for i in range(len(keys))]
-        return PrefixMatch(per_node, next((i for i, held in enumerate(anywhere) if not held), len(keys)))
+        leading = next((i for i, held in enumerate(anywhere) if not held), len(keys))
+        on_disk = sum(not any(h.in_memory(i) for h in holdings) for i in range(leading))
+        return PrefixMatch(per_node, leading, on_disk)
 
     def locate(self, keys: Sequence[bytes]) -> list[list[str]]:
         """For each key, the live nodes holding it (the longest cached prefix ends at the first [])."""

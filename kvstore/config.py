@@ -22,6 +22,8 @@ class StoreNodeConfig:
     The node's lease lapses ``heartbeat_ttl_s`` after its last heartbeat; it heartbeats three
     times per TTL. A chunk being sent stays pinned while the reader makes progress; a reader that
     accepts no bytes for ``read_lease_s`` is disconnected, which releases its pins.
+    ``disk_path`` (None: no disk tier) is a directory where chunks evicted from memory are kept, up
+    to ``disk_capacity_bytes``; a node started on a path a previous one used adopts its chunks.
     """
 
     node_id: str
@@ -36,6 +38,8 @@ class StoreNodeConfig:
     read_lease_s: float = 30.0
     max_frame_bytes: int = 256 * MiB
     index_prefix: str = DEFAULT_PREFIX
+    disk_path: str | None = None
+    disk_capacity_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not self.node_id or any(c.isspace() for c in self.node_id):
@@ -61,6 +65,12 @@ class StoreNodeConfig:
             raise ValueError(f"heartbeat_ttl_s must be positive, got {self.heartbeat_ttl_s}")
         if self.read_lease_s <= 0:
             raise ValueError(f"read_lease_s must be positive, got {self.read_lease_s}")
+        if self.disk_path is not None and self.disk_capacity_bytes <= 0:
+            raise ValueError(
+                f"a disk tier needs a positive disk_capacity_bytes, got {self.disk_capacity_bytes}"
+            )
+        if self.disk_path is None and self.disk_capacity_bytes:
+            raise ValueError("disk_capacity_bytes is set but disk_path is not")
         if not 0 < self.evict_watermark <= 1:
             raise ValueError(f"evict_watermark must be in (0, 1], got {self.evict_watermark}")
 

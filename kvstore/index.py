@@ -5,7 +5,8 @@ Layout, under ``prefix`` (default ``tandem:kv:``)::
     {prefix}nodes         set     ids of registered nodes
     {prefix}node:{id}     hash    address, capacity_bytes, bytes_used, num_chunks, hits, misses, num_evicted
     {prefix}alive:{id}    string  present while the node heartbeats (TTL = heartbeat TTL)
-    {prefix}held:{id}     set     keys the node holds
+    {prefix}held:{id}     set     keys the node holds (in any tier)
+    {prefix}disk:{id}     set     those of them it holds on disk only (reading them costs a disk read)
 
 Contract: a node's ``held`` set is exact whenever it is alive and has published (the node
 updates it before it answers each put or delete, and republishes in full when it (re)registers).
@@ -17,7 +18,7 @@ are transactions or Lua scripts, so no reader sees half of one. Every Redis fail
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -27,10 +28,14 @@ from redis.retry import Retry
 from kvstore.types import IndexUnavailable, NodeInfo
 
 DEFAULT_PREFIX = "tandem:kv:"
-_STAT_FIELDS = ("capacity_bytes", "bytes_used", "num_chunks", "hits", "misses", "num_evicted", "num_pinned")
+_STAT_FIELDS = (
+    "capacity_bytes", "bytes_used", "num_chunks", "hits", "misses", "num_evicted", "num_pinned",
+    "disk_capacity_bytes", "disk_bytes_used", "disk_chunks", "disk_hits", "disk_evicted",
+)  # fmt: skip
 _BATCH = 4096  # keys per Redis command (Lua's unpack() is limited to a few thousand arguments)
 
-# ARGV: prefix, key...  ->  flat [id, address, [0|1 per key], ...] for every live node.
+# ARGV: prefix, key...  ->  flat [id, address, [0|1 held per key], [0|1 on disk only per key], ...]
+# for every live node.
 _LOCATE = """
 local out = {}
 for _, id in ipairs(redis.call('SMEMBERS', ARGV[1] .. 'nodes')) do
@@ -38,6 +43,7 @@ for _, id in ipairs(redis.call('SMEMBERS', ARGV[1] .. 'nodes')) do
     out[#out + 1] = id
     out[#out + 1] = redis.call('HGET', ARGV[1] .. 'node:' .. id, 'address') or ''
     out[#out + 1] = redis.call('SMISMEMBER', ARGV[1] .. 'held:' .. id, unpack(ARGV, 2))
+    out[#out + 1] = redis.call('SMISMEMBER', ARGV[1] .. 'disk:' .. id, unpack(ARGV, 2))
   end
 end
 return out
@@ -58,7 +64,7 @@ _REAP = """
 local reaped = {}
 for _, id in ipairs(redis.call('SMEMBERS', ARGV[1] .. 'nodes')) do
   if redis.call('EXISTS', ARGV[1] .. 'alive:' .. id) == 0 then
-    redis.call('DEL', ARGV[1] .. 'held:' .. id, ARGV[1] .. 'node:' .. id)
+    redis.call('DEL', ARGV[1] .. 'held:' .. id, ARGV[1] .. 'disk:' .. id, ARGV[1] .. 'node:' .. id)
     redis.call('SREM', ARGV[1] .. 'nodes', id)
     reaped[#reaped + 1] = id
   end
@@ -69,11 +75,21 @@ return reaped
 
 @dataclass(frozen=True)
 class Holding:
-    """A live node and, for each key asked about, whether it holds it."""
+    """A live node and, for each key asked about, whether it holds it and whether only on disk."""
 
     node_id: str
     address: str
     held: tuple[bool, ...]
+    on_disk: tuple[bool, ...] = ()
+
+    def in_memory(self, i: int) -> bool:
+        return self.held[i] and not (self.on_disk and self.on_disk[i])
+
+
+def _batched(command, key: str, members: list[bytes]) -> None:
+    """``command(key, *members)`` in slices Redis (and Lua's unpack) accept; nothing for no members."""
+    for start in range(0, len(members), _BATCH):
+        command(key, *members[start : start + _BATCH])
 
 
 @contextlib.contextmanager
@@ -120,18 +136,25 @@ class StoreIndex:
     # ---- node side -------------------------------------------------------------------------
 
     def register(
-        self, node_id: str, address: str, ttl_s: float, keys: Iterable[bytes], stats: dict[str, int]
+        self,
+        node_id: str,
+        address: str,
+        ttl_s: float,
+        keys: Iterable[bytes],
+        stats: dict[str, int],
+        *,
+        on_disk: Iterable[bytes] = (),
     ) -> None:
-        """(Re)publish a node in full: alive, described, and holding exactly ``keys``."""
-        held = self._key("held", node_id)
+        """(Re)publish a node in full: alive, described, and holding exactly ``keys``, of which
+        ``on_disk`` on disk only."""
+        held, disk = self._key("held", node_id), self._key("disk", node_id)
         with _redis_errors(self.url), self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._key("alive", node_id), b"1", px=int(ttl_s * 1000))
             pipe.sadd(f"{self.prefix}nodes", node_id)
             pipe.hset(self._key("node", node_id), mapping={"address": address, **stats})
-            pipe.delete(held)
-            keys = list(keys)
-            for start in range(0, len(keys), _BATCH):
-                pipe.sadd(held, *keys[start : start + _BATCH])
+            pipe.delete(held, disk)
+            _batched(pipe.sadd, held, list(keys))
+            _batched(pipe.sadd, disk, list(on_disk))
             pipe.execute()
 
     def heartbeat(self, node_id: str, ttl_s: float, stats: dict[str, int]) -> bool:
@@ -143,21 +166,31 @@ class StoreIndex:
             renewed, _ = pipe.execute()
         return bool(renewed)
 
-    def publish(self, node_id: str, added: list[bytes], removed: list[bytes], stats: dict[str, int]) -> None:
-        """Record keys a node gained and lost, and its new counters, in one transaction."""
-        held = self._key("held", node_id)
+    def publish(
+        self,
+        node_id: str,
+        added: list[bytes],
+        removed: list[bytes],
+        stats: dict[str, int],
+        *,
+        on_disk: Sequence[bytes] = (),
+    ) -> None:
+        """Record keys a node holds (``added``: held, in memory unless also in ``on_disk``) and no
+        longer holds, and its new counters, in one transaction."""
+        held, disk = self._key("held", node_id), self._key("disk", node_id)
+        only_disk = set(on_disk)
         with _redis_errors(self.url), self._redis.pipeline(transaction=True) as pipe:
-            for start in range(0, len(removed), _BATCH):
-                pipe.srem(held, *removed[start : start + _BATCH])
-            for start in range(0, len(added), _BATCH):
-                pipe.sadd(held, *added[start : start + _BATCH])
+            _batched(pipe.srem, held, removed)
+            _batched(pipe.sadd, held, added)
+            _batched(pipe.srem, disk, removed + [k for k in added if k not in only_disk])
+            _batched(pipe.sadd, disk, list(on_disk))
             pipe.hset(self._key("node", node_id), mapping=stats)
             pipe.execute()
 
     def deregister(self, node_id: str) -> None:
         """Remove a node and everything it published (a clean shutdown)."""
         with _redis_errors(self.url), self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key("alive", node_id), self._key("held", node_id), self._key("node", node_id))
+            pipe.delete(*(self._key(kind, node_id) for kind in ("alive", "held", "disk", "node")))
             pipe.srem(f"{self.prefix}nodes", node_id)
             pipe.execute()
 
@@ -172,22 +205,29 @@ class StoreIndex:
         """For every live node, which of ``keys`` it holds. One round trip per 4096 keys."""
         if not keys:
             return []
-        holdings: dict[str, tuple[str, list[bool]]] = {}
+        holdings: dict[str, tuple[str, list[bool], list[bool]]] = {}
         for start in range(0, len(keys), _BATCH):
-            for node_id, address, held in self._locate_batch(keys[start : start + _BATCH]):
-                entry = holdings.setdefault(node_id, (address, [False] * start))
+            for node_id, address, held, on_disk in self._locate_batch(keys[start : start + _BATCH]):
+                entry = holdings.setdefault(node_id, (address, [False] * start, [False] * start))
                 entry[1].extend(held)
+                entry[2].extend(on_disk)
         # A node that registered between two batches is missing the earlier ones: pad with misses.
+        pad = [False] * len(keys)
         return [
-            Holding(node_id, address, tuple(held + [False] * (len(keys) - len(held))))
-            for node_id, (address, held) in sorted(holdings.items())
+            Holding(node_id, address, tuple((held + pad)[: len(keys)]), tuple((on_disk + pad)[: len(keys)]))
+            for node_id, (address, held, on_disk) in sorted(holdings.items())
         ]
 
-    def _locate_batch(self, keys: list[bytes]) -> Iterator[tuple[str, str, list[bool]]]:
+    def _locate_batch(self, keys: list[bytes]) -> Iterator[tuple[str, str, list[bool], list[bool]]]:
         with _redis_errors(self.url):
             flat = self._locate(args=[self.prefix, *keys])
-        for i in range(0, len(flat), 3):
-            yield flat[i].decode(), flat[i + 1].decode(), [bool(x) for x in flat[i + 2]]
+        for i in range(0, len(flat), 4):
+            yield (
+                flat[i].decode(),
+                flat[i + 1].decode(),
+                [bool(x) for x in flat[i + 2]],
+                [bool(x) for x in flat[i + 3]],
+            )
 
     def nodes(self) -> list[NodeInfo]:
         """Every live node, sorted by id."""

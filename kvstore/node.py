@@ -1,9 +1,15 @@
-"""A store node: serves batched put / get / exists / delete from its arena and keeps the index exact.
+"""A store node: serves batched put / get / exists / delete from its arena (and its disk tier, when
+it has one) and keeps the index exact.
 
 One thread owns the node's state (requests, heartbeats, releasing pins), so a handler never
 races another; a helper thread only carries a put's index update while the put's bytes are copied. ``get`` replies point into the arena without a copy; the chunks stay pinned until ZeroMQ
 reports that it is done with those bytes: sent, or dropped with a reader that went away or made
 no progress for ``read_lease_s`` (the pin's lease).
+
+With a disk tier (``disk_path``), a chunk the arena evicts is written to disk first, and a chunk
+asked for that is only on disk is read back into the arena (promoted) and sent from there; its
+file stays, so evicting it again costs no write. The index says which held chunks are on disk
+only, so the conductor can price reading them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import zmq
 
 from kvstore.arena import SlotArena
 from kvstore.config import StoreNodeConfig
+from kvstore.disk import DiskTier
 from kvstore.index import StoreIndex
 from kvstore.pool import Chunk, ChunkPool
 from kvstore.types import IndexUnavailable
@@ -52,7 +59,16 @@ class StoreNode:
 
     def __init__(self, config: StoreNodeConfig) -> None:
         self.config = config
-        self.pool = ChunkPool(SlotArena(config.capacity_bytes, config.slot_size), config.evict_watermark)
+        self.disk = (
+            DiskTier(config.disk_path, config.disk_capacity_bytes, config.chunk_bytes)
+            if config.disk_path
+            else None
+        )
+        self.pool = ChunkPool(
+            SlotArena(config.capacity_bytes, config.slot_size),
+            config.evict_watermark,
+            spill=self._spill if self.disk is not None else None,
+        )
         opts = SocketOptions(
             max_frame_bytes=config.max_frame_bytes, stall_timeout_ms=int(config.read_lease_s * 1000)
         )
@@ -125,7 +141,7 @@ class StoreNode:
             self.pool.check_fits(buffer.nbytes)
         stored, writes = [], []
         for key, buffer in zip(request.keys, request.buffers):
-            if self.pool.touch(key):
+            if self.pool.touch(key) or self._on_disk(key):  # a key names its content: held is stored
                 stored.append(True)
                 continue
             chunk = self.pool.reserve(key, buffer.nbytes, buffer.dtype, buffer.shape, buffer.checksum)
@@ -133,7 +149,7 @@ class StoreNode:
             if chunk is not None:
                 writes.append((chunk, buffer.data))
         evicted = self.pool.take_evicted()
-        touched = [k for k, ok in zip(request.keys, stored) if ok] + evicted
+        touched = [k for k, ok in zip(request.keys, stored) if ok] + evicted + self._disk_dropped()
         # The index learns of the new chunks while their bytes are copied in: no reader can ask
         # this node for them before this handler returns, and the reply waits for both.
         published = self._index_writer.submit(self._publish, *self._index_delta(touched))
@@ -145,25 +161,69 @@ class StoreNode:
         return PutReply(tuple(stored), len(evicted))
 
     def _get(self, request: GetRequest) -> GetReply:
-        found, buffers = [], []
+        found, buffers, promoted = [], [], []
         for key in request.keys:
-            chunk = self.pool.get(key)
-            found.append(chunk is not None)
-            if chunk is not None:
-                self.pool.pin(chunk)
-                self._pinned_by_request.append(chunk)
-                # the producer's checksum, not one of the arena's bytes: a reader detects a change at rest too
-                buffers.append(
-                    Buffer(self.pool.view(chunk), chunk.dtype, chunk.shape, checksum=chunk.checksum)
-                )
+            if self._on_disk(key):
+                buffer = self._promote(key)
+                promoted.append(key)
+            else:
+                chunk = self.pool.get(key)
+                if chunk is not None:
+                    self.pool.pin(chunk)
+                    self._pinned_by_request.append(chunk)
+                buffer = None if chunk is None else self._buffer(chunk)
+            found.append(buffer is not None)
+            if buffer is not None:
+                buffers.append(buffer)
         self.pool.touch_chain(list(request.keys))
+        if promoted:  # tiers changed: the index learns before the reply goes out, as for a put
+            self._publish(*self._index_delta(promoted + self.pool.take_evicted() + self._disk_dropped()))
         return GetReply(tuple(found), tuple(buffers))
 
+    def _buffer(self, chunk: Chunk) -> Buffer:
+        # the producer's checksum, not one of the arena's bytes: a reader detects a change at rest too
+        return Buffer(self.pool.view(chunk), chunk.dtype, chunk.shape, checksum=chunk.checksum)
+
+    def _promote(self, key: bytes) -> Buffer | None:
+        """Read a chunk held only on disk into the arena (pinned for this reply); None if its file
+        proved unreadable (dropped). With every slot pinned, it is read into a buffer of its own."""
+        assert self.disk is not None
+        entry = self.disk.entry(key)
+        assert entry is not None
+        chunk = self.pool.reserve(key, entry.nbytes, entry.dtype, entry.shape, entry.checksum)
+        if chunk is None:
+            data = memoryview(bytearray(entry.nbytes))
+            ok = self.disk.read_into(key, data)
+            return Buffer(data, entry.dtype, entry.shape, checksum=entry.checksum) if ok else None
+        if not self.disk.read_into(key, self.pool.view(chunk)):
+            self.pool.delete(key)
+            self.pool.release(chunk)
+            return None
+        self._pinned_by_request.append(chunk)  # reserve's pin now covers the send
+        return self._buffer(chunk)
+
+    def _spill(self, key: bytes, chunk: Chunk, data: memoryview) -> None:
+        """Called by the pool as it evicts ``chunk``: keep a copy on disk (a no-op if one is there)."""
+        assert self.disk is not None
+        self.disk.write(key, data, chunk.dtype, chunk.shape, chunk.checksum)
+
+    def _on_disk(self, key: bytes) -> bool:
+        """Held on disk and not in memory."""
+        return self.disk is not None and not self.pool.contains(key) and self.disk.contains(key)
+
+    def _holds(self, key: bytes) -> bool:
+        return self.pool.contains(key) or (self.disk is not None and self.disk.contains(key))
+
+    def _disk_dropped(self) -> list[bytes]:
+        return self.disk.take_dropped() if self.disk is not None else []
+
     def _exists(self, request: ExistsRequest) -> ExistsReply:
-        return ExistsReply(tuple(self.pool.contains(k) for k in request.keys))
+        return ExistsReply(tuple(self._holds(k) for k in request.keys))
 
     def _delete(self, request: DeleteRequest) -> DeleteReply:
-        deleted = tuple(self.pool.delete(k) for k in request.keys)
+        deleted = tuple(
+            self.pool.delete(k) | (self.disk is not None and self.disk.delete(k)) for k in request.keys
+        )
         self._publish(*self._index_delta([k for k, ok in zip(request.keys, deleted) if ok]))
         return DeleteReply(deleted)
 
@@ -189,28 +249,37 @@ class StoreNode:
     # ---- index ---------------------------------------------------------------------------------
 
     def _counters(self) -> dict[str, int]:
-        pool = self.pool
+        pool, disk = self.pool, self.disk
         return {
             "capacity_bytes": self.config.capacity_bytes,
             "bytes_used": pool.bytes_used,
             "num_chunks": pool.num_chunks,
-            "hits": pool.hits,
+            "hits": pool.hits + (disk.hits if disk else 0),
             "misses": pool.misses,
             "num_evicted": pool.num_evicted,
             "num_pinned": pool.num_pinned,
+            "disk_capacity_bytes": disk.capacity_bytes if disk else 0,
+            "disk_bytes_used": disk.bytes_used if disk else 0,
+            "disk_chunks": disk.num_chunks if disk else 0,
+            "disk_hits": disk.hits if disk else 0,
+            "disk_evicted": disk.num_evicted if disk else 0,
         }
 
-    def _index_delta(self, touched: list[bytes]) -> tuple[list[bytes], list[bytes], dict[str, int]]:
-        """What the index must learn about ``touched`` keys: (added, removed, counters)."""
+    def _index_delta(
+        self, touched: list[bytes]
+    ) -> tuple[list[bytes], list[bytes], dict[str, int], list[bytes]]:
+        """What the index must learn about ``touched`` keys: (held, gone, counters, on disk only)."""
         touched = list(dict.fromkeys(touched))
-        added = [k for k in touched if self.pool.contains(k)]
-        removed = [k for k in touched if not self.pool.contains(k)]
-        return added, removed, self._counters()
+        held = [k for k in touched if self._holds(k)]
+        gone = [k for k in touched if not self._holds(k)]
+        return held, gone, self._counters(), [k for k in held if self._on_disk(k)]
 
-    def _publish(self, added: list[bytes], removed: list[bytes], counters: dict[str, int]) -> None:
-        """Bring the index in line with the pool, before the reply goes out."""
+    def _publish(
+        self, added: list[bytes], removed: list[bytes], counters: dict[str, int], on_disk: list[bytes]
+    ) -> None:
+        """Bring the index in line with the node, before the reply goes out."""
         try:
-            self.index.publish(self.config.node_id, added, removed, counters)
+            self.index.publish(self.config.node_id, added, removed, counters, on_disk=on_disk)
         except IndexUnavailable:
             self._registered = False  # the index missed this update: republish in full later
             raise
@@ -219,8 +288,18 @@ class StoreNode:
         ttl_s, node_id = self.config.heartbeat_ttl_s, self.config.node_id
         try:
             if not (self._registered and self.index.heartbeat(node_id, ttl_s, self._counters())):
-                self.index.register(node_id, self.address, ttl_s, self.pool.keys(), self._counters())
-                log.info("registered %s at %s with %d chunks", node_id, self.address, self.pool.num_chunks)
+                on_disk = (
+                    [k for k in self.disk.stored_keys() if not self.pool.contains(k)] if self.disk else []
+                )
+                keys = self.pool.keys() + on_disk
+                self.index.register(node_id, self.address, ttl_s, keys, self._counters(), on_disk=on_disk)
+                log.info(
+                    "registered %s at %s with %d chunks (%d on disk only)",
+                    node_id,
+                    self.address,
+                    len(keys),
+                    len(on_disk),
+                )
                 self._registered = True
             for lapsed in self.index.reap():
                 log.info("reaped lapsed store node %s", lapsed)
@@ -234,7 +313,12 @@ class StoreNode:
         self._index_down = False
 
     def close(self) -> None:
-        """Deregister (so readers stop looking here at once) and close the socket."""
+        """Deregister (so readers stop looking here at once), keep what memory holds on disk (if
+        the node has a disk tier: a restart on the same path comes back with it) and close."""
+        self._release_sent()
+        if self.disk is not None:
+            kept = self.pool.spill_all()
+            log.info("kept %d chunks of memory on disk; the disk tier holds %d", kept, self.disk.num_chunks)
         try:
             self.index.deregister(self.config.node_id)
         except IndexUnavailable as e:

@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-frame-bytes", type=parse_bytes, default="256MiB", help="largest frame accepted (256MiB)"
     )
+    parser.add_argument(
+        "--disk-path",
+        help="directory of a disk tier: chunks evicted from memory are kept there and read back on a "
+        "hit; a node restarted on the same directory comes back with its chunks (default: no disk tier)",
+    )
+    parser.add_argument(
+        "--disk-capacity", type=parse_bytes, default=0,
+        help="bytes the disk tier may hold, e.g. 20GiB (required with --disk-path); least recently used "
+        "chunk files are deleted beyond it",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -86,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             evict_watermark=args.evict_watermark,
             read_lease_s=args.read_lease_s,
             max_frame_bytes=args.max_frame_bytes,
+            disk_path=args.disk_path,
+            disk_capacity_bytes=args.disk_capacity,
         )
         node = StoreNode(config)
     except ValueError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,16 +35,24 @@ class ChunkPool:
     - A pinned chunk (its bytes are being sent) is never evicted, and its slot is never reused
       until the last pin is released, even if the chunk is deleted meanwhile.
     - A chunk being written is pinned too, from ``reserve`` to ``release``.
-    - Evicted keys accumulate until ``take_evicted`` so the caller can update the index.
+    - Evicted keys accumulate until ``take_evicted`` so the caller can update the index; ``spill``,
+      if given, is called with each evicted chunk while its bytes are still in the arena (the
+      node's disk tier keeps a copy there).
     """
 
-    def __init__(self, arena: SlotArena, evict_watermark: float = 0.9) -> None:
+    def __init__(
+        self,
+        arena: SlotArena,
+        evict_watermark: float = 0.9,
+        spill: Callable[[bytes, Chunk, memoryview], None] | None = None,
+    ) -> None:
         if not 0 < evict_watermark <= 1:
             raise ValueError(f"evict_watermark must be in (0, 1], got {evict_watermark}")
         self.arena = arena
         self.evict_watermark = evict_watermark
         self._chunks: OrderedDict[bytes, Chunk] = OrderedDict()  # least recently used first
         self._evicted: list[bytes] = []
+        self._spill = spill
         self.num_pinned = 0
         self.hits = 0
         self.misses = 0
@@ -144,6 +153,17 @@ class ChunkPool:
         self._drop(chunk)
         return True
 
+    def spill_all(self) -> int:
+        """Hand every chunk to ``spill`` (least recently used first) without evicting it: what a
+        node with a disk tier does as it shuts down, so that a restart finds everything. Chunks
+        being written are skipped. Returns how many were handed over."""
+        if self._spill is None:
+            return 0
+        ready = [(key, chunk) for key, chunk in self._chunks.items() if not chunk.pins]
+        for key, chunk in ready:
+            self._spill(key, chunk, self.view(chunk))
+        return len(ready)
+
     def take_evicted(self) -> list[bytes]:
         """Keys evicted since the last call."""
         evicted, self._evicted = self._evicted, []
@@ -156,6 +176,8 @@ class ChunkPool:
         for key, chunk in self._chunks.items():
             if chunk.pins == 0:
                 del self._chunks[key]
+                if self._spill is not None:
+                    self._spill(key, chunk, self.view(chunk))
                 self._drop(chunk)
                 self._evicted.append(key)
                 self.num_evicted += 1

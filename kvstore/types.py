@@ -20,7 +20,9 @@ class IndexUnavailable(StoreError):
 @dataclass(frozen=True)
 class NodeInfo:
     """A live store node as published in the index. ``bytes_used`` counts whole arena slots;
-    ``hits`` / ``misses`` count keys asked of it by ``get`` (published with each heartbeat)."""
+    ``hits`` / ``misses`` count keys asked of it by ``get`` (published with each heartbeat);
+    ``num_chunks`` counts the memory tier's chunks, ``disk_chunks`` the disk tier's (a chunk read
+    back into memory keeps its file, so it may count in both)."""
 
     node_id: str
     address: str
@@ -31,6 +33,11 @@ class NodeInfo:
     misses: int
     num_evicted: int
     num_pinned: int = 0  # chunks held for readers whose bytes are still being sent (the pins' leases)
+    disk_capacity_bytes: int = 0  # the disk tier's, 0 without one
+    disk_bytes_used: int = 0
+    disk_chunks: int = 0
+    disk_hits: int = 0  # chunks read back from disk (also counted in ``hits``)
+    disk_evicted: int = 0  # chunk files deleted to stay under the disk capacity
 
     @property
     def free_bytes(self) -> int:

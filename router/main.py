@@ -133,6 +133,8 @@ def _add_cost_args(costs: argparse._ArgumentGroup) -> None:
         ("--prefill-per-token-ms", d.prefill_per_token_s * 1e3, "per uncached prompt token, likewise"),
         ("--fetch-fixed-ms", d.fetch_fixed_s * 1e3, "per fetch from a store node (fitted: bench/results/transfer.json)"),
         ("--fetch-per-byte-ns", d.fetch_per_byte_s * 1e9, "per fetched KV byte (fitted likewise)"),
+        ("--disk-fixed-ms", d.disk_fixed_s * 1e3, "per read from a store node's disk tier (fitted likewise)"),
+        ("--disk-per-byte-ns", d.disk_per_byte_s * 1e9, "per KV byte read from a disk tier (fitted likewise)"),
         ("--decode-base-ms", d.decode_base_s * 1e3, "floor of a decode step's time (fitted likewise)"),
         ("--decode-per-seq-ms", d.decode_per_seq_s * 1e3, "added per sequence joining a decode batch (fitted likewise)"),
     ):  # fmt: skip
@@ -150,6 +152,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         prefill_per_token_s=args.prefill_per_token_ms / 1e3,
         fetch_fixed_s=args.fetch_fixed_ms / 1e3,
         fetch_per_byte_s=args.fetch_per_byte_ns / 1e9,
+        disk_fixed_s=args.disk_fixed_ms / 1e3,
+        disk_per_byte_s=args.disk_per_byte_ns / 1e9,
         decode_base_s=args.decode_base_ms / 1e3,
         decode_per_seq_s=args.decode_per_seq_ms / 1e3,
         kv_bytes_per_token=args.kv_bytes_per_token,

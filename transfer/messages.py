@@ -184,7 +184,8 @@ class StatsRequest(Message, kind="store_stats"):
 
 @dataclass(frozen=True)
 class StatsReply(Message, kind="store_stats_reply"):
-    """A node's state. ``bytes_used`` counts whole slots; ``slot_bytes`` is 0 until the first put."""
+    """A node's state. ``bytes_used`` counts whole slots; ``slot_bytes`` is 0 until the first put.
+    The ``disk_`` fields describe its disk tier (all 0 without one)."""
 
     node_id: str
     capacity_bytes: int
@@ -196,6 +197,11 @@ class StatsReply(Message, kind="store_stats_reply"):
     hits: int
     misses: int
     num_evicted: int
+    disk_capacity_bytes: int = 0
+    disk_bytes_used: int = 0
+    disk_chunks: int = 0
+    disk_hits: int = 0
+    disk_evicted: int = 0
 
 
 # ---- serving: router ⇄ prefill / decode workers ------------------------------------------------

@@ -20,6 +20,8 @@ class CostModel:
       + prefill_per_token_context_s * n * (c + n / 2)`` (the last term: attention to the prefix,
       which grows with the context; 0 where no profile measured it)
     - fetch of n cached tokens from another node: ``fetch_fixed_s + fetch_per_byte_s * n * kv_bytes_per_token``
+    - reading n cached tokens that a store node holds on disk only, before it sends them:
+      ``disk_fixed_s + disk_per_byte_s * n * kv_bytes_per_token``
     - one decode step on a worker running b sequences: ``max(reported step, decode_base_s) +
       decode_per_seq_s * extra + decode_per_context_token_s * the request's tokens``
 
@@ -34,6 +36,8 @@ class CostModel:
     prefill_per_token_context_s: float = 0.0
     fetch_fixed_s: float = 8.1e-4
     fetch_per_byte_s: float = 5.2e-10
+    disk_fixed_s: float = 0.0
+    disk_per_byte_s: float = 0.0
     decode_base_s: float = 0.02
     decode_per_seq_s: float = 1e-3
     decode_per_context_token_s: float = 0.0

@@ -7,7 +7,7 @@ last prompt token (the first output token needs its logits), so cached counts ar
 the prompt length. Prefill costs are the worker's own fitted step line once it has reported one
 (``WorkerLoad.step_*``, fitted by ``engine.step_cost``), the configured ones before; a fetch moves
 the KV bytes per token the worker publishes (``WorkerInfo.kv_bytes_per_token``) unless the
-``CostModel`` overrides them.
+``CostModel`` overrides them. Cached tokens a store node holds on disk only add the disk read.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ def fetch_time_s(costs: CostModel, num_tokens: int) -> float:
     if num_tokens <= 0:
         return 0.0
     return costs.fetch_fixed_s + costs.fetch_per_byte_s * num_tokens * costs.kv_bytes_per_token
+
+
+def disk_read_time_s(costs: CostModel, num_tokens: int) -> float:
+    """A store node reading ``num_tokens`` tokens of KV back from its disk tier (0 for none)."""
+    if num_tokens <= 0:
+        return 0.0
+    return costs.disk_fixed_s + costs.disk_per_byte_s * num_tokens * costs.kv_bytes_per_token
 
 
 def queue_wait_s(costs: CostModel, load: WorkerLoad) -> float:
@@ -68,9 +75,14 @@ def worker_costs(costs: CostModel, worker: WorkerState) -> CostModel:
 def predicted_ttft_s(costs: CostModel, candidate: PrefillCandidate, num_prompt_tokens: int) -> float:
     costs = worker_costs(costs, candidate.worker)
     local, store, uncached = cached_split(candidate, num_prompt_tokens)
+    # what sits on disk is read before it is sent: on the own node too (the worker fetches it from there)
+    disk = disk_read_time_s(costs, min(candidate.cached_disk_tokens, local + store))
     remote = min(fetch_time_s(costs, store), costs.prefill_per_token_s * store)
     return (
-        queue_wait_s(costs, candidate.worker.load) + prefill_time_s(costs, uncached, local + store) + remote
+        queue_wait_s(costs, candidate.worker.load)
+        + prefill_time_s(costs, uncached, local + store)
+        + remote
+        + disk
     )
 
 

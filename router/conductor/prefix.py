@@ -15,12 +15,16 @@ from router.conductor.types import PrefillCandidate
 from worker.types import WorkerState
 
 
-def prefill_candidate(worker: WorkerState, per_node: Mapping[str, int], anywhere: int) -> PrefillCandidate:
+def prefill_candidate(
+    worker: WorkerState, per_node: Mapping[str, int], anywhere: int, on_disk: int = 0
+) -> PrefillCandidate:
     """``worker`` with the prefix the index reports: ``per_node[node]`` leading chunks on each node,
-    ``anywhere`` leading chunks on the live nodes together."""
+    ``anywhere`` leading chunks on the live nodes together, ``on_disk`` of which no node holds in
+    memory (a store node reads them from its disk tier first)."""
     own = worker.info.store_node_id
     if not own:
         return PrefillCandidate(worker)
     local = per_node.get(own, 0)
     chunk = worker.info.chunk_tokens
-    return PrefillCandidate(worker, local * chunk, max(0, anywhere - local) * chunk)
+    cached = max(anywhere, local)
+    return PrefillCandidate(worker, local * chunk, (cached - local) * chunk, min(on_disk, cached) * chunk)

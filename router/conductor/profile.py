@@ -10,6 +10,7 @@ benchmarks' results). A file holds, all in seconds, bytes and tokens::
      "kv":       {"bytes_per_token", "chunk_tokens", "cache_tokens_per_instance", "store_tokens_per_node"},
      "fetch":    {"latency_s", "bytes_per_s"},
      "handoff":  {"latency_s", "bytes_per_s"},
+     "disk":     {"latency_s", "bytes_per_s"},     (optional: a store node's disk tier)
      "slo":      {"ttft_s", "tbt_s"}}
 
 - A prefill step of ``n`` new tokens whose sequences already hold ``c`` tokens of context each
@@ -21,7 +22,8 @@ benchmarks' results). A file holds, all in seconds, bytes and tokens::
   instance caches ``cache_tokens_per_instance`` tokens of KV (its GPU or engine pages), each store
   node ``store_tokens_per_node``.
 - Moving ``x`` bytes costs ``latency_s + x / bytes_per_s``: ``fetch`` from a store node into a
-  prefill instance, ``handoff`` from prefill to decode.
+  prefill instance, ``handoff`` from prefill to decode, ``disk`` from a store node's disk tier
+  into its memory (before the fetch); without a ``disk`` section a disk read is priced at 0.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ _SECTIONS = {
 _POSITIVE = {
     ("fetch", "bytes_per_s"),
     ("handoff", "bytes_per_s"),
+    ("disk", "bytes_per_s"),
     ("kv", "chunk_tokens"),
     ("slo", "ttft_s"),
     ("slo", "tbt_s"),
@@ -97,6 +100,7 @@ class CostProfile:
     handoff: Link
     slo: SloTargets
     sources: tuple[str, ...] = ()
+    disk: Link | None = None
 
     def prefill_step_s(self, num_tokens: int, context_token_products: float = 0.0) -> float:
         """A prefill step of ``num_tokens`` new tokens; ``context_token_products`` = sum over its
@@ -126,6 +130,8 @@ class CostProfile:
             prefill_per_token_context_s=self.prefill.per_token_context_s,
             fetch_fixed_s=self.fetch.latency_s,
             fetch_per_byte_s=1.0 / self.fetch.bytes_per_s,
+            disk_fixed_s=self.disk.latency_s if self.disk else 0.0,
+            disk_per_byte_s=1.0 / self.disk.bytes_per_s if self.disk else 0.0,
             decode_base_s=self.decode.base_s,
             decode_per_seq_s=self.decode.per_seq_s,
             decode_per_context_token_s=self.decode.per_context_token_s,
@@ -138,9 +144,10 @@ class CostProfile:
 def parse_profile(data: dict, where: str = "profile") -> CostProfile:
     """A profile from its JSON object; ``ValueError`` naming the missing or bad field."""
     sections = {name: _section(data, name, cls, where) for name, cls in _SECTIONS.items()}
+    disk = _section(data, "disk", Link, where) if "disk" in data else None
     return CostProfile(
         name=str(data.get("name", where)), description=str(data.get("description", "")),
-        sources=tuple(data.get("sources", ())), **sections,
+        sources=tuple(data.get("sources", ())), disk=disk, **sections,
     )  # fmt: skip
 
 

@@ -14,11 +14,13 @@ from worker.types import WorkerState
 class PrefillCandidate:
     """A worker that can prefill the request (role ``prefill`` or ``colocated``), with the
     prompt's cached prefix as the index sees it: ``cached_local_tokens`` on the worker's own store
-    node (reused in place), ``cached_store_tokens`` more beyond those on another node (fetched)."""
+    node (reused in place), ``cached_store_tokens`` more beyond those on another node (fetched);
+    ``cached_disk_tokens`` of those two together sit on a store node's disk tier only (read first)."""
 
     worker: WorkerState
     cached_local_tokens: int = 0
     cached_store_tokens: int = 0
+    cached_disk_tokens: int = 0
 
     @property
     def worker_id(self) -> str:

@@ -186,7 +186,9 @@ class ClusterView:
             log.warning("prefix lookup failed, routing without it: %s", e)
             return tuple(PrefillCandidate(w) for w in workers)
         return tuple(
-            prefill_candidate(w, matches[_group(w)].per_node, matches[_group(w)].anywhere) for w in workers
+            prefill_candidate(w, m.per_node, m.anywhere, m.on_disk)
+            for w in workers
+            for m in (matches[_group(w)],)
         )
 
     def _match_all(

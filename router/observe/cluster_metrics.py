@@ -103,11 +103,21 @@ def _store_families(nodes: Sequence[NodeInfo]) -> Iterator[Metric]:
         "num_chunks": GaugeMetricFamily("tandem_store_chunks", "KV chunks the node holds", labels=["node"]),
         "num_pinned": GaugeMetricFamily("tandem_store_pinned_chunks", "Chunks pinned while readers receive them",
                                         labels=["node"]),
+        "disk_bytes_used": GaugeMetricFamily("tandem_store_disk_bytes_used", "Bytes of the node's disk tier in use",
+                                             labels=["node"]),
+        "disk_capacity_bytes": GaugeMetricFamily("tandem_store_disk_capacity_bytes",
+                                                 "The node's disk tier size (0: none)", labels=["node"]),
+        "disk_chunks": GaugeMetricFamily("tandem_store_disk_chunks", "KV chunks on the node's disk tier",
+                                         labels=["node"]),
     }  # fmt: skip
     counters = {
         "num_evicted": CounterMetricFamily("tandem_store_evictions", "Chunks evicted (LRU)", labels=["node"]),
         "hits": CounterMetricFamily("tandem_store_hits", "Keys asked of the node that it held", labels=["node"]),
         "misses": CounterMetricFamily("tandem_store_misses", "Keys asked of the node it did not hold", labels=["node"]),
+        "disk_hits": CounterMetricFamily("tandem_store_disk_hits", "Chunks read back from the disk tier (also in hits)",
+                                         labels=["node"]),
+        "disk_evicted": CounterMetricFamily("tandem_store_disk_evictions", "Chunk files deleted to stay under the "
+                                            "disk capacity", labels=["node"]),
     }  # fmt: skip
     for node in nodes:
         for field, family in {**gauges, **counters}.items():

@@ -34,6 +34,8 @@ def start_node(tmp_path: Path):
         read_lease_s: float = 30.0,
         port: int = 0,
         wait: bool = True,
+        disk_path: Path | None = None,
+        disk_capacity: int = 1 << 30,
     ) -> NodeProcess:
         argv = ["--listen", f"tcp://127.0.0.1:{port}", "--capacity-bytes", str(capacity_bytes)]
         argv += [
@@ -46,6 +48,8 @@ def start_node(tmp_path: Path):
             "--read-lease-s",
             str(read_lease_s),
         ]
+        if disk_path is not None:
+            argv += ["--disk-path", str(disk_path), "--disk-capacity", str(disk_capacity)]
         node = NodeProcess(redis_url, node_id, argv, tmp_path / f"{node_id}.log")
         started.append(node)
         if wait:

@@ -10,6 +10,7 @@ import pytest
 from router.conductor import PrefillCandidate
 from router.conductor.costs import MIN_FITTED_STEPS, fetch_time_s, predicted_tbt_s, predicted_ttft_s
 from router.conductor.policies import cache_aware
+from router.conductor.prefix import prefill_candidate
 from tests.router.conductor.workers import COSTS, SLO, problem, worker
 from worker.types import WorkerLoad
 
@@ -76,3 +77,35 @@ def test_a_worker_with_heavier_kv_fetches_slower():
     assert predicted_ttft_s(own, light, 1000) < predicted_ttft_s(own, heavy, 1000)
     decode = [worker("d", "decode")]
     assert cache_aware(problem([heavy, light], decode), own, SLO).prefill.worker_id == "p0"
+
+
+def test_cached_tokens_on_a_disk_tier_add_their_read():
+    # 1 ms a read + 0.5 ns a byte, at COSTS' 10,000 KV bytes a token: 960 tokens read = 1 + 4.8 ms
+    disk = dataclasses.replace(COSTS, disk_fixed_s=0.001, disk_per_byte_s=0.5e-9)
+    in_memory = PrefillCandidate(worker("p"), 960)
+    on_disk = PrefillCandidate(worker("p"), 960, 0, cached_disk_tokens=960)
+    assert predicted_ttft_s(disk, on_disk, 1000) - predicted_ttft_s(disk, in_memory, 1000) == pytest.approx(
+        0.001 + 0.0048
+    )
+    assert predicted_ttft_s(COSTS, on_disk, 1000) == predicted_ttft_s(COSTS, in_memory, 1000)  # unpriced
+    # only the cached tokens used are read: a 500-token prompt reuses 499 of the 960
+    assert predicted_ttft_s(disk, on_disk, 500) - predicted_ttft_s(disk, in_memory, 500) == pytest.approx(
+        0.001 + 499 * 10_000 * 0.5e-9
+    )
+    # a memory hit elsewhere can beat a disk hit on the worker's own node
+    fetch = PrefillCandidate(worker("p1"), 0, 960)
+    slow_disk = dataclasses.replace(COSTS, disk_fixed_s=0.001, disk_per_byte_s=5e-9)
+    own_disk = PrefillCandidate(worker("p0"), 960, 0, cached_disk_tokens=960)
+    route = cache_aware(problem([own_disk, fetch], [worker("d", "decode")]), slow_disk, SLO)
+    assert route.prefill.worker_id == "p1"
+
+
+def test_the_index_s_disk_only_chunks_become_the_candidate_s_disk_tokens():
+    p = worker("p")  # store node store-p, 64-token chunks
+    candidate = prefill_candidate(p, {"store-p": 3, "store-q": 5}, anywhere=5, on_disk=2)
+    assert (candidate.cached_local_tokens, candidate.cached_store_tokens, candidate.cached_disk_tokens) == (
+        192,
+        128,
+        128,
+    )
+    assert prefill_candidate(p, {}, anywhere=0, on_disk=0) == PrefillCandidate(p)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,28 @@ def http_get(url: str, timeout_s: float = 5.0) -> str:
         return r.read().decode()
 
 
+def wait_serving(
+    popen: subprocess.Popen, ready_url: Callable[[], str], what: str, log_path: Path, timeout_s: float
+) -> None:
+    """Poll until a GET of ``ready_url()`` (``""`` while the address is not known yet) answers 2xx.
+    Raises ``RuntimeError`` if ``popen`` exits first and ``TimeoutError`` past ``timeout_s``; both
+    name ``what`` and its log."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if popen.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {popen.returncode}; see {log_path}")
+        url = ready_url()
+        try:
+            if url:
+                http_get(url, timeout_s=1.0)
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s; see {log_path}")
+        time.sleep(0.5)
+
+
 class Cluster:
     """``tandem up`` in its own session, its output in ``log_path``; ``stop()`` sends SIGTERM to
     its PID (it stops its own children), and kills its process group only if it outlives the grace."""
@@ -70,24 +93,17 @@ class Cluster:
         )
 
     def wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.popen.poll() is not None:
-                raise RuntimeError(
-                    f"`tandem up` exited with code {self.popen.returncode}; see {self.log_path}"
-                )
-            if not self.url:
-                served = re.search(r"Tandem is serving \S+ at (http://\S+)/v1", self.log_path.read_text())
-                self.url = served.group(1) if served else ""
-            try:
-                if self.url:
-                    http_get(f"{self.url}/ready", timeout_s=1.0)
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"cluster not healthy after {timeout_s:.0f}s; see {self.log_path}")
-            time.sleep(0.5)
+        wait_serving(self.popen, self._ready_url, "`tandem up`", self.log_path, timeout_s)
+
+    def _ready_url(self) -> str:
+        if not self.url:
+            served = re.search(r"Tandem is serving \S+ at (http://\S+)/v1", self.log_path.read_text())
+            self.url = served.group(1) if served else ""
+        return f"{self.url}/ready" if self.url else ""
+
+    def threads(self) -> dict:
+        """Its processes now, each worker's ``--threads`` (its share of the cores) among them."""
+        return {"processes": thread_report(self.popen.pid)}
 
     def stop(self, grace_s: float = 150.0) -> None:
         """SIGTERM: ``tandem up`` drains router, workers, store nodes, Redis in turn (each stage
@@ -116,23 +132,66 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def children(pid: int) -> dict[str, int]:
-    """``tandem up``'s child processes by role name (``prefill-0``, ``store-1``, ``router``,
-    ``redis``), read from /proc."""
-    out = {}
+@dataclass(frozen=True)
+class _Proc:
+    pid: int
+    ppid: int
+    comm: str  # the kernel's name for it (15 characters at most)
+    argv: tuple[str, ...]
+
+    @property
+    def role(self) -> str | None:
+        """``tandem up``'s name for it: its ``--worker-id`` / ``--node-id``, ``router``, ``redis``."""
+        name = self.flag("--worker-id", "--node-id")
+        if name is not None:
+            return name
+        if "router.main" in self.argv:
+            return "router"
+        return "redis" if "redis-server" in self.argv[0] else None
+
+    def flag(self, *names: str) -> str | None:
+        """The value after the first of ``names`` in its command line, None without one."""
+        return next((self.argv[i + 1] for i, a in enumerate(self.argv[:-1]) if a in names), None)
+
+
+def _processes() -> list[_Proc]:
+    """Every process now, read from /proc (one that exits meanwhile is left out)."""
+    out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            head, tail = stat.read_text().rsplit(")", 1)
             argv = (stat.parent / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:  # exited meanwhile
             continue
-        if int(fields[1]) != pid:  # the parent's pid is the stat file's fourth field
-            continue
-        name = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--worker-id", "--node-id")), None)
-        if name is None:
-            name = "router" if "router.main" in argv else "redis" if "redis-server" in argv[0] else argv[0]
-        out[name] = int(stat.parent.name)
+        # the parent's pid is the stat file's fourth field, the first after the name's ')'
+        out.append(_Proc(int(stat.parent.name), int(tail.split()[1]), head.split("(", 1)[1], tuple(argv)))
     return out
+
+
+def children(pid: int) -> dict[str, int]:
+    """``tandem up``'s child processes by role name (``prefill-0``, ``store-1``, ``router``,
+    ``redis``), read from /proc."""
+    return {p.role or p.argv[0]: p.pid for p in _processes() if p.ppid == pid}
+
+
+def thread_report(pid: int) -> list[dict]:
+    """``pid`` and every descendant, parents first: its role (else the kernel's name for it), its
+    threads now, the CPUs it may run on, and its ``--threads`` flag (None without one). What a
+    benchmark records of how many threads a served system used."""
+    procs = _processes()
+    found = [p for p in procs if p.pid == pid]
+    for parent in found:  # grows while it is walked: breadth first
+        found += [p for p in procs if p.ppid == parent.pid]
+    report = []
+    for p in found:
+        try:
+            lines = Path(f"/proc/{p.pid}/status").read_text().splitlines()
+        except OSError:  # exited meanwhile
+            continue
+        status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+        report.append({"pid": p.pid, "name": p.role or p.comm, "threads": int(status["Threads"]),
+                       "cpus": status["Cpus_allowed_list"].strip(), "threads_flag": p.flag("--threads")})  # fmt: skip
+    return report
 
 
 def rss_bytes(pid: int) -> int:

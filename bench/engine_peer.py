@@ -31,6 +31,7 @@ from bench.engine import (
     prefill_prompts,
     run_engine,
 )
+from bench.vllm_cli import omp_binding_log
 from engine import LLM, SamplingParams
 
 PEER_SCRIPT = Path(__file__).resolve().parent / "vllm_engine_peer.py"
@@ -53,10 +54,7 @@ class VllmPeer:
         )  # fmt: skip
         os.close(log_fd)
         self.info = self._read()
-        self.info["omp_binding_log"] = [
-            line.split("] ", 1)[-1].strip() for line in self.log.read_text().splitlines()
-            if "ompmultiprocessing" in line or "Reducing Torch threads" in line
-        ]  # fmt: skip
+        self.info["omp_binding_log"] = omp_binding_log(self.log.read_text())
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()

@@ -1,5 +1,6 @@
 # The setup path from nothing: a venv, the CPU torch build first (pinned: an unpinned torch pulls a
-# multi-GB CUDA build), then the project, then the default model converted once into the cache.
+# multi-GB CUDA build), then the project and its compiled CPU kernels, then the default model
+# converted once into the cache.
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -16,6 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+	$(BIN)/python -m kernels.cpu_ext  # the compiled CPU kernels (about a second; without a compiler: the reference)
 
 model: setup
 	$(BIN)/tandem convert --default

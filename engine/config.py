@@ -123,6 +123,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kv_cache_memory_fraction: float = 0.2  # of free memory, when num_pages is None
     quantization: str | None = None  # weight-only "int8" | "int4" of the linears; None: dtype
+    prepack: bool = (
+        True  # CPU float32: linears through oneDNN with weights reordered at load (engine.prepack)
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

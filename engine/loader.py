@@ -12,6 +12,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.models import model_class
+from engine.prepack import prepack_available, prepack_linears
 from engine.quant import quantize_model
 
 
@@ -45,9 +46,11 @@ def load_model(
     device: torch.device,
     max_positions: int,
     quantization: str | None = None,
+    prepack: bool = True,
 ) -> nn.Module:
     """Instantiate the registered class for ``cfg`` and fill it from the checkpoint, in ``dtype``;
-    with ``quantization`` ("int8" | "int4"), its linears are then quantized (see engine.quant)."""
+    with ``quantization`` ("int8" | "int4"), its linears are then quantized (see engine.quant), else
+    with ``prepack`` they run on weights reordered for oneDNN where that applies (engine.prepack)."""
     model_dir = Path(model_dir)
     cls = model_class(cfg)
     with torch.device("meta"):
@@ -58,5 +61,7 @@ def load_model(
     model.eval()
     if quantization is not None:
         quantize_model(model, quantization)
+    elif prepack and prepack_available(device, dtype):
+        prepack_linears(model)
     model.init_rope(device)
     return model

@@ -25,7 +25,13 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.page_size = config.page_size
         self.model = load_model(
-            config.model, model_cfg, config.torch_dtype, self.device, max_model_len, config.quantization
+            config.model,
+            model_cfg,
+            config.torch_dtype,
+            self.device,
+            max_model_len,
+            config.quantization,
+            config.prepack,
         )
         self.kv_cache = torch.zeros(
             model_cfg.num_layers, 2, model_cfg.num_kv_heads, num_pages, config.page_size, model_cfg.head_dim,

@@ -2,8 +2,10 @@
 
 Every operation has a PyTorch implementation in :mod:`kernels.reference` (the CPU path, and the
 reference the Triton kernels are tested against). :func:`backend_for` picks the implementation for a
-tensor's device: Triton on CUDA once ``kernels.triton_ops`` provides the operation, PyTorch elsewhere.
-Triton is imported lazily so that importing this package never needs a GPU driver.
+tensor's device: Triton on CUDA once ``kernels.triton_ops`` provides the operation, on CPU the
+compiled C kernels of :mod:`kernels.cpu_ext` where they exist (they fall back to the reference by
+themselves), PyTorch elsewhere. Triton is imported lazily so that importing this package never needs
+a GPU driver.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ def _triton_module() -> ModuleType | None:
 
 @functools.cache
 def _backend(device_type: str) -> SimpleNamespace:
-    fast = _triton_module() if device_type == "cuda" else None
+    fast = {"cuda": _triton_module, "cpu": _cpu_module}.get(device_type, lambda: None)()
     return SimpleNamespace(**{op: getattr(fast, op, None) or getattr(reference, op) for op in OPS})
+
+
+@functools.cache
+def _cpu_module() -> ModuleType | None:
+    return importlib.import_module("kernels.cpu_ext")
 
 
 def backend_for(device: torch.device | str) -> SimpleNamespace:

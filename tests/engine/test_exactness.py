@@ -20,10 +20,14 @@ def _check_against_hf(model_dir, llm: LLM, prompts: list[list[int]]) -> list:
     return outs
 
 
-def test_tiny_models_match_transformers_with_prefix_hits(tiny_model):
+@pytest.mark.parametrize("prepack", [True, False], ids=["onednn-prepacked", "f-linear"])
+def test_tiny_models_match_transformers_with_prefix_hits(tiny_model, prepack):
     # A small per-step budget makes long prompts prefill in chunks and lets the first prompts'
     # pages be committed before the ones sharing their prefixes are admitted.
-    llm = LLM(str(tiny_model), page_size=8, num_pages=256, max_num_batched_tokens=48)
+    llm = LLM(str(tiny_model), page_size=8, num_pages=256, max_num_batched_tokens=48, prepack=prepack)
+    assert llm.engine.runner.model.layers[0].o_proj.__class__.__name__ == (
+        "PrepackedLinear" if prepack else "Linear"
+    )
     prompts = mixed_prompts(llm.engine.model_cfg.vocab_size)
     outs = _check_against_hf(tiny_model, llm, prompts)
     assert [o.num_cached_tokens for o in outs[:7]] == [0] * 7

@@ -1,0 +1,167 @@
+"""Compiled CPU kernels: small C files built once with the machine's C compiler, loaded with ctypes.
+
+Why not a torch C++ extension: building one against torch's headers takes minutes on a small
+machine, and these kernels need nothing of torch but pointers. A C file compiles in about a second
+(``-O3 -march=native -fopenmp``: the build is for the machine that runs it). Linked with
+``-fopenmp``, the library needs ``libgomp.so.1``, which resolves to the one torch already loaded,
+so a kernel's parallel loops run on torch's threads and follow ``torch.set_num_threads``.
+
+Where the library goes: ``$TANDEM_CACHE_DIR/kernels`` (default ``~/.cache/tandem/kernels``), named
+by a hash of the source, the flags and the compiler, so an edit or another compiler rebuilds it.
+``make setup`` builds it (``python -m kernels.cpu_ext``); an engine that finds it missing builds it
+on first use. With no compiler, or a build that fails, the engine runs the PyTorch reference and
+says so once in its log. ``TANDEM_CPU_KERNELS=0`` turns the compiled kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from kernels import reference
+
+log = logging.getLogger("tandem.kernels")
+
+SOURCE = Path(__file__).resolve().parent / "cpu" / "decode_attention.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+_I64, _F32P, _I32P = ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def library_path(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[
+        :16
+    ]
+    root = Path(os.environ.get("TANDEM_CACHE_DIR") or Path.home() / ".cache" / "tandem")
+    return root / "kernels" / f"{SOURCE.stem}-{digest}.so"
+
+
+def build() -> Path:
+    """Compile the kernels (if not built yet) and return the library's path; raises with the
+    compiler's message when that fails."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc or gcc, or $CC) on PATH")
+    path = library_path(compiler)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    done = subprocess.run(
+        [compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"{compiler} failed on {SOURCE.name}:\n{done.stderr.strip()}")
+    os.replace(partial, path)  # atomic: a concurrent build of the same source writes the same bytes
+    return path
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("TANDEM_CPU_KERNELS", "1") == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, RuntimeError) as e:
+        log.warning("compiled CPU kernels unavailable, using the PyTorch reference: %s", e)
+        return None
+    log.info("compiled CPU kernels loaded from %s", lib._name)
+    fn = lib.tandem_paged_decode_attention
+    fn.restype = ctypes.c_int
+    fn.argtypes = [_F32P, _F32P, _F32P, _I32P, _I32P, _F32P, *[_I64] * 8, ctypes.c_float, _I64]
+    return lib
+
+
+def available() -> bool:
+    return _library() is not None
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """``kernels.reference.paged_decode_attention``, compiled where it applies, else the reference."""
+    args = (q, k_cache, v_cache, block_tables, context_lens, scale, sliding_window)
+    out = compiled_paged_decode_attention(*args)
+    return out if out is not None else reference.paged_decode_attention(*args)
+
+
+def compiled_paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor | None:
+    """``kernels.reference.paged_decode_attention``, reading the pages in place; None where this
+    kernel does not apply (not float32 on CPU, an unusual layout, no compiled library)."""
+    lib = _library()
+    if lib is None or not _applies(q, k_cache, v_cache):
+        return None
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads, _, page_size, _ = k_cache.shape
+    q = q.contiguous()
+    tables = block_tables.to(torch.int32).contiguous()
+    lens = context_lens.to(torch.int32).contiguous()
+    out = torch.empty_like(q)
+    status = lib.tandem_paged_decode_attention(
+        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), lens.data_ptr(), out.data_ptr(),
+        batch, num_heads, num_kv_heads, head_dim, page_size, k_cache.stride(0), k_cache.stride(1),
+        tables.stride(0) if tables.dim() == 2 and tables.shape[0] else 0, scale, sliding_window or 0,
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError("paged decode attention could not allocate its scratch")
+    return out
+
+
+def _applies(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    tensors = (q, k_cache, v_cache)
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return False
+    if (
+        k_cache.stride() != v_cache.stride()
+        or k_cache.stride(3) != 1
+        or k_cache.stride(2) != k_cache.shape[3]
+    ):
+        return False
+    return q.shape[1] % k_cache.shape[0] == 0 and q.shape[1] // k_cache.shape[0] <= 32
+
+
+def main() -> int:
+    """``python -m kernels.cpu_ext``: build the compiled CPU kernels now (``make setup`` does)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path = build()
+    except RuntimeError as e:
+        print(
+            f"compiled CPU kernels not built ({e}); the engine will use the PyTorch reference",
+            file=sys.stderr,
+        )
+        return 0  # not an error: the reference path serves
+    print(f"compiled CPU kernels: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""The compiled CPU decode attention (kernels/cpu/decode_attention.c) against the PyTorch
+reference: GQA groups, page sizes, sliding windows, lengths that end mid-page, scattered pages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import backend_for, cpu_ext, reference
+
+pytestmark = pytest.mark.skipif(not cpu_ext.available(), reason="no C compiler to build the CPU kernels")
+
+
+@pytest.mark.parametrize(
+    ("num_heads", "num_kv_heads", "head_dim", "page_size", "window"),
+    [(9, 3, 64, 16, None), (4, 4, 32, 8, None), (8, 1, 16, 4, None), (6, 2, 64, 16, 21), (2, 2, 8, 1, 3)],
+)
+def test_compiled_decode_attention_equals_the_reference(num_heads, num_kv_heads, head_dim, page_size, window):
+    g = torch.Generator().manual_seed(num_heads * 100 + page_size)
+    num_pages = 96
+    cache = torch.randn(2, 2, num_kv_heads, num_pages, page_size, head_dim, generator=g)  # [layers, k/v, ...]
+    k_cache, v_cache = cache[1, 0], cache[1, 1]
+    lens = torch.tensor([1, page_size, page_size + 1, 5 * page_size - 1, 37], dtype=torch.int32)
+    width = (int(lens.max()) + page_size - 1) // page_size
+    tables = torch.stack([torch.randperm(num_pages, generator=g)[:width] for _ in lens]).to(torch.int32)
+    q = torch.randn(len(lens), num_heads, head_dim, generator=g)
+    expect = reference.paged_decode_attention(q, k_cache, v_cache, tables, lens, head_dim**-0.5, window)
+    got = cpu_ext.compiled_paged_decode_attention(q, k_cache, v_cache, tables, lens, head_dim**-0.5, window)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cpu_backend_uses_it_and_falls_back_where_it_does_not_apply():
+    assert backend_for("cpu").paged_decode_attention is cpu_ext.paged_decode_attention
+    q, cache = torch.randn(2, 4, 8, dtype=torch.float64), torch.randn(2, 6, 4, 8, dtype=torch.float64)
+    tables, lens = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32), torch.tensor([5, 8], dtype=torch.int32)
+    assert cpu_ext.compiled_paged_decode_attention(q, cache, cache, tables, lens, 0.3) is None  # float64
+    torch.testing.assert_close(
+        cpu_ext.paged_decode_attention(q, cache, cache, tables, lens, 0.3),
+        reference.paged_decode_attention(q, cache, cache, tables, lens, 0.3),
+    )

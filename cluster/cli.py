@@ -142,6 +142,11 @@ def _add_up_memory(up: argparse.ArgumentParser) -> None:
         help="bytes of disk per store node with --store-disk-path (default 8 GiB)",
     )  # fmt: skip
     up.add_argument(
+        "--store-replicate-after", type=int, default=0,
+        help="a store node copies a chunk fetched more than this many times within 10 s to another node, "
+        "so a hot prefix is served by two (default 0: never)",
+    )  # fmt: skip
+    up.add_argument(
         "--chunk-tokens", type=int, default=64,
         help="tokens per store chunk, the unit of reuse across workers (a multiple of 16; default 64)",
     )  # fmt: skip
@@ -271,7 +276,8 @@ def _up_config(args: argparse.Namespace):
         model_dir=resolve_model(args.model), num_prefill=args.prefill, num_decode=args.decode, mode=args.mode,
         policy=args.policy, host=args.host, port=args.port, redis_url=args.redis_url,
         store_capacity_bytes=args.store_capacity, store_disk_path=args.store_disk_path,
-        store_disk_capacity_bytes=args.store_disk_capacity if args.store_disk_path else 0, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
+        store_disk_capacity_bytes=args.store_disk_capacity if args.store_disk_path else 0,
+        store_replicate_after=args.store_replicate_after, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
         kv_cache_memory_bytes=args.kv_cache_memory, drain_timeout_s=args.drain_timeout_s,
         max_num_batched_tokens=args.max_num_batched_tokens, api_key=args.api_key,
         extra_worker_args=("--quantization", args.quantization) if args.quantization else (),

@@ -55,6 +55,7 @@ class ClusterConfig:
     store_capacity_bytes: int = 1 << 30
     store_disk_path: Path | None = None  # each node's disk tier in <path>/<node id>; None: none
     store_disk_capacity_bytes: int = 0
+    store_replicate_after: int = 0  # each node copies a chunk fetched more often than this (0: never)
     chunk_tokens: int = 64
     num_pages: int | None = None
     kv_cache_memory_bytes: int | None = None  # per worker; None: default_kv_budget (num_pages wins)
@@ -79,6 +80,8 @@ class ClusterConfig:
                 f"chunk_tokens must be a positive multiple of the workers' page size {WORKER_PAGE_SIZE}, "
                 f"got {self.chunk_tokens}"
             )
+        if self.store_replicate_after < 0:
+            raise ValueError(f"store_replicate_after must be >= 0, got {self.store_replicate_after}")
         if self.store_disk_path is not None and self.store_disk_capacity_bytes <= 0:
             raise ValueError(
                 f"a store disk tier needs a positive capacity, got {self.store_disk_capacity_bytes}"
@@ -272,7 +275,7 @@ class LocalCluster:
         self._spawn(node_id, "kvstore.node_main", [
             "--redis-url", self.redis_url, "--listen", "tcp://127.0.0.1:0", "--node-id", node_id,
             "--capacity-bytes", str(self.config.store_capacity_bytes), "--chunk-bytes", str(self._kv_bytes_per_token * self.config.chunk_tokens),
-            *self._disk_args(node_id),
+            *self._disk_args(node_id), "--replicate-after", str(self.config.store_replicate_after),
         ])  # fmt: skip
         return node_id
 

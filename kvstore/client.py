@@ -6,7 +6,9 @@ chunk. Torch is imported only by ``put`` and ``get``, so index reads stay torch-
 
 from __future__ import annotations
 
+import os
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +66,7 @@ class StoreClient:
         self.max_request_bytes = max_request_bytes
         self._connections: dict[str, RequestClient] = {}
         self._own_address: str | None = None  # node_id's address, looked up once
+        self._spread = os.urandom(8)  # which copy this client reads, where a chunk has several
         self._lock = threading.Lock()
 
     def clone(self) -> StoreClient:
@@ -153,7 +156,7 @@ class StoreClient:
 
         _check_keys(keys)
         holdings = self.index.locate(list(keys))
-        plan = _assign(keys, holdings, self.node_id)
+        plan = _assign(keys, holdings, self.node_id, self._spread)
         results: list[Buffer | None] = [None] * len(keys)
         with self._lock:
             pending = {}
@@ -262,14 +265,21 @@ def _check_keys(keys: Sequence[bytes]) -> None:
 
 
 def _assign(
-    keys: Sequence[bytes], holdings: list[Holding], preferred: str | None
+    keys: Sequence[bytes], holdings: list[Holding], preferred: str | None, spread: bytes = b""
 ) -> dict[str, tuple[str, list[int]]]:
     """``{node_id: (address, positions of the keys to fetch there)}``: the preferred node when it
-    holds a key, else the first live holder. Raises ``KeyError`` for the first key nobody holds."""
-    holdings = sorted(holdings, key=lambda h: h.node_id != preferred)
+    holds a key, else a holder with the key in memory before one with it on disk only, and among
+    equals the one ``spread`` (a client's own random bytes) ranks first: one client keeps to one
+    copy of a replicated chunk, different clients spread over the copies. Raises ``KeyError`` for
+    the first key nobody holds."""
+    rank = {h.node_id: zlib.crc32(spread + h.node_id.encode()) for h in holdings}
     plan: dict[str, tuple[str, list[int]]] = {}
     for i, key in enumerate(keys):
-        holder = next((h for h in holdings if h.held[i]), None)
+        holder = min(
+            (h for h in holdings if h.held[i]),
+            key=lambda h: (h.node_id != preferred, not h.in_memory(i), rank[h.node_id]),
+            default=None,
+        )
         if holder is None:
             raise KeyError(f"key {key_hex(key)} (#{i}) is not held by any live store node")
         plan.setdefault(holder.node_id, (holder.address, []))[1].append(i)

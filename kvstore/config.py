@@ -24,6 +24,8 @@ class StoreNodeConfig:
     accepts no bytes for ``read_lease_s`` is disconnected, which releases its pins.
     ``disk_path`` (None: no disk tier) is a directory where chunks evicted from memory are kept, up
     to ``disk_capacity_bytes``; a node started on a path a previous one used adopts its chunks.
+    A chunk fetched more than ``replicate_after`` times within ``replicate_window_s`` is copied to
+    another live node (``kvstore.replication``; 0: never).
     """
 
     node_id: str
@@ -40,6 +42,8 @@ class StoreNodeConfig:
     index_prefix: str = DEFAULT_PREFIX
     disk_path: str | None = None
     disk_capacity_bytes: int = 0
+    replicate_after: int = 0  # copy a chunk fetched more than this often within the window (0: never)
+    replicate_window_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.node_id or any(c.isspace() for c in self.node_id):
@@ -71,6 +75,11 @@ class StoreNodeConfig:
             )
         if self.disk_path is None and self.disk_capacity_bytes:
             raise ValueError("disk_capacity_bytes is set but disk_path is not")
+        if self.replicate_after < 0 or self.replicate_window_s <= 0:
+            raise ValueError(
+                f"replicate_after must be >= 0 and replicate_window_s > 0, got {self.replicate_after}, "
+                f"{self.replicate_window_s}"
+            )
         if not 0 < self.evict_watermark <= 1:
             raise ValueError(f"evict_watermark must be in (0, 1], got {self.evict_watermark}")
 

@@ -30,7 +30,7 @@ from kvstore.types import IndexUnavailable, NodeInfo
 DEFAULT_PREFIX = "tandem:kv:"
 _STAT_FIELDS = (
     "capacity_bytes", "bytes_used", "num_chunks", "hits", "misses", "num_evicted", "num_pinned",
-    "disk_capacity_bytes", "disk_bytes_used", "disk_chunks", "disk_hits", "disk_evicted",
+    "disk_capacity_bytes", "disk_bytes_used", "disk_chunks", "disk_hits", "disk_evicted", "num_replicated",
 )  # fmt: skip
 _BATCH = 4096  # keys per Redis command (Lua's unpack() is limited to a few thousand arguments)
 

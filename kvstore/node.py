@@ -27,6 +27,7 @@ from kvstore.config import StoreNodeConfig
 from kvstore.disk import DiskTier
 from kvstore.index import StoreIndex
 from kvstore.pool import Chunk, ChunkPool
+from kvstore.replication import HotChunks, Replicator
 from kvstore.types import IndexUnavailable
 from transfer import Incoming, ReplyServer, SocketOptions
 from transfer.messages import (
@@ -76,6 +77,12 @@ class StoreNode:
         self.address = config.advertise or self.server.address
         self.index = StoreIndex(config.redis_url, prefix=config.index_prefix)
         self._registered = False  # False forces a full republish at the next heartbeat
+        self._hot, self.replicator = None, None
+        if config.replicate_after:
+            self._hot = HotChunks(config.replicate_after, config.replicate_window_s)
+            self.replicator = Replicator(
+                StoreIndex(config.redis_url, prefix=config.index_prefix), config.node_id
+            )
         # Index writes of a put overlap its copy into the arena; one worker keeps them in order.
         self._index_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer")
         self._index_down = False
@@ -175,10 +182,19 @@ class StoreNode:
             found.append(buffer is not None)
             if buffer is not None:
                 buffers.append(buffer)
+        if self._hot is not None:
+            self._replicate_hot([k for k, ok in zip(request.keys, found) if ok], buffers)
         self.pool.touch_chain(list(request.keys))
         if promoted:  # tiers changed: the index learns before the reply goes out, as for a put
             self._publish(*self._index_delta(promoted + self.pool.take_evicted() + self._disk_dropped()))
         return GetReply(tuple(found), tuple(buffers))
+
+    def _replicate_hot(self, keys: list[bytes], buffers: list[Buffer]) -> None:
+        assert self._hot is not None and self.replicator is not None
+        hot = set(self._hot.record(keys))
+        for key, buffer in zip(keys, buffers):
+            if key in hot:
+                self.replicator.submit(key, buffer)
 
     def _buffer(self, chunk: Chunk) -> Buffer:
         # the producer's checksum, not one of the arena's bytes: a reader detects a change at rest too
@@ -263,6 +279,7 @@ class StoreNode:
             "disk_chunks": disk.num_chunks if disk else 0,
             "disk_hits": disk.hits if disk else 0,
             "disk_evicted": disk.num_evicted if disk else 0,
+            "num_replicated": self.replicator.num_copied if self.replicator else 0,
         }
 
     def _index_delta(
@@ -324,5 +341,7 @@ class StoreNode:
         except IndexUnavailable as e:
             log.error("could not deregister %s (its lease will lapse): %s", self.config.node_id, e)
         self._index_writer.shutdown()
+        if self.replicator is not None:
+            self.replicator.close()
         self.server.close()
         self.index.close()

@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes the disk tier may hold, e.g. 20GiB (required with --disk-path); least recently used "
         "chunk files are deleted beyond it",
     )  # fmt: skip
+    parser.add_argument(
+        "--replicate-after", type=int, default=0,
+        help="copy a chunk fetched more than this many times within --replicate-window-s to another live "
+        "node, so a hot prefix is served by two (default 0: never)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replicate-window-s", type=float, default=10.0, help="the window of --replicate-after (default 10)"
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -98,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             max_frame_bytes=args.max_frame_bytes,
             disk_path=args.disk_path,
             disk_capacity_bytes=args.disk_capacity,
+            replicate_after=args.replicate_after,
+            replicate_window_s=args.replicate_window_s,
         )
         node = StoreNode(config)
     except ValueError as e:

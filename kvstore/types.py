@@ -38,6 +38,7 @@ class NodeInfo:
     disk_chunks: int = 0
     disk_hits: int = 0  # chunks read back from disk (also counted in ``hits``)
     disk_evicted: int = 0  # chunk files deleted to stay under the disk capacity
+    num_replicated: int = 0  # hot chunks this node copied to another node
 
     @property
     def free_bytes(self) -> int:

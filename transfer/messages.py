@@ -202,6 +202,7 @@ class StatsReply(Message, kind="store_stats_reply"):
     disk_chunks: int = 0
     disk_hits: int = 0
     disk_evicted: int = 0
+    num_replicated: int = 0
 
 
 # ---- serving: router ⇄ prefill / decode workers ------------------------------------------------

@@ -118,6 +118,8 @@ def _store_families(nodes: Sequence[NodeInfo]) -> Iterator[Metric]:
                                          labels=["node"]),
         "disk_evicted": CounterMetricFamily("tandem_store_disk_evictions", "Chunk files deleted to stay under the "
                                             "disk capacity", labels=["node"]),
+        "num_replicated": CounterMetricFamily("tandem_store_replicated", "Hot chunks the node copied to another node",
+                                              labels=["node"]),
     }  # fmt: skip
     for node in nodes:
         for field, family in {**gauges, **counters}.items():

@@ -1,8 +1,11 @@
 """Disaggregated serving on store nodes with a disk tier (``tandem up --store-disk-path``): what the
 memory tier evicts is served from disk, a cluster restarted on the same path comes back with its
-prefixes cached, and the answers equal the offline engine's token for token throughout."""
+prefixes cached, hot chunks get copies on other nodes, and the answers equal the offline engine's
+token for token throughout."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import openai
 import pytest
@@ -32,9 +35,13 @@ def expected(offline: LLM, context: str, question: str) -> str:
     return offline.chat(messages, SamplingParams(temperature=0.0, max_tokens=12)).text
 
 
-def prefill_store(cluster: LocalCluster):
+def store_nodes(cluster: LocalCluster) -> dict:
     with StoreClient(cluster.redis_url) as store:
-        return {n.node_id: n for n in store.nodes()}["store-0"]
+        return {n.node_id: n for n in store.nodes()}
+
+
+def prefill_store(cluster: LocalCluster):
+    return store_nodes(cluster)["store-0"]
 
 
 def test_disaggregated_answers_equal_offline_from_disk_and_after_a_restart(default_model, tmp_path):
@@ -55,14 +62,20 @@ def test_disaggregated_answers_equal_offline_from_disk_and_after_a_restart(defau
     finally:
         cluster.stop()  # store nodes keep what memory held on disk as they stop
 
-    cluster = LocalCluster(config).start()  # fresh workers and Redis, the same store directories
+    # Fresh workers and Redis, the same store directories, a second prefill worker (round robin: each
+    # context is asked on prefill-0, then on prefill-1) and replication of chunks fetched twice.
+    again = dataclasses.replace(config, num_prefill=2, policy="round_robin", store_replicate_after=1)
+    cluster = LocalCluster(again).start()
     try:
         restarted = prefill_store(cluster)
         assert restarted.disk_chunks >= 6 and restarted.num_chunks == 0, restarted
         for context in CONTEXTS:
-            text, cached = ask(cluster, context, "And goodbye?")
-            assert text == expected(offline, context, "And goodbye?")
-            assert cached >= 128, f"the two context chunks should come from the disk tier, got {cached}"
-        assert prefill_store(cluster).disk_hits >= 6
+            for question in ("And goodbye?", "Why?"):  # prefill-0, then prefill-1
+                text, cached = ask(cluster, context, question)
+                assert text == expected(offline, context, question)
+                assert cached >= 128, f"the two context chunks should come from the store, got {cached}"
+        nodes = store_nodes(cluster)
+        assert nodes["store-0"].disk_hits >= 6
+        assert sum(n.num_replicated for n in nodes.values()) >= 1, nodes  # fetched by both: copied
     finally:
         cluster.stop()

@@ -23,7 +23,9 @@ def test_a_prepacked_linear_equals_f_linear(in_features, out_features, bias):
     packed = PrepackedLinear(linear)
     for rows in (1, 3, 8, 33, 300):
         x = torch.randn(rows, in_features)
-        expect = F.linear(x.double(), linear.weight.double(), None if linear.bias is None else linear.bias.double())
+        expect = F.linear(
+            x.double(), linear.weight.double(), None if linear.bias is None else linear.bias.double()
+        )
         torch.testing.assert_close(packed(x).double(), expect, rtol=1e-5, atol=1e-4)
     x = torch.randn(2, 5, in_features)  # leading dimensions are kept
     torch.testing.assert_close(packed(x), linear(x), rtol=1e-5, atol=1e-4)

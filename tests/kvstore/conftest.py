@@ -36,6 +36,7 @@ def start_node(tmp_path: Path):
         wait: bool = True,
         disk_path: Path | None = None,
         disk_capacity: int = 1 << 30,
+        extra: tuple[str, ...] = (),
     ) -> NodeProcess:
         argv = ["--listen", f"tcp://127.0.0.1:{port}", "--capacity-bytes", str(capacity_bytes)]
         argv += [
@@ -50,6 +51,7 @@ def start_node(tmp_path: Path):
         ]
         if disk_path is not None:
             argv += ["--disk-path", str(disk_path), "--disk-capacity", str(disk_capacity)]
+        argv += extra
         node = NodeProcess(redis_url, node_id, argv, tmp_path / f"{node_id}.log")
         started.append(node)
         if wait:

@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.transfer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunk-bytes", type=int, default=MiB, help="bytes per chunk (1 MiB)")
     parser.add_argument("--batch", type=int, default=16, help="chunks per put / get request (16)")
-    parser.add_argument("--rounds", type=int, default=6, help="throughput rounds per system (6)")
+    parser.add_argument("--rounds", type=int, default=20, help="throughput rounds per system (20)")
     parser.add_argument("--batches-per-round", type=int, default=8, help="put+get batches per round (8)")
     parser.add_argument("--latency-samples", type=int, default=200, help="samples per latency figure (200)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds, 40 samples")
@@ -208,8 +208,8 @@ def build_result(
     round_bytes = 2 * args.batches_per_round * args.batch * args.chunk_bytes  # put + get
     raw_gib_s = round_bytes * len(raw_s) / sum(raw_s) / (1 << 30)
     store_gib_s = round_bytes * len(store_s) / sum(store_s) / (1 << 30)
-    sizes = [n * args.chunk_bytes for n in (1, 4, 16)]
-    fit = statistics.linear_regression(sizes, [statistics.median(fetch[n]) for n in (1, 4, 16)])
+    fixed_s, per_byte_s = fit_cost([n * args.chunk_bytes for n in (1, 4, 16)],
+                                   [statistics.median(fetch[n]) for n in (1, 4, 16)])  # fmt: skip
     return {
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "raw_server", "quick")},
         "machine": {
@@ -228,10 +228,22 @@ def build_result(
         },
         "fetch_prefix_16_chunks_ms": percentiles_ms(fetch[16]),
         "fetch_ms_by_chunks": {str(n): percentiles_ms(fetch[n]) for n in (1, 4)},
-        "fetch_cost_model": {"fixed_s": fit.intercept, "per_byte_s": fit.slope},
+        "fetch_cost_model": {"fixed_s": fixed_s, "per_byte_s": per_byte_s},
         "match_prefix_64_keys_ms": percentiles_ms(match),
         "redis_ping_ms": percentiles_ms(ping),
     }
+
+
+def fit_cost(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
+    """``seconds ~ fixed + per_byte * size`` by least squares, with neither term negative: a fetch
+    split into requests in flight can take less than proportionally longer with size, and a
+    negative fixed cost would tell the conductor that a small fetch is free."""
+    fit = statistics.linear_regression(sizes, seconds)
+    if fit.intercept >= 0 and fit.slope >= 0:
+        return fit.intercept, fit.slope
+    if fit.intercept < 0:  # the best line through the origin
+        return 0.0, max(0.0, sum(x * y for x, y in zip(sizes, seconds)) / sum(x * x for x in sizes))
+    return statistics.fmean(seconds), 0.0
 
 
 def _cpu_count() -> int:

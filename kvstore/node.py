@@ -2,7 +2,10 @@
 it has one) and keeps the index exact.
 
 One thread owns the node's state (requests, heartbeats, releasing pins), so a handler never
-races another; a helper thread only carries a put's index update while the put's bytes are copied. ``get`` replies point into the arena without a copy; the chunks stay pinned until ZeroMQ
+races another; a helper thread only carries a put's index update while the put's bytes are
+copied. A put's bytes are not hashed here: they keep their producer's checksum, which every reader
+checks (a chunk damaged on the way in, at rest or on the way out is refused by its reader, who
+deletes it and recomputes). ``get`` replies point into the arena without a copy; the chunks stay pinned until ZeroMQ
 reports that it is done with those bytes: sent, or dropped with a reader that went away or made
 no progress for ``read_lease_s`` (the pin's lease).
 
@@ -73,7 +76,10 @@ class StoreNode:
         opts = SocketOptions(
             max_frame_bytes=config.max_frame_bytes, stall_timeout_ms=int(config.read_lease_s * 1000)
         )
-        self.server = ReplyServer(config.listen, opts=opts)
+        # A put's bytes are kept with their producer's checksum, not hashed here: every reader
+        # checks them (end to end: the wire, the arena and the disk), and hashing on this one
+        # thread would hold up every request behind it.
+        self.server = ReplyServer(config.listen, opts=opts, verify_buffers=False)
         self.address = config.advertise or self.server.address
         self.index = StoreIndex(config.redis_url, prefix=config.index_prefix)
         self._registered = False  # False forces a full republish at the next heartbeat

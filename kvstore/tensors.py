@@ -11,7 +11,10 @@ from transfer.messages import DTYPE_ITEMSIZE, Buffer
 
 def to_buffer(chunk: Any) -> Buffer:
     """A tensor (any dtype; moved to CPU and made contiguous if needed), a numpy array, or any
-    bytes-like object, as a ``Buffer`` that remembers its dtype and shape."""
+    bytes-like object, as a ``Buffer`` that remembers its dtype and shape; a ``Buffer`` as it is
+    (with the checksum its producer gave it, if any)."""
+    if isinstance(chunk, Buffer):
+        return chunk
     if isinstance(chunk, torch.Tensor):
         tensor = chunk.detach().to("cpu").contiguous()
         dtype = str(tensor.dtype).removeprefix("torch.")

@@ -76,8 +76,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def decode(frames: Sequence[Any]) -> Envelope:
+def decode(frames: Sequence[Any], *, verify: bool = True) -> Envelope:
     """Rebuild a message from frames (bytes or ``zmq.Frame``); buffers are views, not copies.
+
+    ``verify=False`` skips hashing the buffers (everything else is still checked): for a receiver
+    that only keeps the bytes, with their checksum, for a reader that checks them (a store node).
 
     Raises ``WireError`` for: no frames, a header that is not a MessagePack map with exactly the
     expected keys, an unknown kind, a version other than the one this process speaks, missing or
@@ -96,14 +99,14 @@ def decode(frames: Sequence[Any]) -> Envelope:
         raise WireError(f"header must be a map, got {type(header).__name__}")
     msg_id = header.get("id") if isinstance(header.get("id"), int) else None
     try:
-        return _decode_header(header, frames, msg_id)
+        return _decode_header(header, frames, msg_id, verify)
     except CorruptBuffer:
         raise
     except WireError as e:
         raise WireError(str(e), msg_id) from None
 
 
-def _decode_header(header: dict, frames: Sequence[Any], msg_id: int | None) -> Envelope:
+def _decode_header(header: dict, frames: Sequence[Any], msg_id: int | None, verify: bool) -> Envelope:
     cls = _message_class(header)
     kind = cls.KIND
     fields = header["fields"]
@@ -120,7 +123,7 @@ def _decode_header(header: dict, frames: Sequence[Any], msg_id: int | None) -> E
         message = cls(**values)
     except ValueError as e:
         raise WireError(str(e)) from None
-    for i, buffer in enumerate(buffers):  # last: a receiver told of corruption can answer the message
+    for i, buffer in enumerate(buffers if verify else ()):  # last: a receiver told of corruption can answer
         if xxhash.xxh3_64_intdigest(buffer.data) != buffer.checksum:
             raise CorruptBuffer(
                 f"{kind}.buffers[{i}]: its bytes do not match their checksum", msg_id, message

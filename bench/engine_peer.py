@@ -11,6 +11,10 @@ Tandem / vLLM throughput. Rows:
   tok/s with prefill excluded (Tandem: mean pure-decode ``step()`` time; vLLM: wall time from every
   request having its first token to the end);
 - ``prefill``: 8 x ``--prefill-len`` prompts, ``max_tokens=1``; prompt tok/s.
+
+With a llama.cpp venv (``make peer-llama``, or ``--llama-python``), the int4 batch-1 row also runs
+``bench/llama_cpp_peer.py`` on the GGUF the default model ships as (its own Q4_1 weights), the
+same prompt and length: Tandem int4 / llama.cpp.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from engine import LLM, SamplingParams
 
 PEER_SCRIPT = Path(__file__).resolve().parent / "vllm_engine_peer.py"
 DEFAULT_PYTHON = Path(__file__).resolve().parents[1] / ".peers" / "vllm" / "bin" / "python"
+LLAMA_SCRIPT = Path(__file__).resolve().parent / "llama_cpp_peer.py"
+LLAMA_PYTHON = Path(__file__).resolve().parents[1] / ".peers" / "llama" / "bin" / "python"
 DECODE_PROMPT_LEN, DECODE_NEW_TOKENS = 128, 128
 
 
@@ -73,18 +79,34 @@ class VllmPeer:
         self.proc.wait(timeout=60)
 
 
-def resolve_python(arg: str | None) -> str | None:
-    """``--vllm-python``, else the ``make peer-vllm`` venv if built, else None (with a note)."""
+def resolve_python(arg: str | None, default: Path | None = None, peer: str = "vllm") -> str | None:
+    """``--<peer>-python``, else the ``make peer-<peer>`` venv (``default``: vLLM's) if built, else
+    None (with a note)."""
+    default = default or DEFAULT_PYTHON
     if arg:
         if not Path(arg).is_file():
-            raise ValueError(f"--vllm-python {arg} does not exist (build it with `make peer-vllm`)")
+            raise ValueError(f"--{peer}-python {arg} does not exist (build it with `make peer-{peer}`)")
         return arg
-    if DEFAULT_PYTHON.is_file():
-        return str(DEFAULT_PYTHON)
-    print(
-        f"no vLLM peer: {DEFAULT_PYTHON} is missing (`make peer-vllm`, or pass --vllm-python); skipping vLLM"
-    )
+    if default.is_file():
+        return str(default)
+    print(f"no {peer} peer: {default} is missing (`make peer-{peer}`, or pass --{peer}-python); skipping it")
     return None
+
+
+def llama_cpp_decode(python: str, vocab: int) -> dict:
+    """llama.cpp's batch-1 decode of the default model's GGUF on ``decode_prompts``' prompt."""
+    from cluster.models import default_gguf_path
+
+    prompt = decode_prompts(vocab, 1, DECODE_PROMPT_LEN)[0]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [python, str(LLAMA_SCRIPT), "--gguf", str(default_gguf_path()), "--prompt", json.dumps(prompt),
+         "--new-tokens", str(DECODE_NEW_TOKENS)],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"llama.cpp peer failed ({out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _row(metric: str, tandem: float, vllm: float, **detail) -> dict:
@@ -135,12 +157,26 @@ def compare_with_vllm(llm: LLM, peer: VllmPeer, reqs, flops: FlopModel, vocab: i
         qllm.generate([[100] * 16], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
         rows[f"decode_b1_{method}"] = _decode(1)(qllm, peer, reqs, flops, vocab, args)
         _print_row(f"decode_b1 Tandem {method} vs vLLM fp32", rows[f"decode_b1_{method}"])
+        if method == "int4" and args.llama_python:
+            rows["decode_b1_int4_vs_llama_cpp"] = _versus_llama(
+                rows["decode_b1_int4"], args.llama_python, vocab
+            )
         del qllm
     tandem_threads = {"torch_threads": torch.get_num_threads(), "affinity": sorted(os.sched_getaffinity(0))}
     return {"vllm_version": peer.info["vllm"], "vllm_threads": peer.info["threads"],
             "vllm_omp_binding_log": peer.info["omp_binding_log"], "tandem_threads": tandem_threads,
             "vllm_engine": {"dtype": "float32", "kv_cache_space_gib": 4, "other": "vLLM defaults"},
             "rows": rows}  # fmt: skip
+
+
+def _versus_llama(int4_row: dict, python: str, vocab: int) -> dict:
+    llama = llama_cpp_decode(python, vocab)
+    tandem = int4_row["tandem"]
+    row = {"metric": "decode tok/s", "tandem_int4": tandem, "llama_cpp_q4_1": llama["decode_tokens_per_s"],
+           "tandem_over_llama_cpp": tandem / llama["decode_tokens_per_s"], "llama_cpp_detail": llama}  # fmt: skip
+    print(f"decode_b1 Tandem int4 vs llama.cpp {llama['llama_cpp']} on the GGUF (Q4_1): "
+          f"{tandem:.1f} / {llama['decode_tokens_per_s']:.1f} tok/s = {row['tandem_over_llama_cpp']:.2f}")  # fmt: skip
+    return row
 
 
 def _print_row(name: str, row: dict) -> None:

@@ -1,5 +1,9 @@
 """Compiled CPU kernels: small C files built once with the machine's C compiler, loaded with ctypes.
 
+``kernels/cpu/decode_attention.c``: paged decode attention reading K and V in place in their
+pages; ``kernels/cpu/norm_act.c``: RMSNorm with the residual add fused in, and SiLU(gate) * up.
+Each has its PyTorch reference in ``kernels.reference`` (the tests' oracle and the fallback).
+
 Why not a torch C++ extension: building one against torch's headers takes minutes on a small
 machine, and these kernels need nothing of torch but pointers. A C file compiles in about a second
 (``-O3 -march=native -fopenmp``: the build is for the machine that runs it). Linked with
@@ -31,7 +35,9 @@ from kernels import reference
 
 log = logging.getLogger("tandem.kernels")
 
-SOURCE = Path(__file__).resolve().parent / "cpu" / "decode_attention.c"
+SOURCES = tuple(
+    Path(__file__).resolve().parent / "cpu" / name for name in ("decode_attention.c", "norm_act.c")
+)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 _I64, _F32P, _I32P = ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
 
@@ -42,11 +48,10 @@ def _compiler() -> str | None:
 
 def library_path(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[
-        :16
-    ]
+    sources = b"".join(source.read_bytes() for source in SOURCES)
+    digest = hashlib.sha256(sources + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
     root = Path(os.environ.get("TANDEM_CACHE_DIR") or Path.home() / ".cache" / "tandem")
-    return root / "kernels" / f"{SOURCE.stem}-{digest}.so"
+    return root / "kernels" / f"tandem-cpu-{digest}.so"
 
 
 def build() -> Path:
@@ -61,11 +66,13 @@ def build() -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     done = subprocess.run(
-        [compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"], capture_output=True, text=True
+        [compiler, *FLAGS, *map(str, SOURCES), "-o", str(partial), "-lm"], capture_output=True, text=True
     )
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise RuntimeError(f"{compiler} failed on {SOURCE.name}:\n{done.stderr.strip()}")
+        raise RuntimeError(
+            f"{compiler} failed on {', '.join(s.name for s in SOURCES)}:\n{done.stderr.strip()}"
+        )
     os.replace(partial, path)  # atomic: a concurrent build of the same source writes the same bytes
     return path
 
@@ -83,6 +90,10 @@ def _library() -> ctypes.CDLL | None:
     fn = lib.tandem_paged_decode_attention
     fn.restype = ctypes.c_int
     fn.argtypes = [_F32P, _F32P, _F32P, _I32P, _I32P, _F32P, *[_I64] * 8, ctypes.c_float, _I64]
+    lib.tandem_rms_norm.restype = None
+    lib.tandem_rms_norm.argtypes = [*[_F32P] * 5, _I64, _I64, ctypes.c_float]
+    lib.tandem_silu_and_mul.restype = None
+    lib.tandem_silu_and_mul.argtypes = [_F32P, _F32P, _I64, _I64]
     return lib
 
 
@@ -132,6 +143,42 @@ def compiled_paged_decode_attention(
     )  # fmt: skip
     if status != 0:
         raise MemoryError("paged decode attention could not allocate its scratch")
+    return out
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.reference.rms_norm`` (the residual add fused in) in one pass per row, compiled;
+    the reference where it does not apply (not float32 on CPU, or no compiled library)."""
+    lib = _library()
+    tensors = (x, weight) if residual is None else (x, weight, residual)
+    if lib is None or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return reference.rms_norm(x, weight, eps, residual)
+    x, weight = x.contiguous(), weight.contiguous()
+    out = torch.empty_like(x)
+    if residual is None:
+        new_residual, res_ptr, new_ptr = x, None, None
+    else:
+        residual = residual.contiguous()
+        new_residual = torch.empty_like(x)
+        res_ptr, new_ptr = residual.data_ptr(), new_residual.data_ptr()
+    dim = x.shape[-1]
+    lib.tandem_rms_norm(
+        x.data_ptr(), res_ptr, new_ptr, out.data_ptr(), weight.data_ptr(), x.numel() // dim, dim, eps
+    )
+    return out, new_residual
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``kernels.reference.silu_and_mul`` in one pass, compiled; the reference where it does not apply."""
+    lib = _library()
+    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.shape[-1] % 2:
+        return reference.silu_and_mul(x)
+    x = x.contiguous()
+    inter = x.shape[-1] // 2
+    out = torch.empty((*x.shape[:-1], inter), dtype=x.dtype)
+    lib.tandem_silu_and_mul(x.data_ptr(), out.data_ptr(), x.numel() // (2 * inter), inter)
     return out
 
 

@@ -58,7 +58,9 @@ class StoreClient:
         index_prefix: str = DEFAULT_PREFIX,
     ) -> None:
         if min(timeout_s, connect_timeout_s, max_request_bytes, max_request_keys) <= 0:
-            raise ValueError("timeout_s, connect_timeout_s, max_request_bytes and max_request_keys must be positive")
+            raise ValueError(
+                "timeout_s, connect_timeout_s, max_request_bytes and max_request_keys must be positive"
+            )
         self.index = StoreIndex(redis_url, prefix=index_prefix)
         self._settings = {
             "redis_url": redis_url, "node_id": node_id, "timeout_s": timeout_s, "connect_timeout_s": connect_timeout_s,

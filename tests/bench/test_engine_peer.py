@@ -79,3 +79,32 @@ def test_both_engines_get_the_same_seeded_prompts():
     assert decode_prompts(1000, 1, 16) == decode_prompts(1000, 4, 16)[:1]  # one seeded stream
     prompts = prefill_prompts(1000, 32, 3)
     assert [len(p) for p in prompts] == [32] * 3 and all(100 <= t < 1000 for p in prompts for t in p)
+
+
+def test_the_llama_cpp_row_runs_the_peer_script_on_the_ggufs_prompt(tmp_path, monkeypatch):
+    """``llama_cpp_decode`` hands the peer script the GGUF and Tandem's own decode prompt and reads
+    its last stdout line; a peer that fails is an error carrying its stderr."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\nargs = sys.argv[1:]\n"
+        "print(json.dumps({'llama_cpp': 'fake', 'args': args, 'decode_tokens_per_s': 50.0}))\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr("cluster.models.default_gguf_path", lambda: Path("/models/m.gguf"))
+    got = engine_peer.llama_cpp_decode(str(fake), 1000)
+    script, *args = got["args"]
+    assert script == str(engine_peer.LLAMA_SCRIPT)
+    assert args[:2] == ["--gguf", "/models/m.gguf"]
+    assert (
+        json.loads(args[args.index("--prompt") + 1])
+        == decode_prompts(1000, 1, engine_peer.DECODE_PROMPT_LEN)[0]
+    )
+    row = engine_peer._versus_llama({"tandem": 75.0}, str(fake), 1000)
+    assert row["tandem_over_llama_cpp"] == 1.5
+    fake.write_text(f"#!{sys.executable}\nimport sys\nprint('no llama_cpp', file=sys.stderr)\nsys.exit(2)\n")
+    with pytest.raises(RuntimeError, match="llama.cpp peer failed \\(2\\): no llama_cpp"):
+        engine_peer.llama_cpp_decode(str(fake), 1000)
+    monkeypatch.setattr(engine_peer, "LLAMA_PYTHON", tmp_path / "missing")
+    assert engine_peer.resolve_python(None, engine_peer.LLAMA_PYTHON, "llama") is None
+    with pytest.raises(ValueError, match="make peer-llama"):
+        engine_peer.resolve_python(str(tmp_path / "missing"), engine_peer.LLAMA_PYTHON, "llama")

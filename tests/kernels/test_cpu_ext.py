@@ -1,5 +1,6 @@
-"""The compiled CPU decode attention (kernels/cpu/decode_attention.c) against the PyTorch
-reference: GQA groups, page sizes, sliding windows, lengths that end mid-page, scattered pages."""
+"""The compiled CPU kernels against the PyTorch reference: decode attention
+(kernels/cpu/decode_attention.c: GQA groups, page sizes, sliding windows, lengths that end
+mid-page, scattered pages), RMSNorm with and without the residual add, SiLU * up (norm_act.c)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,34 @@ def test_the_cpu_backend_uses_it_and_falls_back_where_it_does_not_apply():
         cpu_ext.paged_decode_attention(q, cache, cache, tables, lens, 0.3),
         reference.paged_decode_attention(q, cache, cache, tables, lens, 0.3),
     )
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])  # 300 x 576 takes the threaded path
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_compiled_rms_norm_equals_the_reference(rows, with_residual):
+    g = torch.Generator().manual_seed(rows)
+    x, weight = torch.randn(rows, 576, generator=g) * 3, torch.rand(576, generator=g) + 0.5
+    residual = torch.randn(rows, 576, generator=g) if with_residual else None
+    expect, expect_residual = reference.rms_norm(x, weight, 1e-5, residual)
+    got, got_residual = cpu_ext.rms_norm(x, weight, 1e-5, residual)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got_residual, expect_residual)  # one float add each: the same bits
+    if residual is None:
+        assert got_residual is x
+
+
+@pytest.mark.parametrize("shape", [(1, 2 * 1536), (33, 2 * 1536), (4, 5, 2 * 8)])
+def test_compiled_silu_and_mul_equals_the_reference(shape):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape))) * 4
+    torch.testing.assert_close(cpu_ext.silu_and_mul(x), reference.silu_and_mul(x), rtol=1e-5, atol=1e-6)
+
+
+def test_norm_and_activation_fall_back_to_the_reference_where_they_do_not_apply():
+    backend = backend_for("cpu")
+    assert (backend.rms_norm, backend.silu_and_mul) == (cpu_ext.rms_norm, cpu_ext.silu_and_mul)
+    x, weight = torch.randn(3, 16, dtype=torch.float64), torch.rand(16, dtype=torch.float64)
+    for got, expect in zip(cpu_ext.rms_norm(x, weight, 1e-6, x), reference.rms_norm(x, weight, 1e-6, x)):
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, expect)
+    strided = torch.randn(16, 3).t()  # not contiguous: made so
+    torch.testing.assert_close(cpu_ext.silu_and_mul(strided), reference.silu_and_mul(strided))

@@ -112,6 +112,11 @@ def _add_up(sub) -> None:
         "--quantization", choices=["int8", "int4"], help="workers' weight-only quantization (default none)"
     )
     up.add_argument(
+        "--handoff-layers", type=int, default=None, metavar="N",
+        help="prefill workers send a prompt's KV to its decode worker N layers at a time as the forward "
+        "computes them (default 4); 0: whole, after the forward",
+    )  # fmt: skip
+    up.add_argument(
         "--api-key", default=env.API_KEY,
         help="clients must send 'Authorization: Bearer KEY' (default: $TANDEM_API_KEY; unset: no key)",
     )  # fmt: skip
@@ -280,7 +285,10 @@ def _up_config(args: argparse.Namespace):
         store_replicate_after=args.store_replicate_after, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
         kv_cache_memory_bytes=args.kv_cache_memory, drain_timeout_s=args.drain_timeout_s,
         max_num_batched_tokens=args.max_num_batched_tokens, api_key=args.api_key,
-        extra_worker_args=("--quantization", args.quantization) if args.quantization else (),
+        extra_worker_args=(
+            *(("--quantization", args.quantization) if args.quantization else ()),
+            *(("--handoff-layers", str(args.handoff_layers)) if args.handoff_layers is not None else ()),
+        ),
     )  # fmt: skip
 
 

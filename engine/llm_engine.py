@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from collections.abc import Sequence as Sequence_
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +126,9 @@ class LLMEngine:
         vocab = self.model_cfg.vocab_size
         if not isinstance(first_token, int) or not 0 <= first_token < vocab:  # the next step's input
             raise ValueError(f"first token id {first_token!r} is outside the vocabulary [0, {vocab})")
-        self.check_kv(kv, -(-len(prompt) // self.pool.page_size), f"KV for a {len(prompt)}-token prompt")
+        groups = self._layer_groups(
+            kv, -(-len(prompt) // self.pool.page_size), f"KV for a {len(prompt)}-token prompt"
+        )
         constraint = self.requests.compile(params)
         if constraint is not None:
             try:
@@ -135,12 +138,28 @@ class LLMEngine:
         seq = Sequence(request_id, prompt, params)
         seq.constraint = constraint
         seq.token_ids.append(first_token)
-        seq.pending_kv = kv
+        seq.pending_kv = groups
         seq.prompt_logprobs = None  # the prompt ran elsewhere: its logprobs come from that engine
         seq.num_cached_tokens = 0
         seq.hold_pages = hold_pages
         self.scheduler.add(seq)
         return seq
+
+    def _layer_groups(self, kv: object, num_pages: int, what: str) -> list[torch.Tensor]:
+        """``kv`` (one packed buffer, or a list of them covering the layers in order, as a
+        layer-wise hand-off delivers them) checked, as a list of groups."""
+        if not isinstance(kv, (list, tuple)):
+            self.check_kv(kv, num_pages, what)
+            return [kv]
+        first = 0
+        for group in kv:
+            count = group.shape[0] if isinstance(group, torch.Tensor) and group.dim() == 6 else 1
+            layers = slice(first, first + count)
+            self.runner.check_packed(group, num_pages, f"{what} (layers {first}..{layers.stop - 1})", layers)
+            first = layers.stop
+        if first != self.model_cfg.num_layers:
+            raise ValueError(f"{what}: {first} layers of KV, this model has {self.model_cfg.num_layers}")
+        return list(kv)
 
     def check_kv(self, kv: object, num_pages: int | None = None, what: str = "a KV buffer") -> None:
         """``ValueError`` unless ``kv`` is packed pages of this engine's layout and dtype (``num_pages``
@@ -151,6 +170,13 @@ class LLMEngine:
         """The computed prompt KV of a finished prefill-only sequence, packed (a copy)."""
         assert seq.prefill_only and seq.block_table, "only held prefill-only sequences can be exported"
         return self.pack_pages(seq, 0, -(-seq.num_prompt_tokens // self.pool.page_size))
+
+    def pack_layers(self, seq: Sequence, first_layer: int, num_layers: int) -> torch.Tensor:
+        """The prompt KV of layers ``first_layer .. first_layer + num_layers - 1`` of a prefill-only
+        sequence, packed (a copy): :meth:`export_kv` a few layers at a time."""
+        assert seq.prefill_only and seq.block_table, "only held prefill-only sequences can be exported"
+        pages = seq.block_table[: -(-seq.num_prompt_tokens // self.pool.page_size)]
+        return self.runner.pack_pages(pages, slice(first_layer, first_layer + num_layers))
 
     def pack_pages(self, seq: Sequence, first_page: int, num_pages: int) -> torch.Tensor:
         """KV of ``num_pages`` of a held sequence's pages from ``first_page`` on, packed (a copy)."""
@@ -238,9 +264,13 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
-    def step(self) -> StepResult:
+    def step(self, on_layer: Callable[[int, list[Sequence]], None] | None = None) -> StepResult:
+        """Run one step of the continuous batch. ``on_layer(i, seqs)``, if given, is called after
+        each decoder layer ``i`` with the prefill-only sequences whose prompt completes in this
+        step (only when there are some): their KV of layers ``0..i`` is whole from then on, so a
+        prefill worker can send it (:meth:`pack_layers`) while the later layers compute."""
         start = time.perf_counter()
-        result = self._step()
+        result = self._step(on_layer)
         if result.num_tokens:
             seconds = time.perf_counter() - start
             ms = seconds * 1e3
@@ -248,18 +278,28 @@ class LLMEngine:
             self.step_cost.add(result.num_tokens, seconds)
         return result
 
-    def _step(self) -> StepResult:
+    def _step(self, on_layer: Callable[[int, list[Sequence]], None] | None) -> StepResult:
         batch = self.scheduler.schedule()
         result = StepResult(num_tokens=batch.num_tokens)
         if not batch:
             return result
         for seq in batch.seqs:
             if seq.pending_kv is not None:  # just admitted with its prompt's KV: put it in its pages
-                skip, n = seq.num_shared_kv_pages, seq.pending_kv.shape[3]  # shared pages hold theirs
-                self.runner.unpack_pages(seq.block_table[skip:n], seq.pending_kv[:, :, :, skip:])
+                skip, first = seq.num_shared_kv_pages, 0  # shared pages hold theirs
+                for group in seq.pending_kv:
+                    layers = slice(first, first + group.shape[0])
+                    self.runner.unpack_pages(
+                        seq.block_table[skip : group.shape[3]], group[:, :, :, skip:], layers
+                    )
+                    first = layers.stop
                 seq.pending_kv = None
         sample_rows, prompt_positions = logit_rows(batch)
-        logits, prompt_logits = self.runner.run(batch, sample_rows, prompt_positions)
+        completing = [
+            seq for seq, n in zip(batch.seqs, batch.num_new_tokens)
+            if seq.prefill_only and seq.num_computed_tokens + n == seq.num_prompt_tokens
+        ]  # fmt: skip
+        layer_done = None if on_layer is None or not completing else (lambda i: on_layer(i, completing))
+        logits, prompt_logits = self.runner.run(batch, sample_rows, prompt_positions, layer_done)
         for row, span in prompt_positions.items():
             score_prompt(batch.seqs[row], span, prompt_logits[row])
         for seq, n in zip(batch.seqs, batch.num_new_tokens):

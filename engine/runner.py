@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from engine.attention import AttentionMetadata
@@ -39,14 +41,18 @@ class ModelRunner:
         )  # fmt: skip
         self.ops = backend_for(self.device)
 
-    def pack_pages(self, pages: list[int]) -> torch.Tensor:
-        """KV of ``pages`` as one contiguous buffer [layers, 2, kv_heads, len(pages), page_size, head_dim]."""
-        return self.ops.pack_pages(self.kv_cache, torch.tensor(pages, device=self.device))
+    def pack_pages(self, pages: list[int], layers: slice = slice(None)) -> torch.Tensor:
+        """KV of ``pages`` as one contiguous buffer [layers, 2, kv_heads, len(pages), page_size,
+        head_dim] (all layers, or those of ``layers``)."""
+        return self.ops.pack_pages(self.kv_cache[layers], torch.tensor(pages, device=self.device))
 
-    def check_packed(self, kv: object, num_pages: int | None = None, what: str = "a KV buffer") -> None:
+    def check_packed(
+        self, kv: object, num_pages: int | None = None, what: str = "a KV buffer", layers: slice = slice(None)
+    ) -> None:
         """``ValueError`` unless ``kv`` is packed pages (as :meth:`pack_pages` returns) of this
-        cache's layout and dtype: ``num_pages`` of them, or any positive number."""
-        layout, dtype = self.kv_cache.shape, self.kv_cache.dtype
+        cache's layout and dtype (all layers, or those of ``layers``): ``num_pages`` of them, or any
+        positive number."""
+        layout, dtype = self.kv_cache[layers].shape, self.kv_cache.dtype
         if not isinstance(kv, torch.Tensor):
             raise ValueError(f"{what} must be a tensor, got {type(kv).__name__}")
         pages = kv.shape[3] if kv.dim() == len(layout) else None
@@ -58,21 +64,28 @@ class ModelRunner:
                 f"pages need {str(dtype).removeprefix('torch.')}{[*layout[:3], want, *layout[4:]]}"
             )
 
-    def unpack_pages(self, pages: list[int], chunk: torch.Tensor) -> None:
-        """Write a packed buffer (as :meth:`pack_pages` returns) into ``pages``."""
-        self.check_packed(chunk, len(pages))
-        self.ops.unpack_pages(self.kv_cache, torch.tensor(pages, device=self.device), chunk.to(self.device))
+    def unpack_pages(self, pages: list[int], chunk: torch.Tensor, layers: slice = slice(None)) -> None:
+        """Write a packed buffer (as :meth:`pack_pages` returns; all layers, or those of
+        ``layers``) into ``pages``."""
+        self.check_packed(chunk, len(pages), layers=layers)
+        pages_t = torch.tensor(pages, device=self.device)
+        self.ops.unpack_pages(self.kv_cache[layers], pages_t, chunk.to(self.device))
 
     @torch.inference_mode()
     def run(
-        self, batch: ScheduledBatch, sample_rows: list[int], prompt_positions: dict[int, range] | None = None
+        self,
+        batch: ScheduledBatch,
+        sample_rows: list[int],
+        prompt_positions: dict[int, range] | None = None,
+        on_layer: Callable[[int], None] | None = None,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Run every scheduled token. Returns float32 logits [len(sample_rows), V] for the batch rows
         in ``sample_rows`` (indices into ``batch.seqs``), at each one's last scheduled token; and for
         each row in ``prompt_positions``, float32 logits [len(range), V] at those token positions
-        (which must be among the ones the row runs in this step)."""
+        (which must be among the ones the row runs in this step). ``on_layer(i)`` is called once
+        decoder layer ``i`` has written this step's KV."""
         input_ids, positions, meta, last_token_index = self._prepare(batch)
-        hidden = self.model(input_ids, positions, self.kv_cache, meta)
+        hidden = self.model(input_ids, positions, self.kv_cache, meta, on_layer)
         prompt_logits = {}
         for row, span in (prompt_positions or {}).items():
             seq, n = batch.seqs[row], batch.num_new_tokens[row]

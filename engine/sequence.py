@@ -58,7 +58,7 @@ class Sequence:
         # (so a worker can copy its KV out first).
         self.prefill_only = False
         self.hold_pages = False
-        self.pending_kv: torch.Tensor | None = None
+        self.pending_kv: list[torch.Tensor] | None = None  # the prompt's KV, in groups of layers
         self.num_shared_kv_pages = 0  # leading pages of pending_kv already held here (prefix cache)
         # Other choices of this prompt (OpenAI's n): born when this one samples its first token
         self.siblings: list[Sequence] = []

@@ -25,9 +25,10 @@ from transfer.messages import (
     DecodeTask,
     GenerateTask,
     HandoffChoice,
+    KVLayers,
     TokenEvent,
 )
-from worker.base import BaseWorker, choice_params, task_ids, wire_logprobs
+from worker.base import DEFAULT_HANDOFF_LAYERS, BaseWorker, choice_params, task_ids, wire_logprobs
 
 log = logging.getLogger("tandem.prefill")
 
@@ -41,11 +42,19 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
         self._tasks: dict[str, GenerateTask] = {}
         self._store_hits: dict[str, int] = {}  # tokens fetched from the store, per request
         self._stored_chunks: dict[str, int] = {}  # leading chunks already in the store, per request
+        self.handoff_layers = DEFAULT_HANDOFF_LAYERS  # 0: hand the KV off whole after the forward
+        self._streamed: dict[str, int] = {}  # layers of a prompt's KV sent ahead (-1: one was lost)
+
+    def configure(self, args) -> None:
+        if args.handoff_layers < 0:
+            raise ValueError(f"--handoff-layers must be >= 0, got {args.handoff_layers}")
+        self.handoff_layers = args.handoff_layers
 
     def handlers(self):
         return {GenerateTask: self._start, AbortTask: self._abort}
 
     def _abort(self, message: AbortTask) -> None:
+        self._streamed.pop(message.request_id, None)
         if self._tasks.pop(message.request_id, None) is not None:
             self.drop(message.request_id)
         else:  # another choice of a prompt being prefilled: it is no longer wanted
@@ -119,13 +128,46 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
     # -- engine -----------------------------------------------------------------------------------
 
     def step(self) -> None:
-        for seq in self.engine.step().finished:  # a prompt's other choices finish beside it, pageless
+        on_layer = self._send_layers if self.handoff_layers else None
+        for seq in self.engine.step(on_layer).finished:  # a prompt's other choices finish beside it, pageless
             task = self._tasks.pop(seq.request_id, None)
             try:
                 if task is not None and seq.finish_reason != "abort":
                     self._hand_off(task, seq)
             finally:
+                self._streamed.pop(seq.request_id, None)
                 self.release(seq)
+
+    def _send_layers(self, layer: int, seqs: list[Sequence]) -> None:
+        """Layer-wise hand-off: called after each layer of the step that completes ``seqs``'
+        prompts; every ``handoff_layers`` layers (and after the last), the group just computed goes
+        to each prompt's decode worker while the next layers compute. Prompts with several choices
+        or none to decode are handed off whole."""
+        num_layers, k = self.engine.model_cfg.num_layers, self.handoff_layers
+        if (layer + 1) % k and layer + 1 != num_layers:
+            return
+        first = layer // k * k
+        for seq in seqs:
+            task = self._tasks.get(seq.request_id)
+            if (
+                task is None
+                or task.decode_address is None
+                or task.sampling.n > 1
+                or task.sampling.max_tokens < 2
+            ):
+                continue
+            if self._streamed.get(seq.request_id, 0) != first:  # a group was lost: the rest goes whole
+                continue
+            started = time.perf_counter()
+            kv = self.engine.pack_layers(seq, first, layer + 1 - first)
+
+            def lost(reason: str, request_id: str = seq.request_id) -> None:
+                if request_id in self._streamed:
+                    self._streamed[request_id] = -1
+
+            self.send(task.decode_address, KVLayers(seq.request_id, first, (to_buffer(kv),)), lost)
+            self._streamed[seq.request_id] = layer + 1
+            self.counters.transferred("kv_send", nbytes([kv]), time.perf_counter() - started)
 
     def _hand_off(self, task: GenerateTask, seq: Sequence) -> None:
         """Each choice's first token to the router; the prompt's KV, once, to the decode worker
@@ -135,8 +177,13 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
         self.counters.prefilled(seq.num_prompt_tokens, local_hits, store_hits)
         choices = [seq, *seq.siblings]  # choice i of the task is choices[i]
         going_on = [i for i, c in enumerate(choices) if c.finish_reason == "prefilled"]
+        streamed = self._streamed.pop(task.request_id, 0)
+        if streamed and not going_on and task.decode_address:  # sent ahead, not needed: drop it there
+            self.send(task.decode_address, AbortTask(task.request_id))
+        if streamed != self.engine.model_cfg.num_layers:
+            streamed = 0  # none sent ahead, or one was lost: the whole KV goes with the task
         started = time.perf_counter()
-        kv = self.engine.export_kv(seq) if going_on else None
+        kv = self.engine.export_kv(seq) if going_on and not streamed else None
         exported_s = time.perf_counter() - started
         self._write_back(task.request_id, seq)
         prompt_logprobs = wire_logprobs(seq.prompt_logprobs or [])
@@ -152,12 +199,19 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
                 ),
             )  # fmt: skip
         if going_on:
-            self._send_decode(task, [choices[i] for i in going_on], going_on, kv, exported_s)
+            self._send_decode(task, [choices[i] for i in going_on], going_on, kv, exported_s, streamed)
 
     def _send_decode(
-        self, task: GenerateTask, choices: list[Sequence], indices: list[int], kv, exported_s: float
+        self,
+        task: GenerateTask,
+        choices: list[Sequence],
+        indices: list[int],
+        kv,
+        exported_s: float,
+        streamed: int = 0,
     ) -> None:
-        """Hand the prompt's KV to the decode worker for ``choices`` (task choice ``indices``)."""
+        """Hand the prompt's KV (or, ``streamed``, its layers sent ahead) to the decode worker for
+        ``choices`` (task choice ``indices``)."""
         ids = [c.request_id for c in choices]
         if task.decode_address is None:
             for request_id in ids:
@@ -167,9 +221,9 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
         main, rest = choices[0], choices[1:]
         handoff = DecodeTask(
             request_id=main.request_id, token_ids=task.token_ids, first_token=main.output_token_ids[0],
-            sampling=task.sampling, reply_to=task.reply_to, buffers=(to_buffer(kv),),
+            sampling=task.sampling, reply_to=task.reply_to, buffers=() if streamed else (to_buffer(kv),),
             siblings=tuple(HandoffChoice(c.request_id, c.output_token_ids[0]) for c in rest),
-            sibling_indices=tuple(indices[1:]), index=indices[0],
+            sibling_indices=tuple(indices[1:]), index=indices[0], streamed_layers=streamed,
         )  # fmt: skip
 
         def lost(reason: str) -> None:
@@ -178,7 +232,8 @@ class PrefillWorker(BaseWorker, role="prefill", writes="its prompts' chunks"):
                 self.fail(task.reply_to, request_id, UNAVAILABLE, text)
 
         self.send(task.decode_address, handoff, lost)
-        self.counters.transferred("kv_send", nbytes([kv]), exported_s + time.perf_counter() - started)
+        if not streamed:
+            self.counters.transferred("kv_send", nbytes([kv]), exported_s + time.perf_counter() - started)
 
     def _write_back(self, request_id: str, seq: Sequence) -> None:
         """Put the prompt's full chunks that no store node holds yet to this worker's node."""

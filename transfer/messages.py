@@ -294,13 +294,33 @@ class HandoffChoice:
 
 
 @dataclass(frozen=True)
-class DecodeTask(Message, kind="decode_task", version=4):
+class KVLayers(Message, kind="kv_layers"):
+    """Prefill → decode worker, ahead of a ``DecodeTask``: layers ``first_layer`` onwards of a
+    prompt's KV, sent as soon as the prefill has computed them (layer-wise hand-off: the transfer
+    runs while the later layers compute). ``buffers[0]``: ``[layers, 2, kv_heads, pages, page_size,
+    head_dim]``, as many layers as it holds."""
+
+    request_id: str
+    first_layer: int
+    buffers: tuple[Buffer, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.buffers) != 1:
+            raise ValueError(f"{self.KIND}: expected exactly one KV buffer, got {len(self.buffers)}")
+        if self.first_layer < 0:
+            raise ValueError(f"{self.KIND}: first_layer must be >= 0, got {self.first_layer}")
+
+
+@dataclass(frozen=True)
+class DecodeTask(Message, kind="decode_task", version=5):
     """Prefill → decode worker: continue a prefilled request.
 
-    ``buffers[0]`` holds the KV of the first ``len(token_ids)`` tokens as packed pages
-    ``[layers, 2, kv_heads, pages, page_size, head_dim]``; ``first_token`` was sampled by prefill.
-    ``siblings``: the request's other choices still to decode (``n`` > 1), sharing the prompt's
-    KV; each samples with ``sampling.for_choice(i)`` for its index i.
+    The KV of the first ``len(token_ids)`` tokens as packed pages ``[layers, 2, kv_heads, pages,
+    page_size, head_dim]``: in ``buffers[0]``, or, when ``streamed_layers`` > 0, already sent as
+    ``KVLayers`` messages covering layers ``0 .. streamed_layers - 1`` (then ``buffers`` is empty;
+    a layer that did not arrive fails the request, never runs it). ``first_token`` was sampled by
+    prefill. ``siblings``: the request's other choices still to decode (``n`` > 1), sharing the
+    prompt's KV; each samples with ``sampling.for_choice(i)`` for its index i.
     """
 
     request_id: str
@@ -312,10 +332,15 @@ class DecodeTask(Message, kind="decode_task", version=4):
     siblings: tuple[HandoffChoice, ...] = ()
     sibling_indices: tuple[int, ...] = ()  # each sibling's choice index (request_id's is ``index``)
     index: int = 0
+    streamed_layers: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.buffers) != 1:
-            raise ValueError(f"{self.KIND}: expected exactly one KV buffer, got {len(self.buffers)}")
+        want = 0 if self.streamed_layers else 1
+        if self.streamed_layers < 0 or len(self.buffers) != want:
+            raise ValueError(
+                f"{self.KIND}: expected {want} KV buffer(s) with streamed_layers={self.streamed_layers}, "
+                f"got {len(self.buffers)}"
+            )
         _check_same_length(self.KIND, "siblings", self.siblings, "sibling_indices", self.sibling_indices)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from engine.llm_engine import LLMEngine
 from engine.sequence import Sequence
@@ -41,6 +41,9 @@ from worker.types import ROLES, WorkerInfo, WorkerLoad, WorkerTotals
 from worker.writeback import ChunkWriter
 
 log = logging.getLogger("tandem.worker")
+
+
+DEFAULT_HANDOFF_LAYERS = 4  # layers per KVLayers message of a prefill worker (0: the KV whole)
 
 
 def load_report(engine: EngineLoad, totals: WorkerTotals, draining: bool = False) -> WorkerLoad:
@@ -160,6 +163,9 @@ class BaseWorker:
 
     def has_work(self) -> bool:
         return self.engine.has_unfinished()
+
+    def configure(self, args: Any) -> None:
+        """Take this role's own flags from the parsed command line (``worker.cli``); none here."""
 
     def close(self) -> None:
         if self.writer is not None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from engine.args import add_engine_args, build_engine
 from engine.llm_engine import LLMEngine
 from transfer.channel import Inbox
-from worker.base import BaseWorker
+from worker.base import DEFAULT_HANDOFF_LAYERS, BaseWorker
 from worker.drain import Drain
 from worker.loop import run_worker_loop
 from worker.registry import WorkerRegistry
@@ -83,6 +83,13 @@ def add_worker_args(parser: argparse.ArgumentParser, role: str) -> None:
         "--drain-timeout-s", type=positive_seconds, default=30.0,
         help="on SIGTERM / SIGINT, finish the requests held for at most this long, then fail the rest "
         "and exit (default 30; a second signal exits at once)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--handoff-layers", type=int, default=DEFAULT_HANDOFF_LAYERS, metavar="N",
+        help="prefill workers: send a prompt's KV to its decode worker N layers at a time, each group "
+        "as soon as the prompt's last forward has computed it, so the transfer overlaps the later "
+        f"layers; 0 sends it whole after the forward (default {DEFAULT_HANDOFF_LAYERS}; other roles "
+        "ignore it)",
     )  # fmt: skip
 
 
@@ -154,6 +161,7 @@ def run_worker_process(args: argparse.Namespace, role: str, make_worker: WorkerF
     inbox = Inbox(args.listen)
     info = worker_info(args, role, engine, args.advertise or inbox.address)
     worker = make_worker(engine, info, store_client(args))
+    worker.configure(args)
     if info.store_node_id:
         log.info("%s writes chunks to store node %s", info.worker_id, info.store_node_id)
     log.info("%s ready: inbox %s", info.worker_id, inbox.address)

@@ -7,7 +7,7 @@ runner builds: all scheduled tokens of all sequences concatenated, decode tokens
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -101,6 +101,7 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
+        on_layer: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
         ops = backend_for(input_ids.device)
         tables = self.rope_tables
@@ -108,6 +109,8 @@ class LlamaForCausalLM(nn.Module):
         hidden, residual = self.embed_tokens(input_ids), None
         for i, layer in enumerate(self.layers):
             hidden, residual = layer(hidden, residual, positions, kv_cache[i], meta, ops, tables)
+            if on_layer is not None:  # layer i's KV of this step is in the cache
+                on_layer(i)
         hidden, _ = ops.rms_norm(hidden, self.norm, self.cfg.rms_norm_eps, residual)
         return hidden
 

@@ -27,10 +27,12 @@ from transfer.messages import (
     Buffer,
     DecodeTask,
     GenerateTask,
+    KVLayers,
     RequestFailed,
     Sampling,
     TokenEvent,
 )
+from worker.registry import WorkerRegistry
 
 GREEDY = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
 
@@ -50,7 +52,8 @@ def redis_url():
 @pytest.fixture(scope="module")
 def cluster(model, redis_url):
     """Three store nodes (sized by their first chunk, as a store outside ``tandem up`` may be), two
-    prefill workers and one decode worker, each with its own store node: all child processes."""
+    prefill workers (one handing KV off layer by layer, one whole) and one decode worker, each
+    with its own store node: all child processes."""
     redis = argparse.Namespace(url=redis_url)
     procs = []
     try:
@@ -69,8 +72,9 @@ def cluster(model, redis_url):
         for i in range(2):
             procs.append(spawn("kvstore.node_main", "--redis-url", redis.url, "--listen", "tcp://127.0.0.1:0",
                                "--node-id", f"store-{i}", "--capacity-bytes", str(64 << 20)))  # fmt: skip
+            # prefill-0 hands KV off layer by layer as it computes them, prefill-1 whole afterwards
             procs.append(spawn("prefill.main", *common, "--worker-id", f"prefill-{i}", "--store-node", f"store-{i}",
-                               "--chunk-tokens", "16"))  # fmt: skip
+                               "--chunk-tokens", "16", "--handoff-layers", str(1 - i)))  # fmt: skip
         procs.append(spawn("kvstore.node_main", "--redis-url", redis.url, "--listen", "tcp://127.0.0.1:0",
                            "--node-id", "store-d", "--capacity-bytes", str(64 << 20)))  # fmt: skip
         procs.append(spawn("decode.main", *common, "--worker-id", "decode-0", "--store-node", "store-d",
@@ -285,6 +289,61 @@ def test_a_hand_off_corrupted_on_the_way_fails_its_request_never_decodes_it(mode
     assert isinstance(reply, RequestFailed) and reply.request_id == "flipped" and reply.code == UNAVAILABLE
     assert "corrupt" in reply.message
     ok = router.run(addresses["prefill-0"], prompt, GREEDY, addresses["decode-0"], "after-flip")
+    assert tokens(ok) == offline.generate([prompt], SamplingParams(**GREEDY))[0].token_ids
+    assert all(p.poll() is None for p in procs)
+
+
+@pytest.mark.parametrize("fault", ["lost", "corrupt"])
+def test_a_layer_wise_hand_off_missing_a_layer_fails_its_request_and_frees_everything(
+    model, cluster, redis_url, router, fault
+):
+    """The prompt's KV is sent ahead a layer at a time; one layer never arrives (or arrives with
+    bytes that fail their checksum). The task that follows fails with a retryable error naming the
+    layer, nothing is decoded from the rest, no page stays taken, and the next request is served."""
+    addresses, procs = cluster
+    offline = LLM(str(model), page_size=8, num_pages=64)
+    prompt = mixed_prompts(250, seed=33)[3]
+    seq = offline.engine.add_request(prompt, SamplingParams(**GREEDY), request_id="p", prefill_only=True)
+    while offline.engine.has_unfinished():
+        offline.engine.step()
+    num_layers = offline.engine.model_cfg.num_layers
+    decode = router.outboxes.setdefault(addresses["decode-0"], Outbox(addresses["decode-0"]))
+    rid = f"layer-{fault}"
+    for layer in range(num_layers):
+        part = to_buffer(offline.engine.pack_layers(seq, layer, 1))
+        if layer == 1 and fault == "lost":
+            continue
+        if layer == 1:  # one byte changes on the way; the checksum is the one prefill computed
+            data = bytearray(memoryview(part.data))
+            data[7] ^= 0x01
+            part = Buffer(data, part.dtype, part.shape, checksum=xxhash.xxh3_64_intdigest(part.data))
+        decode.send(KVLayers(rid, layer, (part,)))
+    first = seq.output_token_ids[0]
+    decode.send(
+        DecodeTask(
+            rid,
+            tuple(prompt),
+            first,
+            Sampling(**GREEDY),
+            router.inbox.address,
+            (),
+            streamed_layers=num_layers,
+        )
+    )
+    reply = router.inbox.recv(30.0)
+    assert isinstance(reply, RequestFailed) and reply.request_id == rid and reply.code == UNAVAILABLE
+    assert ("layers [1] of" if fault == "lost" else "layers 1+ arrived corrupted") in reply.message
+    registry = WorkerRegistry(redis_url)
+    try:
+
+        def decode_idle() -> bool:
+            load = next(w.load for w in registry.live() if w.info.worker_id == "decode-0")
+            return load.num_running == 0 and load.free_pages == load.total_pages
+
+        wait_until(decode_idle, 30, "decode-0 to report every page free")
+    finally:
+        registry.close()
+    ok = router.run(addresses["prefill-0"], prompt, GREEDY, addresses["decode-0"], f"after-{fault}")
     assert tokens(ok) == offline.generate([prompt], SamplingParams(**GREEDY))[0].token_ids
     assert all(p.poll() is None for p in procs)
 

@@ -3,6 +3,9 @@ imported from packed pages. The split must not change a single token."""
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from engine import LLM, SamplingParams
 from tests.engine.reference import mixed_prompts
 
@@ -108,3 +111,40 @@ def test_a_first_token_outside_the_vocabulary_is_refused(tiny_model):
         with pytest.raises(ValueError, match="first token id"):
             target.engine.add_prefilled(prompt, bad, params, kv, request_id="d")
     assert not target.engine.has_unfinished()
+
+
+def test_layers_sent_as_they_are_computed_are_the_kv_handed_off_whole(tiny_model):
+    """``step(on_layer)`` calls back after every layer of the step that completes a prefill-only
+    prompt (and of no other step): each layer packed then is final, and together they are
+    ``export_kv``'s KV, with which another engine decodes exactly what one engine would."""
+    prefill = LLM(str(tiny_model), page_size=8, num_pages=64, max_num_batched_tokens=16)
+    decode = LLM(str(tiny_model), page_size=8, num_pages=64)
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    prompt = mixed_prompts(250, seed=13)[4]  # longer than one 16-token step: prefilled in chunks
+    seq = prefill.engine.add_request(prompt, params, request_id="p", prefill_only=True)
+    layers, calls = {}, []
+
+    def on_layer(layer: int, seqs) -> None:
+        calls.append((layer, [s.request_id for s in seqs]))
+        layers[layer] = prefill.engine.pack_layers(seq, layer, 1)
+
+    steps = 0
+    while prefill.engine.has_unfinished():
+        prefill.engine.step(on_layer)
+        steps += 1
+    num_layers = prefill.engine.model_cfg.num_layers
+    assert steps > 1 and calls == [(i, ["p"]) for i in range(num_layers)]  # the last chunk's step only
+    kv = prefill.engine.export_kv(seq)
+    assert torch.equal(torch.cat([layers[i] for i in range(num_layers)]), kv)
+    assert torch.equal(prefill.engine.pack_layers(seq, 1, num_layers - 1), kv[1:])
+    groups = [layers[i] for i in range(num_layers)]  # as they arrive: no copy into one tensor
+    with pytest.raises(ValueError, match=f"{num_layers - 1} layers of KV, this model has {num_layers}"):
+        decode.engine.add_prefilled(prompt, seq.output_token_ids[0], params, groups[:-1], request_id="d")
+    with pytest.raises(
+        ValueError, match=rf"\(layers 1\.\.{num_layers}\).*pages need float32\[{num_layers - 1}, "
+    ):
+        decode.engine.add_prefilled(prompt, seq.output_token_ids[0], params, [groups[0], kv], request_id="d")
+    out = decode.engine.add_prefilled(prompt, seq.output_token_ids[0], params, groups, request_id="d")
+    drain(decode)
+    assert out.output_token_ids == prefill.generate([prompt], params)[0].token_ids
+    assert decode.engine.pool.num_used_pages == 0

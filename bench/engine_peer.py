@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from bench import cluster_proc
 from bench.engine import (
     FlopModel,
     decode_prompts,
@@ -95,12 +96,10 @@ def resolve_python(arg: str | None, default: Path | None = None, peer: str = "vl
 
 def llama_cpp_decode(python: str, vocab: int) -> dict:
     """llama.cpp's batch-1 decode of the default model's GGUF on ``decode_prompts``' prompt."""
-    from cluster.models import default_gguf_path
-
     prompt = decode_prompts(vocab, 1, DECODE_PROMPT_LEN)[0]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(
-        [python, str(LLAMA_SCRIPT), "--gguf", str(default_gguf_path()), "--prompt", json.dumps(prompt),
+        [python, str(LLAMA_SCRIPT), "--gguf", cluster_proc.default_gguf_path(), "--prompt", json.dumps(prompt),
          "--new-tokens", str(DECODE_NEW_TOKENS)],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip

@@ -62,7 +62,9 @@ class KVCacheManager:
         earlier turn) are shared, not filled again (``seq.num_shared_kv_pages``); the others are
         registered at once, since their KV is written before the step that admitted it runs, so a
         choice admitted next shares them too."""
-        assert not seq.block_table and seq.pending_kv is not None
+        assert seq.pending_kv is not None
+        if seq.block_table:  # its prompt's KV is in these pages already (a layer-wise hand-off)
+            return self._admit_written(seq)
         cached = self.match_prefix(seq)
         needed = -(-seq.num_tokens // self.page_size) - len(cached)
         if needed + self.pool.num_acquirable_free(cached) > self.pool.num_free_pages:
@@ -72,6 +74,16 @@ class KVCacheManager:
         assert pages is not None
         seq.block_table = cached + pages
         seq.num_shared_kv_pages = seq.num_committed_pages = len(cached)
+        seq.num_computed_tokens = seq.num_prompt_tokens
+        self.commit(seq)
+        return True
+
+    def _admit_written(self, seq: Sequence) -> bool:
+        needed = -(-seq.num_tokens // self.page_size) - len(seq.block_table)
+        if needed > self.pool.num_free_pages:
+            return False
+        seq.block_table.extend(self.pool.allocate(needed) or [])
+        seq.num_shared_kv_pages = seq.num_committed_pages = 0
         seq.num_computed_tokens = seq.num_prompt_tokens
         self.commit(seq)
         return True

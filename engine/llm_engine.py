@@ -23,7 +23,7 @@ from engine.sampler import sample
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, Status
 from engine.step_cost import StepCostFit
-from engine.types import EngineLoad, SamplingParams
+from engine.types import EngineLoad, KVPages, SamplingParams
 from kvstore.keys import chain_keys, model_fingerprint
 
 log = logging.getLogger("tandem.engine")
@@ -112,12 +112,14 @@ class LLMEngine:
         prompt: list[int],
         first_token: int,
         params: SamplingParams,
-        kv: torch.Tensor,
+        kv: torch.Tensor | list[torch.Tensor] | KVPages,
         request_id: str,
         hold_pages: bool = False,
     ) -> Sequence:
         """Queue a request whose prompt was prefilled elsewhere: ``kv`` holds the prompt's pages
-        (as :meth:`export_kv` returns them) and ``first_token`` is the token prefill sampled.
+        (as :meth:`export_kv` returns them, or in groups of layers, or already written into pages
+        of this engine: :class:`KVPages`, which the sequence then owns) and ``first_token`` is the
+        token prefill sampled.
         ``hold_pages``: keep its pages when it finishes (copy them out with :meth:`pack_pages`,
         then :meth:`release`), aborted or not. Prompt logprobs, if asked for, are the prefilling
         engine's to return: here the sequence has none. With a grammar, ``first_token`` is replayed
@@ -126,9 +128,15 @@ class LLMEngine:
         vocab = self.model_cfg.vocab_size
         if not isinstance(first_token, int) or not 0 <= first_token < vocab:  # the next step's input
             raise ValueError(f"first token id {first_token!r} is outside the vocabulary [0, {vocab})")
-        groups = self._layer_groups(
-            kv, -(-len(prompt) // self.pool.page_size), f"KV for a {len(prompt)}-token prompt"
-        )
+        num_pages = -(-len(prompt) // self.pool.page_size)
+        if isinstance(kv, KVPages):
+            if len(kv.pages) != num_pages:
+                raise ValueError(
+                    f"{len(kv.pages)} pages of KV for a {len(prompt)}-token prompt; it needs {num_pages}"
+                )
+            groups: list[torch.Tensor] = []
+        else:
+            groups = self._layer_groups(kv, num_pages, f"KV for a {len(prompt)}-token prompt")
         constraint = self.requests.compile(params)
         if constraint is not None:
             try:
@@ -138,12 +146,33 @@ class LLMEngine:
         seq = Sequence(request_id, prompt, params)
         seq.constraint = constraint
         seq.token_ids.append(first_token)
-        seq.pending_kv = groups
+        seq.pending_kv = groups  # none left to write when the pages hold it already
+        if isinstance(kv, KVPages):
+            seq.block_table = list(kv.pages)
         seq.prompt_logprobs = None  # the prompt ran elsewhere: its logprobs come from that engine
         seq.num_cached_tokens = 0
         seq.hold_pages = hold_pages
         self.scheduler.add(seq)
         return seq
+
+    def reserve_pages(self, num_pages: int) -> list[int] | None:
+        """Pages for a prompt's KV that arrives ahead of its request (a layer-wise hand-off), or
+        None if the pool is short: fill them with :meth:`write_layers`, then hand them over in
+        ``add_prefilled(kv=KVPages(pages))`` or give them back with :meth:`release_pages`."""
+        return self.pool.allocate(num_pages)
+
+    def write_layers(self, pages: list[int], kv: torch.Tensor, first_layer: int) -> int:
+        """Write packed KV of layers ``first_layer ..`` into reserved ``pages``; returns how many
+        layers it held. ``ValueError`` (nothing written) unless it is this engine's layout."""
+        count = kv.shape[0] if isinstance(kv, torch.Tensor) and kv.dim() == 6 else 1
+        if not 0 <= first_layer < self.model_cfg.num_layers:
+            raise ValueError(f"layer {first_layer} is outside this model's {self.model_cfg.num_layers}")
+        self.runner.unpack_pages(pages, kv, slice(first_layer, first_layer + count))
+        return count
+
+    def release_pages(self, pages: list[int]) -> None:
+        """Give back pages of :meth:`reserve_pages` that no request took."""
+        self.pool.release(pages)
 
     def _layer_groups(self, kv: object, num_pages: int, what: str) -> list[torch.Tensor]:
         """``kv`` (one packed buffer, or a list of them covering the layers in order, as a

@@ -176,3 +176,11 @@ class RequestOutput:
     logprobs: list[TokenLogprobs] | None = None
     # One entry per prompt token, the first None (nothing precedes it); None when not asked.
     prompt_logprobs: list[TokenLogprobs | None] | None = None
+
+
+@dataclass(frozen=True)
+class KVPages:
+    """A prompt's KV already written into this engine's pages (``LLMEngine.reserve_pages``, then
+    ``write_layers`` for every layer), handed to ``add_prefilled`` in place of a buffer."""
+
+    pages: list[int]

@@ -90,7 +90,7 @@ def test_the_llama_cpp_row_runs_the_peer_script_on_the_ggufs_prompt(tmp_path, mo
         "print(json.dumps({'llama_cpp': 'fake', 'args': args, 'decode_tokens_per_s': 50.0}))\n"
     )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setattr("cluster.models.default_gguf_path", lambda: Path("/models/m.gguf"))
+    monkeypatch.setattr("bench.cluster_proc.default_gguf_path", lambda: "/models/m.gguf")
     got = engine_peer.llama_cpp_decode(str(fake), 1000)
     script, *args = got["args"]
     assert script == str(engine_peer.LLAMA_SCRIPT)

@@ -148,3 +148,33 @@ def test_layers_sent_as_they_are_computed_are_the_kv_handed_off_whole(tiny_model
     drain(decode)
     assert out.output_token_ids == prefill.generate([prompt], params)[0].token_ids
     assert decode.engine.pool.num_used_pages == 0
+
+
+def test_layers_written_into_reserved_pages_as_they_land_decode_exactly(tiny_model):
+    """The receiving side of a layer-wise hand-off: pages reserved at the first group, each group
+    written into its layers as it lands, the pages handed to the request; a refused group and
+    pages no request took are given back."""
+    from engine.types import KVPages
+
+    prefill = LLM(str(tiny_model), page_size=8, num_pages=64)
+    decode = LLM(str(tiny_model), page_size=8, num_pages=64)
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    prompt = mixed_prompts(250, seed=14)[4]
+    seq = prefilled(prefill, prompt, params, "p")
+    num_layers, num_pages = prefill.engine.model_cfg.num_layers, len(seq.block_table)
+    free = decode.engine.pool.num_free_pages
+    pages = decode.engine.reserve_pages(num_pages)
+    for layer in range(num_layers):
+        assert decode.engine.write_layers(pages, prefill.engine.pack_layers(seq, layer, 1), layer) == 1
+    with pytest.raises(ValueError, match="pages need"):  # another page count: nothing written
+        decode.engine.write_layers(pages[:-1], prefill.engine.pack_layers(seq, 0, 1), 0)
+    with pytest.raises(ValueError, match="needs"):
+        decode.engine.add_prefilled(
+            prompt, seq.output_token_ids[0], params, KVPages(pages[:-1]), request_id="x"
+        )
+    out = decode.engine.add_prefilled(prompt, seq.output_token_ids[0], params, KVPages(pages), request_id="d")
+    drain(decode)
+    assert out.output_token_ids == prefill.generate([prompt], params)[0].token_ids
+    spare = decode.engine.reserve_pages(3)
+    decode.engine.release_pages(spare)
+    assert decode.engine.pool.num_free_pages == free and decode.engine.pool.num_used_pages == 0

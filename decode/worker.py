@@ -75,15 +75,14 @@ class DecodeWorker(StreamingWorker, role="decode", writes="the chunks its reques
             landing = self._landing[part.request_id] = _Landing(time.monotonic(), pages)
         if landing.pages is None:
             landing.groups[part.first_layer] = kv  # a view of the frame, kept alive by it
-            landing.written.update(range(part.first_layer, part.first_layer + kv.shape[0]))
-            return
-        started = time.perf_counter()
-        try:
-            count = self.engine.write_layers(landing.pages, kv, part.first_layer)
-        except ValueError as e:
-            return self._problem(part.request_id, f"layers {part.first_layer}+: {e}")
-        landing.written.update(range(part.first_layer, part.first_layer + count))
-        self.counters.transferred("kv_recv", nbytes([kv]), time.perf_counter() - started)
+        else:
+            started = time.perf_counter()
+            try:
+                self.engine.write_layers(landing.pages, kv, part.first_layer)
+            except ValueError as e:
+                return self._problem(part.request_id, f"layers {part.first_layer}+: {e}")
+            self.counters.transferred("kv_recv", nbytes([kv]), time.perf_counter() - started)
+        landing.written.update(range(part.first_layer, part.first_layer + kv.shape[0]))
 
     def _problem(self, request_id: str, text: str) -> None:
         """A group that cannot be used: the request fails when its task comes, never runs."""

@@ -164,7 +164,7 @@ class LLMEngine:
     def write_layers(self, pages: list[int], kv: torch.Tensor, first_layer: int) -> int:
         """Write packed KV of layers ``first_layer ..`` into reserved ``pages``; returns how many
         layers it held. ``ValueError`` (nothing written) unless it is this engine's layout."""
-        count = kv.shape[0] if isinstance(kv, torch.Tensor) and kv.dim() == 6 else 1
+        count = _num_layers_in(kv)
         if not 0 <= first_layer < self.model_cfg.num_layers:
             raise ValueError(f"layer {first_layer} is outside this model's {self.model_cfg.num_layers}")
         self.runner.unpack_pages(pages, kv, slice(first_layer, first_layer + count))
@@ -182,8 +182,7 @@ class LLMEngine:
             return [kv]
         first = 0
         for group in kv:
-            count = group.shape[0] if isinstance(group, torch.Tensor) and group.dim() == 6 else 1
-            layers = slice(first, first + count)
+            layers = slice(first, first + _num_layers_in(group))
             self.runner.check_packed(group, num_pages, f"{what} (layers {first}..{layers.stop - 1})", layers)
             first = layers.stop
         if first != self.model_cfg.num_layers:
@@ -197,8 +196,7 @@ class LLMEngine:
 
     def export_kv(self, seq: Sequence) -> torch.Tensor:
         """The computed prompt KV of a finished prefill-only sequence, packed (a copy)."""
-        assert seq.prefill_only and seq.block_table, "only held prefill-only sequences can be exported"
-        return self.pack_pages(seq, 0, -(-seq.num_prompt_tokens // self.pool.page_size))
+        return self.pack_layers(seq, 0, self.model_cfg.num_layers)
 
     def pack_layers(self, seq: Sequence, first_layer: int, num_layers: int) -> torch.Tensor:
         """The prompt KV of layers ``first_layer .. first_layer + num_layers - 1`` of a prefill-only
@@ -394,3 +392,9 @@ class LLMEngine:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _num_layers_in(kv: object) -> int:
+    """The layers a packed KV buffer says it holds (1 for anything that is not one: the layout
+    check that follows names what is wrong with it)."""
+    return kv.shape[0] if isinstance(kv, torch.Tensor) and kv.dim() == 6 else 1

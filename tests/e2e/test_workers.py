@@ -85,6 +85,16 @@ def cluster(model, redis_url):
         stop(procs)
 
 
+def prefilled_offline(model, prompt: list[int], num_pages: int) -> tuple[LLM, object]:
+    """An offline engine and ``prompt`` prefilled on it (prefill only, greedy): its sequence,
+    pages still held, for tests that hand its KV over themselves."""
+    offline = LLM(str(model), page_size=8, num_pages=num_pages)
+    seq = offline.engine.add_request(prompt, SamplingParams(**GREEDY), request_id="p", prefill_only=True)
+    while offline.engine.has_unfinished():
+        offline.engine.step()
+    return offline, seq
+
+
 class Router:
     """The test's stand-in for the router: sends tasks, collects events per request."""
 
@@ -271,11 +281,8 @@ def test_a_hand_off_corrupted_on_the_way_fails_its_request_never_decodes_it(mode
     """A bit of the KV flips between prefill and decode: the decode worker, checking the bytes
     against the checksum prefill sent, fails the request (the router would prefill it again)."""
     addresses, procs = cluster
-    offline = LLM(str(model), page_size=8, num_pages=64)
     prompt = mixed_prompts(250, seed=31)[3]
-    seq = offline.engine.add_request(prompt, SamplingParams(**GREEDY), request_id="p", prefill_only=True)
-    while offline.engine.has_unfinished():
-        offline.engine.step()
+    offline, seq = prefilled_offline(model, prompt, num_pages=64)
     good = to_buffer(offline.engine.export_kv(seq))
     data = bytearray(memoryview(good.data))
     data[len(data) // 2] ^= 0x10
@@ -301,11 +308,8 @@ def test_a_layer_wise_hand_off_missing_a_layer_fails_its_request_and_frees_every
     bytes that fail their checksum). The task that follows fails with a retryable error naming the
     layer, nothing is decoded from the rest, no page stays taken, and the next request is served."""
     addresses, procs = cluster
-    offline = LLM(str(model), page_size=8, num_pages=64)
     prompt = mixed_prompts(250, seed=33)[3]
-    seq = offline.engine.add_request(prompt, SamplingParams(**GREEDY), request_id="p", prefill_only=True)
-    while offline.engine.has_unfinished():
-        offline.engine.step()
+    offline, seq = prefilled_offline(model, prompt, num_pages=64)
     num_layers = offline.engine.model_cfg.num_layers
     decode = router.outboxes.setdefault(addresses["decode-0"], Outbox(addresses["decode-0"]))
     rid = f"layer-{fault}"
@@ -353,11 +357,8 @@ def test_a_store_chunk_corrupted_at_rest_is_recomputed_and_deleted(model, cluste
     bytes do not match the checksum they were put with, recomputes, answers exactly as the
     offline engine, and deletes the chunk."""
     addresses, procs = cluster
-    offline = LLM(str(model), page_size=8, num_pages=256)
     prompt = mixed_prompts(250, seed=32)[4]  # 4 full 16-token chunks before its last token
-    seq = offline.engine.add_request(prompt, SamplingParams(**GREEDY), request_id="c", prefill_only=True)
-    while offline.engine.has_unfinished():
-        offline.engine.step()
+    offline, seq = prefilled_offline(model, prompt, num_pages=256)
     keys, chunks = offline.engine.pack_chunks(seq, len(prompt) - 1, 16)
     with node_in_thread(redis_url, "store-bad") as node:
         writer = StoreClient(redis_url, node_id="store-bad")

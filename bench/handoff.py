@@ -12,9 +12,12 @@ cached), streamed from ``/v1/completions`` with the official ``openai`` client. 
 
 Printed and written to ``--out``: medians per setting, and for each layer-wise setting the share
 of the whole hand-off's cost it hides (1 - its cost / the whole one's), measured in the same run.
+``--kv-dtype auto int8`` runs every setting with float32 KV on the wire and again with int8
+(``tandem up --kv-dtype int8``, about a quarter of the bytes), and prints the two side by side.
 
     python -m bench.handoff                       # 0 (whole), 4 and 1 layers a message
     python -m bench.handoff --prompt-words 1500 --requests 8
+    python -m bench.handoff --kv-dtype auto int8
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--requests", type=int, default=6, help="long prompts per setting (6)")
     ap.add_argument("--prompt-words", type=int, default=1200, help="words per prompt (1200, ~1.3k tokens)")
     ap.add_argument("--max-tokens", type=int, default=8, help="tokens per answer (8)")
+    ap.add_argument(
+        "--kv-dtype", nargs="+", default=["auto"], choices=["auto", "int8"],
+        help="KV on the wire (`tandem up --kv-dtype`): each is run with every --handoff-layers (auto)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.handoff_layers[0] != 0:
@@ -88,12 +95,13 @@ def one_request(client, model: str, text: str, max_tokens: int) -> dict:
             "steady_step_s": steady, "handoff_s": gaps[0] - steady}  # fmt: skip
 
 
-def measure(layers: int, args: argparse.Namespace, model_dir: str, scratch: Path, offset: int) -> dict:
+def measure(
+    layers: int, kv_dtype: str, args: argparse.Namespace, model_dir: str, scratch: Path, offset: int
+) -> dict:
     import openai
 
-    spec = ClusterSpec(
-        f"handoff-{layers}", "disaggregated", "round_robin", 1, 1, ("--handoff-layers", str(layers))
-    )
+    flags = ("--handoff-layers", str(layers), "--kv-dtype", kv_dtype)
+    spec = ClusterSpec(f"handoff-{kv_dtype}-{layers}", "disaggregated", "round_robin", 1, 1, flags)
     cluster = Cluster(spec, model_dir, 1024, scratch / f"{spec.name}.log")
     try:
         cluster.wait_healthy(600)
@@ -108,7 +116,7 @@ def measure(layers: int, args: argparse.Namespace, model_dir: str, scratch: Path
         k: statistics.median(r[k] for r in rows)
         for k in ("ttft_s", "first_gap_s", "steady_step_s", "handoff_s")
     }
-    print(f"handoff-layers {layers}: TTFT {summary['ttft_s'] * 1e3:.0f} ms, first gap "
+    print(f"kv {kv_dtype}, handoff-layers {layers}: TTFT {summary['ttft_s'] * 1e3:.0f} ms, first gap "
           f"{summary['first_gap_s'] * 1e3:.1f} ms, steady step {summary['steady_step_s'] * 1e3:.1f} ms, "
           f"hand-off {summary['handoff_s'] * 1e3:.1f} ms (median of {len(rows)})")  # fmt: skip
     return {"median": summary, "requests": rows}
@@ -117,16 +125,27 @@ def measure(layers: int, args: argparse.Namespace, model_dir: str, scratch: Path
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model_dir = default_model_dir()
-    results = {}
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="tandem-bench-handoff-") as scratch:
-        for n, layers in enumerate(args.handoff_layers):  # new prompts for every setting: no cache hits
-            results[str(layers)] = measure(layers, args, model_dir, Path(scratch), 1000 * (n + 1))
-    whole = results["0"]["median"]["handoff_s"]
-    for layers, row in results.items():
-        if layers != "0":
-            row["hidden_fraction"] = 1 - row["median"]["handoff_s"] / whole if whole > 0 else None
-            print(f"handoff-layers {layers}: hides {row['hidden_fraction']:.0%} of the whole hand-off's "
-                  f"{whole * 1e3:.1f} ms")  # fmt: skip
+        n = 0
+        for kv_dtype in args.kv_dtype:
+            rows = results.setdefault(kv_dtype, {})
+            for layers in args.handoff_layers:  # new prompts for every setting: no cache hits
+                n += 1
+                rows[str(layers)] = measure(layers, kv_dtype, args, model_dir, Path(scratch), 1000 * n)
+    for kv_dtype, rows in results.items():
+        whole = rows["0"]["median"]["handoff_s"]
+        for layers, row in rows.items():
+            if layers != "0":
+                row["hidden_fraction"] = 1 - row["median"]["handoff_s"] / whole if whole > 0 else None
+                print(f"kv {kv_dtype}, handoff-layers {layers}: hides {row['hidden_fraction']:.0%} of the "
+                      f"whole hand-off's {whole * 1e3:.1f} ms")  # fmt: skip
+    if "auto" in results and "int8" in results:
+        for layers in args.handoff_layers:
+            auto, int8 = (results[d][str(layers)]["median"]["handoff_s"] for d in ("auto", "int8"))
+            print(
+                f"handoff-layers {layers}: int8 KV hand-off {int8 * 1e3:.1f} ms vs float32 {auto * 1e3:.1f} ms"
+            )
     out = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "model": Path(model_dir).name,
            "results": results}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,11 @@ other, so that no two share the cores:
    compute threads itself (on 2 cores: one OpenMP thread on core 0, core 1 left to its frontend);
    set ``VLLM_CPU_OMP_THREADS_BIND`` / ``VLLM_CPU_NUM_OF_RESERVED_CPU`` in the environment to
    change that.
-2. ``tandem-colocated``: ``tandem up --mode colocated``, one worker (all cores as torch threads).
-3. ``tandem-disaggregated``: ``tandem up``, 1 prefill + 1 decode worker (half the cores each).
+2. ``tandem-colocated``: ``tandem up --mode colocated``, one worker (all cores as torch threads),
+   at ``tandem up``'s own step token budget (512: a CPU worker's decode steps stay short);
+3. ``tandem-colocated-2048``: the same at the token budget vLLM's CPU ``serve`` defaults to
+   (``--max-num-batched-tokens 2048``), so that both admit a wave of prompts in one step;
+4. ``tandem-disaggregated``: ``tandem up``, 1 prefill + 1 decode worker (half the cores each).
 
 The client sends no temperature, so both servers sample at their default (1.0). Per system: output
 tok/s, requests/s, median / p99 TTFT and TPOT, median ITL, completed / failed requests, and the
@@ -61,6 +64,9 @@ QUICK_NUM_PROMPTS = 8
 VLLM_SERVE_ARGS = ("--dtype", "float32")  # the dtype Tandem's workers compute in
 CLUSTERS = {
     "tandem-colocated": ClusterSpec("tandem-colocated", "colocated", "cache_aware", 1, 0),
+    "tandem-colocated-2048": ClusterSpec(
+        "tandem-colocated-2048", "colocated", "cache_aware", 1, 0, ("--max-num-batched-tokens", "2048")
+    ),  # vLLM's CPU `serve` default budget (vllm/engine/arg_utils.py: 2048 per CPU world)
     "tandem-disaggregated": ClusterSpec("tandem-disaggregated", "disaggregated", "cache_aware", 1, 1),
 }
 SYSTEMS = ("vllm", *CLUSTERS)
@@ -220,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "servers": {BASELINE: {"serve_args": list(VLLM_SERVE_ARGS),
                                "kv_cache_space_gib": float(server_env()["VLLM_CPU_KVCACHE_SPACE"])},
                     **{n: {"mode": c.mode, "policy": c.policy, "num_prefill": c.num_prefill,
-                           "num_decode": c.num_decode, "num_pages": args.num_pages} for n, c in CLUSTERS.items()}},
+                           "num_decode": c.num_decode, "num_pages": args.num_pages, "up_args": list(c.up_args)}
+                       for n, c in CLUSTERS.items()}},
         "systems": runs, "tandem_over_vllm": ratios,
     }, indent=2) + "\n")  # fmt: skip
     print(f"wrote {out}")

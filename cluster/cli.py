@@ -112,6 +112,12 @@ def _add_up(sub) -> None:
         "--quantization", choices=["int8", "int4"], help="workers' weight-only quantization (default none)"
     )
     up.add_argument(
+        "--kv-dtype", default="auto", choices=["auto", "int8"],
+        help="KV as prefill hands it to decode and as the store keeps it: auto (float32, exact) or int8 "
+        "(a scale per head vector: ~1/4 of the bytes; outputs may differ from float32 KV's after a few "
+        "dozen tokens, see README)",
+    )  # fmt: skip
+    up.add_argument(
         "--handoff-layers", type=int, default=None, metavar="N",
         help="prefill workers send a prompt's KV to its decode worker N layers at a time as the forward "
         "computes them (default 4); 0: whole, after the forward",
@@ -282,7 +288,8 @@ def _up_config(args: argparse.Namespace):
         policy=args.policy, host=args.host, port=args.port, redis_url=args.redis_url,
         store_capacity_bytes=args.store_capacity, store_disk_path=args.store_disk_path,
         store_disk_capacity_bytes=args.store_disk_capacity if args.store_disk_path else 0,
-        store_replicate_after=args.store_replicate_after, chunk_tokens=args.chunk_tokens, num_pages=args.num_pages,
+        store_replicate_after=args.store_replicate_after, chunk_tokens=args.chunk_tokens, kv_dtype=args.kv_dtype,
+        num_pages=args.num_pages,
         kv_cache_memory_bytes=args.kv_cache_memory, drain_timeout_s=args.drain_timeout_s,
         max_num_batched_tokens=args.max_num_batched_tokens, api_key=args.api_key,
         extra_worker_args=(

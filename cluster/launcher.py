@@ -57,6 +57,7 @@ class ClusterConfig:
     store_disk_capacity_bytes: int = 0
     store_replicate_after: int = 0  # each node copies a chunk fetched more often than this (0: never)
     chunk_tokens: int = 64
+    kv_dtype: str = "auto"  # KV as workers hand it over and store it: "auto" (float32) | "int8"
     num_pages: int | None = None
     kv_cache_memory_bytes: int | None = None  # per worker; None: default_kv_budget (num_pages wins)
     # Short steps keep a CPU worker responsive (decode tokens wait behind a prefill chunk in
@@ -75,6 +76,8 @@ class ClusterConfig:
             raise ValueError("need at least one prefill and one decode worker (or one colocated worker)")
         if self.drain_timeout_s <= 0:
             raise ValueError(f"drain_timeout_s must be positive, got {self.drain_timeout_s}")
+        if self.kv_dtype not in ("auto", "int8"):  # engine.kv_codec.KV_DTYPES (torch-free here)
+            raise ValueError(f"kv_dtype must be 'auto' or 'int8', got {self.kv_dtype!r}")
         if self.chunk_tokens < WORKER_PAGE_SIZE or self.chunk_tokens % WORKER_PAGE_SIZE:
             raise ValueError(
                 f"chunk_tokens must be a positive multiple of the workers' page size {WORKER_PAGE_SIZE}, "
@@ -210,6 +213,8 @@ class LocalCluster:
         num_pages = cfg.num_pages or self._kv_pages_per_worker()
         if num_pages:
             args += ["--num-pages", str(num_pages)]
+        if cfg.kv_dtype != "auto":
+            args += ["--kv-dtype", cfg.kv_dtype]
         return args + list(cfg.extra_worker_args)
 
     def _kv_pages_per_worker(self) -> int | None:
@@ -271,10 +276,19 @@ class LocalCluster:
 
         return kv_bytes_per_page(self._model, 1, torch.float32)
 
+    @property
+    def _chunk_bytes(self) -> int:
+        """The one size of a store chunk: ``chunk_tokens`` of KV as the workers send it."""
+        import torch
+
+        from engine.kv_codec import bytes_per_token
+
+        return bytes_per_token(self._model, torch.float32, self.config.kv_dtype) * self.config.chunk_tokens
+
     def _store_node(self, node_id: str) -> str:
         self._spawn(node_id, "kvstore.node_main", [
             "--redis-url", self.redis_url, "--listen", "tcp://127.0.0.1:0", "--node-id", node_id,
-            "--capacity-bytes", str(self.config.store_capacity_bytes), "--chunk-bytes", str(self._kv_bytes_per_token * self.config.chunk_tokens),
+            "--capacity-bytes", str(self.config.store_capacity_bytes), "--chunk-bytes", str(self._chunk_bytes),
             *self._disk_args(node_id), "--replicate-after", str(self.config.store_replicate_after),
         ])  # fmt: skip
         return node_id

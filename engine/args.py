@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from engine.config import DTYPES, QUANTIZATIONS, EngineConfig
+from engine.kv_codec import KV_DTYPES
 from engine.llm_engine import LLMEngine, default_device
 from engine.memory import tune_host_allocator
 
@@ -19,6 +20,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--quantization", default=None, choices=QUANTIZATIONS,
         help="weight-only quantization of the linears and LM head (default: none, weights in --dtype)",
+    )  # fmt: skip
+    g.add_argument(
+        "--kv-dtype", default="auto", choices=KV_DTYPES,
+        help="KV as it leaves this engine, to a decode worker or the store: auto (the cache's dtype, "
+        "exact) or int8 (a scale per head vector, ~1/4 of float32's bytes; the pages keep --dtype). "
+        "Receivers take either",
     )  # fmt: skip
     g.add_argument(
         "--no-prepack",
@@ -49,6 +56,7 @@ def engine_config(args: argparse.Namespace, model_dir: str, device: str) -> Engi
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
         quantization=args.quantization,
+        kv_dtype=args.kv_dtype,
         prepack=args.prepack,
     )
 

@@ -123,6 +123,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kv_cache_memory_fraction: float = 0.2  # of free memory, when num_pages is None
     quantization: str | None = None  # weight-only "int8" | "int4" of the linears; None: dtype
+    kv_dtype: str = "auto"  # KV as it leaves the engine (hand-off, store): "auto" (the cache's) | "int8"
     prepack: bool = (
         True  # CPU float32: linears through oneDNN with weights reordered at load (engine.prepack)
     )
@@ -134,6 +135,8 @@ class EngineConfig:
             raise ValueError(
                 f"quantization must be one of {list(QUANTIZATIONS)} or None, got {self.quantization!r}"
             )
+        if self.kv_dtype not in ("auto", "int8"):  # engine.kv_codec.KV_DTYPES
+            raise ValueError(f"kv_dtype must be 'auto' or 'int8', got {self.kv_dtype!r}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
         if self.num_pages is not None and self.num_pages < 1:
@@ -154,5 +157,7 @@ class EngineConfig:
     @property
     def numerics(self) -> str:
         """What decides the KV bytes besides the checkpoint: the dtype, and the weights' quantization
-        (a quantized model's KV differs from the full-precision one's, so caches must not mix)."""
-        return self.dtype if self.quantization is None else f"{self.dtype}+{self.quantization}"
+        (a quantized model's KV differs from the full-precision one's, so caches must not mix), and
+        KV that travels quantized (pages filled from it hold dequantized values)."""
+        numerics = self.dtype if self.quantization is None else f"{self.dtype}+{self.quantization}"
+        return numerics if self.kv_dtype == "auto" else f"{numerics}+kv-{self.kv_dtype}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from engine import kv_codec
 from engine.config import EngineConfig, ModelConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.memory import size_kv_cache
@@ -46,7 +47,10 @@ class LLMEngine:
         max_len = config.max_model_len or self.model_cfg.max_position_embeddings
         self.max_model_len = max_len
         page_bytes = kv_bytes_per_page(self.model_cfg, config.page_size, config.torch_dtype)
-        self.kv_bytes_per_token = page_bytes // config.page_size  # what a store fetch moves per token
+        # what a hand-off or a store fetch moves per token (the pages' bytes unless KV travels as int8)
+        self.kv_bytes_per_token = kv_codec.bytes_per_token(
+            self.model_cfg, config.torch_dtype, config.kv_dtype
+        )
         num_pages = config.num_pages or size_kv_cache(config, page_bytes, max_len)
         self.runner = ModelRunner(config, self.model_cfg, max_len, num_pages)
         layout = {

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from engine import kv_codec
 from engine.attention import AttentionMetadata
 from engine.config import EngineConfig, ModelConfig
 from engine.loader import load_model
@@ -43,18 +44,22 @@ class ModelRunner:
 
     def pack_pages(self, pages: list[int], layers: slice = slice(None)) -> torch.Tensor:
         """KV of ``pages`` as one contiguous buffer [layers, 2, kv_heads, len(pages), page_size,
-        head_dim] (all layers, or those of ``layers``)."""
-        return self.ops.pack_pages(self.kv_cache[layers], torch.tensor(pages, device=self.device))
+        head_dim] (all layers, or those of ``layers``), encoded as the engine's ``kv_dtype`` says
+        (see ``engine.kv_codec``)."""
+        packed = self.ops.pack_pages(self.kv_cache[layers], torch.tensor(pages, device=self.device))
+        return kv_codec.encode(packed, self.config.kv_dtype)
 
     def check_packed(
         self, kv: object, num_pages: int | None = None, what: str = "a KV buffer", layers: slice = slice(None)
     ) -> None:
         """``ValueError`` unless ``kv`` is packed pages (as :meth:`pack_pages` returns) of this
-        cache's layout and dtype (all layers, or those of ``layers``): ``num_pages`` of them, or any
-        positive number."""
-        layout, dtype = self.kv_cache[layers].shape, self.kv_cache.dtype
+        cache's layout and dtype, or int8-encoded ones (``engine.kv_codec``): either, whatever this
+        engine sends itself (all layers, or those of ``layers``): ``num_pages`` of them, or any positive number."""
         if not isinstance(kv, torch.Tensor):
             raise ValueError(f"{what} must be a tensor, got {type(kv).__name__}")
+        layout, dtype = self.kv_cache[layers].shape, self.kv_cache.dtype
+        if kv_codec.is_encoded(kv):
+            layout, dtype = (*layout[:-1], kv_codec.wire_head_dim(layout[-1], "int8")), kv.dtype
         pages = kv.shape[3] if kv.dim() == len(layout) else None
         expect = (*layout[:3], num_pages if num_pages is not None else pages, *layout[4:])
         if kv.dtype != dtype or tuple(kv.shape) != expect or not pages:
@@ -69,7 +74,8 @@ class ModelRunner:
         ``layers``) into ``pages``."""
         self.check_packed(chunk, len(pages), layers=layers)
         pages_t = torch.tensor(pages, device=self.device)
-        self.ops.unpack_pages(self.kv_cache[layers], pages_t, chunk.to(self.device))
+        kv = kv_codec.decode(chunk.to(self.device), self.kv_cache.dtype)
+        self.ops.unpack_pages(self.kv_cache[layers], pages_t, kv)
 
     @torch.inference_mode()
     def run(
@@ -114,7 +120,7 @@ class ModelRunner:
             ids.extend(seq.token_ids[start:end])
             pos.extend(range(start, end))
             table = seq.block_table
-            slots.extend(table[p // ps] * ps + p % ps for p in range(start, end))
+            _extend_slots(slots, table, start, end, ps)
             last.append(len(ids) - 1)
             if n == 1:
                 num_decode += 1
@@ -137,6 +143,16 @@ class ModelRunner:
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
         positions = torch.tensor(pos, dtype=torch.long, device=dev)
         return input_ids, positions, meta, last
+
+
+def _extend_slots(slots: list[int], table: list[int], start: int, end: int, page_size: int) -> None:
+    """Append the KV slots of positions ``start..end-1`` (position p lives in slot
+    ``table[p // page_size] * page_size + p % page_size``): one C-speed ``range`` per page rather
+    than a Python expression per token."""
+    first, last = start // page_size, (end - 1) // page_size
+    for page in range(first, last + 1):
+        base = (table[page] - page) * page_size  # slot of position p in this page: base + p
+        slots.extend(range(base + max(start, page * page_size), base + min(end, (page + 1) * page_size)))
 
 
 def _pad_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:

@@ -28,6 +28,9 @@ OPS = (
     "pack_pages",
     "unpack_pages",
 )
+# Operations with a compiled CPU kernel and no Triton one: on a GPU the reference's few elementwise
+# passes over the KV (once per hand-off or store chunk) are left to PyTorch.
+CPU_OPS = ("kv_int8_encode", "kv_int8_decode")
 
 
 @functools.cache
@@ -41,7 +44,7 @@ def _triton_module() -> ModuleType | None:
 @functools.cache
 def _backend(device_type: str) -> SimpleNamespace:
     fast = {"cuda": _triton_module, "cpu": _cpu_module}.get(device_type, lambda: None)()
-    return SimpleNamespace(**{op: getattr(fast, op, None) or getattr(reference, op) for op in OPS})
+    return SimpleNamespace(**{op: getattr(fast, op, None) or getattr(reference, op) for op in OPS + CPU_OPS})
 
 
 @functools.cache
@@ -50,12 +53,13 @@ def _cpu_module() -> ModuleType | None:
 
 
 def backend_for(device: torch.device | str) -> SimpleNamespace:
-    """The implementations of :data:`OPS` for ``device``: Triton where it has the op, else PyTorch."""
+    """The implementations of :data:`OPS` and :data:`CPU_OPS` for ``device``: Triton on CUDA where
+    it has the op, the compiled kernels on CPU, else PyTorch."""
     return _backend(torch.device(device).type)
 
 
 def __getattr__(name: str):
     # kernels.rms_norm(...) etc. resolve to the reference; the engine binds per-device backends.
-    if name in OPS:
+    if name in OPS + CPU_OPS:
         return getattr(reference, name)
     raise AttributeError(f"module 'kernels' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """Compiled CPU kernels: small C files built once with the machine's C compiler, loaded with ctypes.
 
 ``kernels/cpu/decode_attention.c``: paged decode attention reading K and V in place in their
-pages; ``kernels/cpu/norm_act.c``: RMSNorm with the residual add fused in, and SiLU(gate) * up.
+pages; ``kernels/cpu/norm_act.c``: RMSNorm with the residual add fused in, and SiLU(gate) * up;
+``kernels/cpu/kv_int8.c``: KV vectors to int8 with a scale each and back (``--kv-dtype int8``).
 Each has its PyTorch reference in ``kernels.reference`` (the tests' oracle and the fallback).
 
 Why not a torch C++ extension: building one against torch's headers takes minutes on a small
@@ -36,7 +37,8 @@ from kernels import reference
 log = logging.getLogger("tandem.kernels")
 
 SOURCES = tuple(
-    Path(__file__).resolve().parent / "cpu" / name for name in ("decode_attention.c", "norm_act.c")
+    Path(__file__).resolve().parent / "cpu" / name
+    for name in ("decode_attention.c", "norm_act.c", "kv_int8.c")
 )
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 _I64, _F32P, _I32P = ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
@@ -94,6 +96,9 @@ def _library() -> ctypes.CDLL | None:
     lib.tandem_rms_norm.argtypes = [*[_F32P] * 5, _I64, _I64, ctypes.c_float]
     lib.tandem_silu_and_mul.restype = None
     lib.tandem_silu_and_mul.argtypes = [_F32P, _F32P, _I64, _I64]
+    for name in ("tandem_kv_int8_encode", "tandem_kv_int8_decode"):
+        getattr(lib, name).restype = None
+        getattr(lib, name).argtypes = [_F32P, _F32P, _I64, _I64]
     return lib
 
 
@@ -179,6 +184,33 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     inter = x.shape[-1] // 2
     out = torch.empty((*x.shape[:-1], inter), dtype=x.dtype)
     lib.tandem_silu_and_mul(x.data_ptr(), out.data_ptr(), x.numel() // (2 * inter), inter)
+    return out
+
+
+def kv_int8_encode(x: torch.Tensor) -> torch.Tensor:
+    """``kernels.reference.kv_int8_encode`` in one pass, compiled; the reference where it does not
+    apply (not float32 on CPU, or no compiled library)."""
+    lib = _library()
+    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32:
+        return reference.kv_int8_encode(x)
+    x = x.contiguous()
+    dim = x.shape[-1]
+    out = torch.empty((*x.shape[:-1], dim + 4), dtype=torch.int8)
+    lib.tandem_kv_int8_encode(x.data_ptr(), out.data_ptr(), x.numel() // dim if dim else 0, dim)
+    return out
+
+
+def kv_int8_decode(encoded: torch.Tensor) -> torch.Tensor:
+    """``kernels.reference.kv_int8_decode`` in one pass, compiled; the reference where it does not
+    apply (not on CPU, or no compiled library)."""
+    lib = _library()
+    if lib is None or encoded.device.type != "cpu" or encoded.dtype != torch.int8:
+        return reference.kv_int8_decode(encoded)
+    encoded = encoded.contiguous()
+    dim = encoded.shape[-1] - 4
+    out = torch.empty((*encoded.shape[:-1], dim), dtype=torch.float32)
+    rows = encoded.numel() // (dim + 4)
+    lib.tandem_kv_int8_decode(encoded.data_ptr(), out.data_ptr(), rows, dim)
     return out
 
 

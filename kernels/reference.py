@@ -243,3 +243,24 @@ def pack_pages(kv_cache: torch.Tensor, page_ids: torch.Tensor) -> torch.Tensor:
 def unpack_pages(kv_cache: torch.Tensor, page_ids: torch.Tensor, chunk: torch.Tensor) -> None:
     """Inverse of :func:`pack_pages`: write a chunk buffer into the given pages of the cache."""
     kv_cache.index_copy_(3, page_ids.long(), chunk.to(kv_cache.dtype))
+
+
+def kv_int8_encode(x: torch.Tensor) -> torch.Tensor:
+    """Each vector along the last dimension of ``x`` [..., dim] as int8 codes and its float32 scale's
+    bytes [..., dim + 4]: ``scale = max|x| / 127``, ``code = round(x / scale)`` (0 for a zero
+    vector), so every value is within half its vector's scale (see ``engine.kv_codec``)."""
+    x = x.float()
+    dim = x.shape[-1]
+    scale = x.abs().amax(dim=-1, keepdim=True) / 127
+    codes = torch.round(x / torch.where(scale > 0, scale, 1.0))
+    out = torch.empty((*x.shape[:-1], dim + 4), dtype=torch.int8, device=x.device)
+    out[..., :dim] = codes.to(torch.int8)
+    out[..., dim:] = scale.view(torch.int8)
+    return out
+
+
+def kv_int8_decode(encoded: torch.Tensor) -> torch.Tensor:
+    """float32 [..., dim] of what :func:`kv_int8_encode` wrote [..., dim + 4]: code * scale."""
+    dim = encoded.shape[-1] - 4
+    scale = encoded[..., dim:].contiguous().view(torch.float32)
+    return encoded[..., :dim].float() * scale

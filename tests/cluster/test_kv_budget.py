@@ -3,6 +3,8 @@ memory left after the store nodes' arenas and the weights."""
 
 from __future__ import annotations
 
+import pytest
+
 from cluster.launcher import ClusterConfig, LocalCluster, default_kv_budget
 
 GiB = 1 << 30
@@ -26,3 +28,17 @@ def test_an_explicit_budget_becomes_pages_and_never_less_than_one_context(defaul
     assert pages(1 << 20) == 8192 // 16  # 1 MiB is one page; the model's 8192-token context needs 512
     explicit = LocalCluster(ClusterConfig(model_dir=default_model, num_pages=77, kv_cache_memory_bytes=GiB))
     assert "--num-pages" in (args := explicit._worker_args()) and args[args.index("--num-pages") + 1] == "77"
+
+
+def test_int8_kv_shrinks_the_store_chunk_not_the_workers_pages(default_model):
+    """--kv-dtype int8: workers are told so and store nodes take chunks of the int8 size (64 dims of
+    codes + a 4-byte scale per head vector), while each worker's pages stay float32."""
+    auto = LocalCluster(ClusterConfig(model_dir=default_model, kv_cache_memory_bytes=GiB))
+    int8 = LocalCluster(ClusterConfig(model_dir=default_model, kv_cache_memory_bytes=GiB, kv_dtype="int8"))
+    assert auto._chunk_bytes == PAGE_BYTES * 64 // 16  # 64-token chunks
+    assert int8._chunk_bytes == 30 * 2 * 3 * 64 * (64 + 4)
+    assert int8._kv_pages_per_worker() == auto._kv_pages_per_worker() == GiB // PAGE_BYTES
+    args = int8._worker_args()
+    assert args[args.index("--kv-dtype") + 1] == "int8" and "--kv-dtype" not in auto._worker_args()
+    with pytest.raises(ValueError, match="kv_dtype"):
+        ClusterConfig(model_dir=default_model, kv_dtype="fp8")

@@ -1,6 +1,7 @@
 """The compiled CPU kernels against the PyTorch reference: decode attention
 (kernels/cpu/decode_attention.c: GQA groups, page sizes, sliding windows, lengths that end
-mid-page, scattered pages), RMSNorm with and without the residual add, SiLU * up (norm_act.c)."""
+mid-page, scattered pages), RMSNorm with and without the residual add, SiLU * up (norm_act.c),
+KV vectors to int8 and back (kv_int8.c)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,34 @@ def test_norm_and_activation_fall_back_to_the_reference_where_they_do_not_apply(
         torch.testing.assert_close(got, expect)
     strided = torch.randn(16, 3).t()  # not contiguous: made so
     torch.testing.assert_close(cpu_ext.silu_and_mul(strided), reference.silu_and_mul(strided))
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 2, 3, 4, 16, 64), (600, 8, 64), (3, 5, 300), (4, 1)]
+)  # 4800 rows: threaded
+def test_compiled_kv_int8_codes_are_the_references_bit_for_bit(shape):
+    g = torch.Generator().manual_seed(shape[0])
+    x = torch.randn(*shape, generator=g) * torch.rand(*shape[:-1], 1, generator=g) * 20
+    x[0, ..., :] = 0  # zero vectors (scale 0)
+    rows = x.view(-1, shape[-1])
+    if shape[-1] > 1:  # a value halfway between two codes (round half to even in both)
+        rows[1, 0] = rows[1, 1:].abs().max() / 127 * 63.5
+    encoded = cpu_ext.kv_int8_encode(x)
+    assert torch.equal(encoded, reference.kv_int8_encode(x))
+    assert torch.equal(cpu_ext.kv_int8_decode(encoded), reference.kv_int8_decode(encoded))
+    # non-finite input decodes to NaN in both, never to a plausible value
+    rows[-1, -1] = float("nan")
+    for codec in (cpu_ext, reference):
+        assert codec.kv_int8_decode(codec.kv_int8_encode(x)).view(-1, shape[-1])[-1].isnan().all()
+
+
+def test_kv_int8_falls_back_to_the_reference_where_it_does_not_apply():
+    backend = backend_for("cpu")
+    assert (backend.kv_int8_encode, backend.kv_int8_decode) == (
+        cpu_ext.kv_int8_encode,
+        cpu_ext.kv_int8_decode,
+    )
+    x = torch.randn(3, 8, 16, dtype=torch.float64)
+    assert torch.equal(cpu_ext.kv_int8_encode(x), reference.kv_int8_encode(x))
+    strided = reference.kv_int8_encode(torch.randn(8, 3, 16)).transpose(0, 1)  # not contiguous: made so
+    assert torch.equal(cpu_ext.kv_int8_decode(strided), reference.kv_int8_decode(strided))

@@ -1,7 +1,8 @@
 """GGUF → HF safetensors directory, once, so the engine always serves from ``config.json`` + safetensors.
 
 transformers reads (and de-quantizes) the GGUF file; we then drop its quantizer bookkeeping so the
-result is a plain float checkpoint, and save weights, tokenizer and chat template beside it. The
+result is a plain float checkpoint, and save weights, tokenizer and chat template beside it, and the
+file's own Q4_1 / Q8_0 blocks (``engine.gguf_blocks``: ``--quantization int4`` serves those). The
 directory appears atomically: a crash mid-way leaves no half-written model behind.
 """
 
@@ -34,6 +35,8 @@ def _convert_locked(gguf_path: Path, out_dir: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from engine.gguf_blocks import write_blocks
+
     log.info("converting %s → %s (one time)", gguf_path.name, out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
@@ -46,6 +49,9 @@ def _convert_locked(gguf_path: Path, out_dir: Path, dtype: str) -> None:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        kept = write_blocks(gguf_path, tmp)  # the file's own quantized weights, for --quantization int4
+        if kept:
+            log.info("kept %d quantized tensors of %s for --quantization int4", kept, gguf_path.name)
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from engine import gguf_blocks
 from engine.config import ModelConfig
 from engine.models import model_class
 from engine.prepack import prepack_available, prepack_linears
 from engine.quant import quantize_model
+
+log = logging.getLogger("tandem.loader")
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -60,7 +64,12 @@ def load_model(
     model.load_weights(iter_weights(weight_files(model_dir)))
     model.eval()
     if quantization is not None:
-        quantize_model(model, quantization)
+        blocks = {}
+        if quantization == "int4" and gguf_blocks.has_blocks(model_dir):  # the GGUF's own Q4_1 / Q8_0
+            blocks = gguf_blocks.fused_for(model, gguf_blocks.read_blocks(model_dir))
+        taken = quantize_model(model, quantization, blocks)
+        if taken:
+            log.info("int4: %d linears take the GGUF's own quantized blocks as they are", taken)
     elif prepack and prepack_available(device, dtype):
         prepack_linears(model)
     model.init_rope(device)

@@ -234,15 +234,40 @@ def quantize_linear(linear: nn.Linear, method: str, int8_group_size: int | None 
     raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, got {method!r}")
 
 
+def linear_from(
+    weight: Int4Weight | Int8Weight, bias: torch.Tensor | None, device: torch.device
+) -> nn.Module:
+    """The quantized linear of an already quantized ``weight`` (a GGUF's own blocks, see
+    ``engine.gguf_blocks``), packed for the CPU kernels on CPU."""
+    on_cpu = device.type == "cpu"
+    weight = type(weight)(
+        **{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(weight).items()}
+    )
+    if isinstance(weight, Int4Weight):
+        return Int4Linear(weight, bias, on_cpu and int4_fits(*weight.codes.shape, weight.group_size))
+    group = weight.group_size or weight.codes.shape[1]
+    return Int8Linear(weight, bias, on_cpu and group % INT8_K_MULTIPLE == 0)
+
+
 @torch.no_grad()
-def quantize_model(model: nn.Module, method: str) -> None:
+def quantize_model(
+    model: nn.Module, method: str, quantized: dict[str, Int4Weight | Int8Weight] | None = None
+) -> int:
     """Replace every ``nn.Linear`` in ``model`` with its quantized copy, in place. The top-level
     ``lm_head`` gets ``INT4_LM_HEAD`` under int4, and int8 groups of ``LM_HEAD_INT8_GROUP_SIZE``
     inputs. Embeddings are not linears and stay as they are (a tied LM head gets a quantized copy of
-    the shared weight)."""
+    the shared weight). ``quantized``: weights already quantized, by module path, taken as they are
+    (``engine.gguf_blocks``: the caller checked them against the float weights); returns how many were."""
+    quantized = quantized or {}
+    taken = 0
     for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
             if not isinstance(child, nn.Linear):
+                continue
+            path = f"{prefix}.{name}" if prefix else name
+            if path in quantized:
+                setattr(module, name, linear_from(quantized[path], child.bias, child.weight.device))
+                taken += 1
                 continue
             if prefix or name != "lm_head":
                 setattr(module, name, quantize_linear(child, method))
@@ -250,3 +275,4 @@ def quantize_model(model: nn.Module, method: str) -> None:
             group = LM_HEAD_INT8_GROUP_SIZE
             group = group if group and child.in_features % group == 0 else None
             setattr(module, name, quantize_linear(child, INT4_LM_HEAD if method == "int4" else method, group))
+    return taken

@@ -80,7 +80,7 @@ def split(model_dir: str, prompts: list[list[int]], kv_dtype: str, max_tokens: i
     """Greedy outputs (token ids, each token's log-prob) of the split with KV sent as ``kv_dtype``."""
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=0)
     prefill = LLM(model_dir, num_pages=512, kv_dtype=kv_dtype)
-    decoder = LLM(model_dir, num_pages=512)
+    decoder = LLM(model_dir, num_pages=512, kv_dtype=kv_dtype)
     seqs = []
     for i, prompt in enumerate(prompts):
         seq = prefill.engine.add_request(prompt, params, request_id=f"p{i}", prefill_only=True)

@@ -25,7 +25,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--kv-dtype", default="auto", choices=KV_DTYPES,
         help="KV as it leaves this engine, to a decode worker or the store: auto (the cache's dtype, "
         "exact) or int8 (a scale per head vector, ~1/4 of float32's bytes; the pages keep --dtype). "
-        "Receivers take either",
+        "Give prefill and decode workers the same: an auto worker refuses int8 KV",
     )  # fmt: skip
     g.add_argument(
         "--no-prepack",

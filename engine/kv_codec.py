@@ -7,7 +7,8 @@ by at most half its vector's scale. A packed buffer keeps its six dimensions and
 the last: ``[layers, 2, kv_heads, pages, page_size, head_dim + 4]`` int8, the codes then the
 float32 scale's bytes. One tensor carries both (one wire frame, one store chunk), its leading
 dimensions slice as the full-precision layout's do (a group of layers, pages from an offset), and a
-receiver tells the two apart by dtype: an engine takes either, whatever it sends itself.
+receiver tells the two apart by dtype. An engine set to int8 takes either; one left at ``auto``
+refuses int8 (its cache entries, and what it writes back to the store, stay exact).
 
 Only what leaves the engine is quantized: pages keep the cache's dtype, so a decode worker
 attends over dequantized prompt KV and full-precision KV of the tokens it generates (the agreement

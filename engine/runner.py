@@ -53,12 +53,19 @@ class ModelRunner:
         self, kv: object, num_pages: int | None = None, what: str = "a KV buffer", layers: slice = slice(None)
     ) -> None:
         """``ValueError`` unless ``kv`` is packed pages (as :meth:`pack_pages` returns) of this
-        cache's layout and dtype, or int8-encoded ones (``engine.kv_codec``): either, whatever this
-        engine sends itself (all layers, or those of ``layers``): ``num_pages`` of them, or any positive number."""
+        cache's layout and dtype (all layers, or those of ``layers``): ``num_pages`` of them, or any
+        positive number. An engine with ``kv_dtype="int8"`` also takes int8-encoded pages
+        (``engine.kv_codec``); one without refuses them: its cache entries are exact, and what it
+        computes over dequantized KV would be stored as if it were."""
         if not isinstance(kv, torch.Tensor):
             raise ValueError(f"{what} must be a tensor, got {type(kv).__name__}")
         layout, dtype = self.kv_cache[layers].shape, self.kv_cache.dtype
         if kv_codec.is_encoded(kv):
+            if self.config.kv_dtype != "int8":
+                raise ValueError(
+                    f"{what} is int8-encoded KV; this engine serves exact {str(dtype).removeprefix('torch.')} "
+                    "KV (start it with --kv-dtype int8 to take int8)"
+                )
             layout, dtype = (*layout[:-1], kv_codec.wire_head_dim(layout[-1], "int8")), kv.dtype
         pages = kv.shape[3] if kv.dim() == len(layout) else None
         expect = (*layout[:3], num_pages if num_pages is not None else pages, *layout[4:])

@@ -84,7 +84,7 @@ def offline_split(model, prompt: list[int], params: SamplingParams, chunks: list
         prefill.engine.step()
     kv = prefill.engine.export_kv(seq)
     assert kv.dtype == torch.int8
-    decode = LLM(str(model), page_size=8, num_pages=256)
+    decode = LLM(str(model), page_size=8, num_pages=256, kv_dtype="int8")
     out = decode.engine.add_prefilled(prompt, seq.token_ids[-1], params, kv, "d")
     while decode.engine.has_unfinished():
         decode.engine.step()

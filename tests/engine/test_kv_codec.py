@@ -56,9 +56,10 @@ def tiny(tmp_path_factory):
     return build_tiny("llama", tmp_path_factory.mktemp("codec"))
 
 
-def test_an_engine_takes_either_encoding_and_names_a_wrong_one(tiny):
-    """A decode engine left at ``auto`` takes int8 KV from a prefill engine that sends it (and
-    full-precision KV); a buffer of neither layout is refused before it touches a page."""
+def test_an_int8_engine_takes_either_encoding_and_an_exact_one_refuses_int8(tiny):
+    """A decode engine set to int8 takes int8 KV (and its float32 equal: the same tokens follow) and
+    names a buffer of neither layout; one left at ``auto`` refuses int8 KV, so that nothing computed
+    over dequantized KV enters its exact cache. Nothing is kept of a refused buffer."""
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     prompt = list(range(3, 40))
     sender = LLM(str(tiny), page_size=8, num_pages=32, kv_dtype="int8")
@@ -67,8 +68,7 @@ def test_an_engine_takes_either_encoding_and_names_a_wrong_one(tiny):
         sender.engine.step()
     kv = sender.engine.export_kv(seq)
     assert kv.dtype == torch.int8
-    receiver = LLM(str(tiny), page_size=8, num_pages=32)
-    # int8 and its dequantized float32 copy are the same KV: the same tokens follow
+    receiver = LLM(str(tiny), page_size=8, num_pages=32, kv_dtype="int8")
     outs = [receiver.engine.add_prefilled(prompt, seq.token_ids[-1], params, k, f"d{i}")
             for i, k in enumerate([kv, decode(kv, torch.float32)])]  # fmt: skip
     while receiver.engine.has_unfinished():
@@ -76,4 +76,8 @@ def test_an_engine_takes_either_encoding_and_names_a_wrong_one(tiny):
     assert outs[0].token_ids == outs[1].token_ids
     with pytest.raises(ValueError, match=r"int8\[.*\]; this engine's pages need int8"):
         receiver.engine.add_prefilled(prompt, seq.token_ids[-1], params, kv[..., :-1].contiguous(), "bad")
-    assert receiver.engine.pool.num_free_pages == receiver.engine.pool.num_pages
+    exact = LLM(str(tiny), page_size=8, num_pages=32)
+    with pytest.raises(ValueError, match="int8-encoded KV; this engine serves exact float32 KV"):
+        exact.engine.add_prefilled(prompt, seq.token_ids[-1], params, kv, "refused")
+    for engine in (receiver.engine, exact.engine):
+        assert engine.pool.num_free_pages == engine.pool.num_pages and not engine.has_unfinished()

@@ -2,6 +2,7 @@
 
 ``kernels/cpu/decode_attention.c``: paged decode attention reading K and V in place in their
 pages; ``kernels/cpu/norm_act.c``: RMSNorm with the residual add fused in, and SiLU(gate) * up;
+``kernels/cpu/rope.c``: the rotary embedding of q and k in one call;
 ``kernels/cpu/kv_int8.c``: KV vectors to int8 with a scale each and back (``--kv-dtype int8``).
 Each has its PyTorch reference in ``kernels.reference`` (the tests' oracle and the fallback).
 
@@ -38,7 +39,7 @@ log = logging.getLogger("tandem.kernels")
 
 SOURCES = tuple(
     Path(__file__).resolve().parent / "cpu" / name
-    for name in ("decode_attention.c", "norm_act.c", "kv_int8.c")
+    for name in ("decode_attention.c", "norm_act.c", "rope.c", "kv_int8.c")
 )
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 _I64, _F32P, _I32P = ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
@@ -96,6 +97,8 @@ def _library() -> ctypes.CDLL | None:
     lib.tandem_rms_norm.argtypes = [*[_F32P] * 5, _I64, _I64, ctypes.c_float]
     lib.tandem_silu_and_mul.restype = None
     lib.tandem_silu_and_mul.argtypes = [_F32P, _F32P, _I64, _I64]
+    lib.tandem_rope.restype = None
+    lib.tandem_rope.argtypes = [*[_F32P] * 7, *[_I64] * 8]
     for name in ("tandem_kv_int8_encode", "tandem_kv_int8_decode"):
         getattr(lib, name).restype = None
         getattr(lib, name).argtypes = [_F32P, _F32P, _I64, _I64]
@@ -185,6 +188,35 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((*x.shape[:-1], inter), dtype=x.dtype)
     lib.tandem_silu_and_mul(x.data_ptr(), out.data_ptr(), x.numel() // (2 * inter), inter)
     return out
+
+
+def rope(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.reference.rope`` for q and k in one call, each (token, head) row in one pass,
+    compiled, the same bit for bit; the reference where it does not apply (not float32 on CPU, rows
+    not contiguous, an odd head size, or no compiled library)."""
+    lib = _library()
+    tensors = (q, k, cos, sin)
+    if (
+        lib is None
+        or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors)
+        or q.stride(-1) != 1
+        or k.stride(-1) != 1
+        or q.shape[-1] % 2
+        or q.shape[0] != k.shape[0]
+        or q.shape[-1] != k.shape[-1]
+    ):
+        return reference.rope(q, k, positions, cos, sin)
+    cos, sin = cos.contiguous(), sin.contiguous()
+    positions = positions.to(torch.int64).contiguous()
+    q_out, k_out = torch.empty(q.shape, dtype=q.dtype), torch.empty(k.shape, dtype=k.dtype)
+    lib.tandem_rope(
+        q.data_ptr(), k.data_ptr(), q_out.data_ptr(), k_out.data_ptr(), positions.data_ptr(), cos.data_ptr(),
+        sin.data_ptr(), q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.stride(0), q.stride(1), k.stride(0),
+        k.stride(1),
+    )  # fmt: skip
+    return q_out, k_out
 
 
 def kv_int8_encode(x: torch.Tensor) -> torch.Tensor:

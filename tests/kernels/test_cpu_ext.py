@@ -1,7 +1,7 @@
 """The compiled CPU kernels against the PyTorch reference: decode attention
 (kernels/cpu/decode_attention.c: GQA groups, page sizes, sliding windows, lengths that end
 mid-page, scattered pages), RMSNorm with and without the residual add, SiLU * up (norm_act.c),
-KV vectors to int8 and back (kv_int8.c)."""
+RoPE on views of a fused QKV (rope.c), KV vectors to int8 and back (kv_int8.c)."""
 
 from __future__ import annotations
 
@@ -102,3 +102,37 @@ def test_kv_int8_falls_back_to_the_reference_where_it_does_not_apply():
     assert torch.equal(cpu_ext.kv_int8_encode(x), reference.kv_int8_encode(x))
     strided = reference.kv_int8_encode(torch.randn(8, 3, 16)).transpose(0, 1)  # not contiguous: made so
     assert torch.equal(cpu_ext.kv_int8_decode(strided), reference.kv_int8_decode(strided))
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 300])  # 300 x 9 heads takes the threaded path
+def test_compiled_rope_equals_the_reference_bit_for_bit_on_views_of_a_fused_qkv(tokens):
+    g = torch.Generator().manual_seed(tokens)
+    q, k, _ = torch.randn(tokens, 9 * 64 + 2 * 3 * 64, generator=g).split([9 * 64, 3 * 64, 3 * 64], dim=-1)
+    q, k = q.view(tokens, 9, 64), k.view(tokens, 3, 64)  # strided: a row of the fused output apart
+    positions = torch.randint(0, 512, (tokens,), generator=g)
+    angles = torch.outer(torch.arange(512.0), 1.0 / 10000 ** (torch.arange(0, 64, 2) / 64)).repeat(1, 2)
+    cos, sin = angles.cos(), angles.sin()
+    for got, expect in zip(
+        cpu_ext.rope(q, k, positions, cos, sin), reference.rope(q, k, positions, cos, sin)
+    ):
+        assert got.is_contiguous() and torch.equal(got, expect)
+
+
+def test_rope_falls_back_to_the_reference_where_it_does_not_apply():
+    assert backend_for("cpu").rope is cpu_ext.rope
+    cos, sin = torch.rand(8, 4), torch.rand(8, 4)
+    q, k, positions = (
+        torch.randn(2, 3, 4, dtype=torch.float64),
+        torch.randn(2, 1, 4, dtype=torch.float64),
+        torch.tensor([1, 5]),
+    )
+    for got, expect in zip(
+        cpu_ext.rope(q, k, positions, cos, sin), reference.rope(q, k, positions, cos, sin)
+    ):
+        assert got.dtype == torch.float64 and torch.equal(got, expect)
+    strided = torch.randn(2, 3, 8)[..., ::2]  # elements of a row not adjacent
+    for got, expect in zip(
+        cpu_ext.rope(strided, strided, positions, cos, sin),
+        reference.rope(strided, strided, positions, cos, sin),
+    ):
+        assert torch.equal(got, expect)

@@ -61,19 +61,20 @@ class DecoderLayer(nn.Module):
         q, k = ops.rope(q, k, positions, *rope_tables)
         k_cache, v_cache = kv_layer[0], kv_layer[1]
         ops.write_kv(k, v, k_cache, v_cache, meta.slots)
-        out = torch.empty_like(q)
         nd = meta.num_decode_tokens
+        parts = []
         if nd:
-            out[:nd] = ops.paged_decode_attention(
+            parts.append(ops.paged_decode_attention(
                 q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens,
                 self.scale, self.sliding_window,
-            )  # fmt: skip
+            ))  # fmt: skip
         if nd < num_tokens:
-            out[nd:] = ops.prefill_attention(
+            parts.append(ops.prefill_attention(
                 q[nd:], k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens_q,
                 meta.prefill_context_lens, self.scale, self.sliding_window,
-            )  # fmt: skip
-        return out.view(num_tokens, self.q_size)
+            ))  # fmt: skip
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)  # decode-only steps: no copy
+        return out.reshape(num_tokens, self.q_size)
 
 
 class LlamaForCausalLM(nn.Module):

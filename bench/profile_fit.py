@@ -26,15 +26,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from worker.base import DEFAULT_HANDOFF_LAYERS
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PROFILE = Path(__file__).resolve().parents[1] / "router" / "conductor" / "profiles" / "cpu-smollm2.json"
 
 # SmolLM2-135M in float32: 30 layers x (K, V) x 3 KV heads x 64 dims x 4 bytes.
 KV_BYTES_PER_TOKEN = 30 * 2 * 3 * 64 * 4
 STORE_NODE_BYTES = 1 << 30  # `tandem up`'s default --store-capacity
-
-
-DEFAULT_HANDOFF_LAYERS = "4"  # worker.base.DEFAULT_HANDOFF_LAYERS, as bench.handoff keys it
 
 
 def fit(engine: dict, transfer: dict, handoff: dict | None = None) -> dict:
@@ -66,7 +65,7 @@ def fit(engine: dict, transfer: dict, handoff: dict | None = None) -> dict:
         "handoff": {"latency_s": fetch["fixed_s"], "bytes_per_s": 1.0 / fetch["per_byte_s"]},
         "slo": {"ttft_s": 5.0, "tbt_s": 0.3},
     }  # fmt: skip
-    row = (handoff or {}).get("results", {}).get("auto", {}).get(DEFAULT_HANDOFF_LAYERS)
+    row = (handoff or {}).get("results", {}).get("auto", {}).get(str(DEFAULT_HANDOFF_LAYERS))
     exposed_s = row and row["median"]["handoff_s"]
     if exposed_s and exposed_s > fetch["fixed_s"]:  # a hand-off slower than the fetch's fixed cost
         tokens = row["requests"][0]["prompt_tokens"]

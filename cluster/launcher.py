@@ -76,7 +76,7 @@ class ClusterConfig:
             raise ValueError("need at least one prefill and one decode worker (or one colocated worker)")
         if self.drain_timeout_s <= 0:
             raise ValueError(f"drain_timeout_s must be positive, got {self.drain_timeout_s}")
-        if self.kv_dtype not in ("auto", "int8"):  # engine.kv_codec.KV_DTYPES (torch-free here)
+        if self.kv_dtype not in ("auto", "int8"):  # engine.config.KV_DTYPES (torch-free here)
             raise ValueError(f"kv_dtype must be 'auto' or 'int8', got {self.kv_dtype!r}")
         if self.chunk_tokens < WORKER_PAGE_SIZE or self.chunk_tokens % WORKER_PAGE_SIZE:
             raise ValueError(

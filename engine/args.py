@@ -6,8 +6,7 @@ import argparse
 
 import torch
 
-from engine.config import DTYPES, QUANTIZATIONS, EngineConfig
-from engine.kv_codec import KV_DTYPES
+from engine.config import DTYPES, KV_DTYPES, QUANTIZATIONS, EngineConfig
 from engine.llm_engine import LLMEngine, default_device
 from engine.memory import tune_host_allocator
 

@@ -11,6 +11,7 @@ import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("int4", "int8")  # weight-only; see engine.quant
+KV_DTYPES = ("auto", "int8")  # KV as it leaves an engine; see engine.kv_codec (auto: the cache's dtype)
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,8 @@ class EngineConfig:
             raise ValueError(
                 f"quantization must be one of {list(QUANTIZATIONS)} or None, got {self.quantization!r}"
             )
-        if self.kv_dtype not in ("auto", "int8"):  # engine.kv_codec.KV_DTYPES
-            raise ValueError(f"kv_dtype must be 'auto' or 'int8', got {self.kv_dtype!r}")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {list(KV_DTYPES)}, got {self.kv_dtype!r}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
         if self.num_pages is not None and self.num_pages < 1:

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.config import ModelConfig
+from engine.config import KV_DTYPES, ModelConfig
 from kernels import backend_for
 
-KV_DTYPES = ("auto", "int8")  # auto: the cache's dtype
 SCALE_BYTES = 4  # a float32 scale per vector, stored after its codes
 
 

@@ -15,8 +15,7 @@ from kernels import backend_for
 
 
 def kv_bytes_per_page(cfg: ModelConfig, page_size: int, dtype: torch.dtype) -> int:
-    elem = torch.empty((), dtype=dtype).element_size()
-    return cfg.num_layers * 2 * cfg.num_kv_heads * page_size * cfg.head_dim * elem
+    return page_size * kv_codec.bytes_per_token(cfg, dtype, "auto")
 
 
 class ModelRunner:

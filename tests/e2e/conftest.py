@@ -5,6 +5,15 @@ from __future__ import annotations
 import pytest
 
 from cluster.launcher import ClusterConfig, LocalCluster
+from kvstore.embedded_redis import EmbeddedRedis
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    """An embedded Redis of each test module's own, for the modules that start workers themselves."""
+    redis = EmbeddedRedis().start()
+    yield redis.url
+    redis.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from engine import LLM, SamplingParams
 from engine.config import ModelConfig
 from engine.kv_codec import bytes_per_token
 from kvstore.client import StoreClient
-from kvstore.embedded_redis import EmbeddedRedis
 from kvstore.keys import chain_keys
 from tests.e2e.procs import spawn, stop, wait_for_workers
 from tests.e2e.test_workers import Router, tokens
@@ -25,13 +24,6 @@ CHUNK_TOKENS = 16
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return build_tiny("llama", tmp_path_factory.mktemp("llama-int8-kv"))
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    redis = EmbeddedRedis().start()
-    yield redis.url
-    redis.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import xxhash
 
 from engine import LLM, SamplingParams
 from kvstore.client import StoreClient
-from kvstore.embedded_redis import EmbeddedRedis
 from kvstore.keys import chain_keys
 from kvstore.tensors import to_buffer
 from tests.e2e.procs import spawn, stop, wait_for_workers
@@ -40,13 +39,6 @@ GREEDY = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return build_tiny("llama", tmp_path_factory.mktemp("llama"))
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    redis = EmbeddedRedis().start()
-    yield redis.url
-    redis.stop()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from pathlib import Path
@@ -31,28 +30,12 @@ from tqdm import tqdm
 
 from bench.cluster_proc import default_model_dir
 from bench.engine import QUANT_QUESTIONS
+from bench.handoff import prompt as document
 from engine import LLM, SamplingParams
 from engine.kv_codec import bytes_per_token, decode, encode
 from worker.base import DEFAULT_HANDOFF_LAYERS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kv_quant.json"
-WORDS = [
-    "the",
-    "of",
-    "a",
-    "in",
-    "river",
-    "stone",
-    "light",
-    "north",
-    "market",
-    "letter",
-    "winter",
-    "engine",
-    "garden",
-    "signal",
-    "harbor",
-]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,9 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def prompts(llm: LLM, docs: int, words: int) -> list[list[int]]:
     chat = [[{"role": "user", "content": q}] for q in QUANT_QUESTIONS]
-    rng = random.Random(7)
-    for _ in range(docs):
-        text = " ".join(rng.choice(WORDS) for _ in range(words))
+    for i in range(docs):  # bench.handoff's long prompts
+        text = document(i, words)
         chat.append([{"role": "user", "content": f"{text}\n\nSummarize the text above in two sentences."}])
     assert llm.tokenizer is not None
     return [llm.tokenizer.apply_chat_template(c) for c in chat]

@@ -86,6 +86,16 @@ class Holding:
         return self.held[i] and not (self.on_disk and self.on_disk[i])
 
 
+@dataclass(frozen=True)
+class IndexDelta:
+    """What changed on a node: keys it now holds (in memory unless also in ``on_disk``) and keys
+    it no longer holds."""
+
+    added: Sequence[bytes]
+    removed: Sequence[bytes]
+    on_disk: Sequence[bytes] = ()
+
+
 def _batched(command, key: str, members: list[bytes]) -> None:
     """``command(key, *members)`` in slices Redis (and Lua's unpack) accept; nothing for no members."""
     for start in range(0, len(members), _BATCH):
@@ -177,13 +187,19 @@ class StoreIndex:
     ) -> None:
         """Record keys a node holds (``added``: held, in memory unless also in ``on_disk``) and no
         longer holds, and its new counters, in one transaction."""
+        self.publish_batch(node_id, [IndexDelta(added, removed, tuple(on_disk))], stats)
+
+    def publish_batch(self, node_id: str, deltas: Sequence[IndexDelta], stats: dict[str, int]) -> None:
+        """``publish`` several deltas, applied in order, and the counters after the last, in one
+        transaction (one round trip however long the backlog)."""
         held, disk = self._key("held", node_id), self._key("disk", node_id)
-        only_disk = set(on_disk)
         with _redis_errors(self.url), self._redis.pipeline(transaction=True) as pipe:
-            _batched(pipe.srem, held, removed)
-            _batched(pipe.sadd, held, added)
-            _batched(pipe.srem, disk, removed + [k for k in added if k not in only_disk])
-            _batched(pipe.sadd, disk, list(on_disk))
+            for delta in deltas:
+                only_disk = set(delta.on_disk)
+                _batched(pipe.srem, held, list(delta.removed))
+                _batched(pipe.sadd, held, list(delta.added))
+                _batched(pipe.srem, disk, [*delta.removed, *(k for k in delta.added if k not in only_disk)])
+                _batched(pipe.sadd, disk, list(delta.on_disk))
             pipe.hset(self._key("node", node_id), mapping=stats)
             pipe.execute()
 

@@ -2,8 +2,11 @@
 it has one) and keeps the index exact.
 
 One thread owns the node's state (requests, heartbeats, releasing pins), so a handler never
-races another; a helper thread only carries a put's index update while the put's bytes are
-copied. A put's bytes are not hashed here: they keep their producer's checksum, which every reader
+races another, and it never waits on Redis: a request that changes what the node holds (a put,
+a delete, a get that promotes from disk) hands the change to an ``IndexWriter`` thread and is
+answered once the change is published, while the loop goes on serving (the next put's copy
+overlaps this one's publish, and changes that queue up meanwhile share one transaction). So a
+reply still means the index knows. A put's bytes are not hashed here: they keep their producer's checksum, which every reader
 checks (a chunk damaged on the way in, at rest or on the way out is refused by its reader, who
 deletes it and recomputes). ``get`` replies point into the arena without a copy; the chunks stay pinned until ZeroMQ
 reports that it is done with those bytes: sent, or dropped with a reader that went away or made
@@ -21,14 +24,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import zmq
 
 from kvstore.arena import SlotArena
 from kvstore.config import StoreNodeConfig
 from kvstore.disk import DiskTier
-from kvstore.index import StoreIndex
+from kvstore.index import IndexDelta, StoreIndex
+from kvstore.index_writer import IndexWriter, Ticket
 from kvstore.pool import Chunk, ChunkPool
 from kvstore.replication import HotChunks, Replicator
 from kvstore.types import IndexUnavailable
@@ -56,6 +60,16 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.1  # bounds how long a stop request waits for the loop to notice it
 _SENDING_POLL_S = 0.005  # how often finished sends are checked for while chunks are pinned
+
+
+@dataclass
+class _AfterPublish:
+    """A reply held back until the index change it depends on is published."""
+
+    reply: Message
+    ticket: Ticket
+    request: Incoming | None = None
+    pinned: list[Chunk] = field(default_factory=list)
 
 
 class StoreNode:
@@ -89,8 +103,8 @@ class StoreNode:
             self.replicator = Replicator(
                 StoreIndex(config.redis_url, prefix=config.index_prefix), config.node_id
             )
-        # Index writes of a put overlap its copy into the arena; one worker keeps them in order.
-        self._index_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer")
+        self._writer = IndexWriter(StoreIndex(config.redis_url, prefix=config.index_prefix), config.node_id)
+        self._held_back: list[_AfterPublish] = []  # in the order their changes were handed over
         self._index_down = False
         self._sending: list[tuple[zmq.MessageTracker, list[Chunk]]] = []
         self._pinned_by_request: list[Chunk] = []
@@ -105,6 +119,9 @@ class StoreNode:
     def serve(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set, then deregister and close."""
         next_heartbeat = 0.0
+        poller = zmq.Poller()
+        poller.register(self.server.socket, zmq.POLLIN)
+        poller.register(self._writer.fileno(), zmq.POLLIN)
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -112,9 +129,14 @@ class StoreNode:
                     self._heartbeat()
                     next_heartbeat = now + self.config.heartbeat_interval_s
                 timeout_s = min(next_heartbeat - now, _SENDING_POLL_S if self._sending else _IDLE_POLL_S)
-                request = self.server.recv(max(0.0, timeout_s))
-                if request is not None:
-                    self._dispatch(request)
+                ready = dict(poller.poll(max(0, int(timeout_s * 1000))))
+                if self._writer.fileno() in ready:
+                    self._writer.clear_wakeups()
+                self._answer_published()
+                if self.server.socket in ready:
+                    request = self.server.recv(0)
+                    if request is not None:
+                        self._dispatch(request)
                 self._release_sent()
         finally:
             self.close()
@@ -123,19 +145,44 @@ class StoreNode:
 
     def _dispatch(self, request: Incoming) -> None:
         handler = self._handlers.get(type(request.message))
+        reply: Message | _AfterPublish
         if handler is None:
-            reply: Message = ErrorReply(BAD_REQUEST, f"a store node does not serve {request.message.KIND}")
+            reply = ErrorReply(BAD_REQUEST, f"a store node does not serve {request.message.KIND}")
         else:
             try:
                 reply = handler(request.message)
             except ValueError as e:
                 reply = ErrorReply(BAD_REQUEST, str(e))
-            except IndexUnavailable as e:
-                reply = ErrorReply(UNAVAILABLE, f"{e}; the node republishes when the index is back")
             except Exception as e:
                 self.server.reply(request, ErrorReply(INTERNAL, f"store node {self.config.node_id}: {e!r}"))
                 raise
         pinned, self._pinned_by_request = self._pinned_by_request, []
+        if isinstance(reply, _AfterPublish):
+            reply.request, reply.pinned = request, pinned
+            self._held_back.append(reply)
+            self._answer_published()
+        else:
+            self._answer(request, reply, pinned)
+
+    def _answer_published(self) -> None:
+        """Send the held-back replies whose index changes are published (they complete in order)."""
+        while self._held_back and self._held_back[0].ticket.done:
+            held = self._held_back.pop(0)
+            assert held.request is not None
+            reply, error = held.reply, held.ticket.error
+            if isinstance(error, IndexUnavailable):
+                self._registered = False  # the index missed this change: republish in full
+                reply = ErrorReply(UNAVAILABLE, f"{error}; the node republishes when the index is back")
+            elif error is not None:
+                self._answer(
+                    held.request,
+                    ErrorReply(INTERNAL, f"store node {self.config.node_id}: {error!r}"),
+                    held.pinned,
+                )
+                raise error
+            self._answer(held.request, reply, held.pinned)
+
+    def _answer(self, request: Incoming, reply: Message, pinned: list[Chunk]) -> None:
         tracker = self.server.reply(request, reply)
         if tracker is not None and not tracker.done and pinned:
             self._sending.append((tracker, pinned))
@@ -143,7 +190,7 @@ class StoreNode:
             for chunk in pinned:
                 self.pool.release(chunk)
 
-    def _put(self, request: PutRequest) -> PutReply:
+    def _put(self, request: PutRequest) -> _AfterPublish:
         size = self.config.chunk_bytes
         for buffer in request.buffers:  # refuse the whole batch before storing any of it
             if size and buffer.nbytes != size:
@@ -163,17 +210,16 @@ class StoreNode:
                 writes.append((chunk, buffer.data))
         evicted = self.pool.take_evicted()
         touched = [k for k, ok in zip(request.keys, stored) if ok] + evicted + self._disk_dropped()
-        # The index learns of the new chunks while their bytes are copied in: no reader can ask
-        # this node for them before this handler returns, and the reply waits for both.
-        published = self._index_writer.submit(self._publish, *self._index_delta(touched))
+        # The index learns of the new chunks while their bytes are copied in; the reply waits
+        # for both (the copy is done when this returns).
+        ticket = self._publish(touched)
         for chunk, data in writes:
             self.pool.write(chunk, data)
             self.pool.release(chunk)
         self.pool.touch_chain(list(request.keys))
-        published.result()
-        return PutReply(tuple(stored), len(evicted))
+        return _AfterPublish(PutReply(tuple(stored), len(evicted)), ticket)
 
-    def _get(self, request: GetRequest) -> GetReply:
+    def _get(self, request: GetRequest) -> GetReply | _AfterPublish:
         found, buffers, promoted = [], [], []
         for key in request.keys:
             if self._on_disk(key):
@@ -191,9 +237,12 @@ class StoreNode:
         if self._hot is not None:
             self._replicate_hot([k for k, ok in zip(request.keys, found) if ok], buffers)
         self.pool.touch_chain(list(request.keys))
+        reply = GetReply(tuple(found), tuple(buffers))
         if promoted:  # tiers changed: the index learns before the reply goes out, as for a put
-            self._publish(*self._index_delta(promoted + self.pool.take_evicted() + self._disk_dropped()))
-        return GetReply(tuple(found), tuple(buffers))
+            return _AfterPublish(
+                reply, self._publish(promoted + self.pool.take_evicted() + self._disk_dropped())
+            )
+        return reply
 
     def _replicate_hot(self, keys: list[bytes], buffers: list[Buffer]) -> None:
         assert self._hot is not None and self.replicator is not None
@@ -242,12 +291,13 @@ class StoreNode:
     def _exists(self, request: ExistsRequest) -> ExistsReply:
         return ExistsReply(tuple(self._holds(k) for k in request.keys))
 
-    def _delete(self, request: DeleteRequest) -> DeleteReply:
+    def _delete(self, request: DeleteRequest) -> _AfterPublish:
         deleted = tuple(
             self.pool.delete(k) | (self.disk is not None and self.disk.delete(k)) for k in request.keys
         )
-        self._publish(*self._index_delta([k for k, ok in zip(request.keys, deleted) if ok]))
-        return DeleteReply(deleted)
+        return _AfterPublish(
+            DeleteReply(deleted), self._publish([k for k, ok in zip(request.keys, deleted) if ok])
+        )
 
     def _stats(self, request: StatsRequest) -> StatsReply:
         pool = self.pool
@@ -288,29 +338,20 @@ class StoreNode:
             "num_replicated": self.replicator.num_copied if self.replicator else 0,
         }
 
-    def _index_delta(
-        self, touched: list[bytes]
-    ) -> tuple[list[bytes], list[bytes], dict[str, int], list[bytes]]:
-        """What the index must learn about ``touched`` keys: (held, gone, counters, on disk only)."""
+    def _publish(self, touched: list[bytes]) -> Ticket:
+        """Hand the index what changed about the ``touched`` keys (held or gone, on which tier)
+        and the node's counters; the ticket completes once Redis has them."""
         touched = list(dict.fromkeys(touched))
         held = [k for k in touched if self._holds(k)]
         gone = [k for k in touched if not self._holds(k)]
-        return held, gone, self._counters(), [k for k in held if self._on_disk(k)]
-
-    def _publish(
-        self, added: list[bytes], removed: list[bytes], counters: dict[str, int], on_disk: list[bytes]
-    ) -> None:
-        """Bring the index in line with the node, before the reply goes out."""
-        try:
-            self.index.publish(self.config.node_id, added, removed, counters, on_disk=on_disk)
-        except IndexUnavailable:
-            self._registered = False  # the index missed this update: republish in full later
-            raise
+        on_disk = [k for k in held if self._on_disk(k)]
+        return self._writer.submit(IndexDelta(held, gone, on_disk), self._counters())
 
     def _heartbeat(self) -> None:
         ttl_s, node_id = self.config.heartbeat_ttl_s, self.config.node_id
         try:
             if not (self._registered and self.index.heartbeat(node_id, ttl_s, self._counters())):
+                self._writer.flush()  # a full registration lands after every change before it
                 on_disk = (
                     [k for k in self.disk.stored_keys() if not self.pool.contains(k)] if self.disk else []
                 )
@@ -338,6 +379,8 @@ class StoreNode:
     def close(self) -> None:
         """Deregister (so readers stop looking here at once), keep what memory holds on disk (if
         the node has a disk tier: a restart on the same path comes back with it) and close."""
+        self._writer.close()  # publish what is queued, before deregistering removes it all
+        self._answer_published()
         self._release_sent()
         if self.disk is not None:
             kept = self.pool.spill_all()
@@ -346,7 +389,6 @@ class StoreNode:
             self.index.deregister(self.config.node_id)
         except IndexUnavailable as e:
             log.error("could not deregister %s (its lease will lapse): %s", self.config.node_id, e)
-        self._index_writer.shutdown()
         if self.replicator is not None:
             self.replicator.close()
         self.server.close()

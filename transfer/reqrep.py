@@ -153,6 +153,11 @@ class ReplyServer:
         self._verify = verify_buffers
         self.address = sockets.bound_address(self._sock)
 
+    @property
+    def socket(self) -> zmq.Socket:
+        """The bound socket, for a caller's poller only: read requests through ``recv``."""
+        return self._sock
+
     def recv(self, timeout_s: float) -> Incoming | None:
         """The next valid request, or None if none arrived within ``timeout_s``.
 

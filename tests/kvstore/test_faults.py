@@ -12,9 +12,18 @@ from kvstore import StoreClient
 from kvstore.index import StoreIndex
 from kvstore.types import IndexUnavailable, NodeUnavailable
 from tests.kvstore.procs import TTL_S, wait_until
-from transfer import RequestClient, SocketOptions
+from transfer import RemoteError, RequestClient, SocketOptions
 from transfer import sockets as zsockets
-from transfer.messages import AbortTask, ErrorReply, GetRequest, StatsReply, StatsRequest
+from transfer.messages import (
+    UNAVAILABLE,
+    AbortTask,
+    Buffer,
+    ErrorReply,
+    GetRequest,
+    PutRequest,
+    StatsReply,
+    StatsRequest,
+)
 from transfer.wire import decode, encode
 
 KEYS = [bytes([i]) * 16 for i in range(6)]
@@ -76,6 +85,24 @@ def test_a_put_while_redis_is_down_is_refused_and_published_once_it_is_back(redi
         wait_until(lambda: client.nodes() != [], LAPSE_S, "a to register again")
         assert client.put(KEYS, [b"x"] * 6) == [True] * 6
         assert admin.request(StatsRequest(), 10).num_chunks == 6
+    finally:
+        admin.close()
+
+
+def test_a_put_the_index_missed_is_answered_unavailable_and_republished(redis_server, start_node, client):
+    """The node holds the chunk, but its reply must not claim the index knows: it says
+    UNAVAILABLE, and the chunk is published with everything else once Redis is back."""
+    node = start_node(redis_server.url, "a")
+    admin = RequestClient(node.address)
+    try:
+        redis_server.stop()
+        with pytest.raises(RemoteError) as refused:
+            admin.request(PutRequest((KEYS[0],), (Buffer(memoryview(b"y" * 64), "uint8", (64,)),)), 10)
+        assert refused.value.code == UNAVAILABLE and "republishes" in refused.value.detail
+        assert admin.request(GetRequest((KEYS[0],)), 10).found == (True,)  # still served from memory
+        redis_server.start()
+        wait_until(lambda: client.match_prefix(KEYS[:1]) == {"a": 1}, LAPSE_S, "a to republish its chunk")
+        assert [bytes(t.numpy()) for t in client.get(KEYS[:1])] == [b"y" * 64]
     finally:
         admin.close()
 

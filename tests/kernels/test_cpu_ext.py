@@ -15,8 +15,11 @@ pytestmark = pytest.mark.skipif(not cpu_ext.available(), reason="no C compiler t
 
 @pytest.mark.parametrize(
     ("num_heads", "num_kv_heads", "head_dim", "page_size", "window"),
-    [(9, 3, 64, 16, None), (4, 4, 32, 8, None), (8, 1, 16, 4, None), (6, 2, 64, 16, 21), (2, 2, 8, 1, 3)],
-)
+    [
+        (9, 3, 64, 16, None), (4, 4, 32, 8, None), (8, 1, 16, 4, None), (6, 2, 64, 16, 21), (2, 2, 8, 1, 3),
+        (8, 2, 128, 16, None), (5, 5, 40, 4, None), (3, 1, 12, 4, 7),
+    ],  # AVX2 path: head_dim % 8 == 0, output in registers for groups <= 4; 40: a short last block; 12: scalar
+)  # fmt: skip
 def test_compiled_decode_attention_equals_the_reference(num_heads, num_kv_heads, head_dim, page_size, window):
     g = torch.Generator().manual_seed(num_heads * 100 + page_size)
     num_pages = 96
@@ -29,6 +32,19 @@ def test_compiled_decode_attention_equals_the_reference(num_heads, num_kv_heads,
     expect = reference.paged_decode_attention(q, k_cache, v_cache, tables, lens, head_dim**-0.5, window)
     got = cpu_ext.compiled_paged_decode_attention(q, k_cache, v_cache, tables, lens, head_dim**-0.5, window)
     torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_decode_attention_keeps_a_nan_a_nan():
+    """A NaN in the KV must not be softened into a finite output (the exponential's clamp)."""
+    cache = torch.randn(2, 2, 8, 8, 64)
+    cache[0, 0, 0, 3, 2] = float("nan")  # K of KV head 0, page 0, token 3: sequence 0 attends to it
+    q = torch.randn(2, 4, 64)
+    tables, lens = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32), torch.tensor([9, 16], dtype=torch.int32)
+    got = cpu_ext.compiled_paged_decode_attention(q, cache[0], cache[1], tables, lens, 0.125)
+    expect = reference.paged_decode_attention(q, cache[0], cache[1], tables, lens, 0.125)
+    assert got[0, :2].isnan().all() and expect[0, :2].isnan().all()  # query heads 0, 1 read KV head 0
+    torch.testing.assert_close(got[0, 2:], expect[0, 2:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], expect[1], rtol=1e-5, atol=1e-5)
 
 
 def test_the_cpu_backend_uses_it_and_falls_back_where_it_does_not_apply():

@@ -41,6 +41,7 @@ SOURCES = tuple(
     Path(__file__).resolve().parent / "cpu" / name
     for name in ("decode_attention.c", "norm_act.c", "rope.c", "kv_int8.c")
 )
+HEADERS = (Path(__file__).resolve().parent / "cpu" / "vec_math.h",)  # included, hashed with the sources
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 _I64, _F32P, _I32P = ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
 
@@ -51,7 +52,7 @@ def _compiler() -> str | None:
 
 def library_path(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    sources = b"".join(source.read_bytes() for source in SOURCES)
+    sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     digest = hashlib.sha256(sources + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
     root = Path(os.environ.get("TANDEM_CACHE_DIR") or Path.home() / ".cache" / "tandem")
     return root / "kernels" / f"tandem-cpu-{digest}.so"

@@ -78,6 +78,17 @@ def test_compiled_silu_and_mul_equals_the_reference(shape):
     torch.testing.assert_close(cpu_ext.silu_and_mul(x), reference.silu_and_mul(x), rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_silu_and_mul_at_the_edges_of_its_exponential():
+    """Gates where exp(-|g|) underflows or is exact, signed zeros, infinities and NaN, in the
+    vector lanes (the first 16) and the scalar tail."""
+    edges = [0.0, -0.0, 1e-30, -1e-30, 30.0, -30.0, 87.0, -87.0, 100.0, -100.0, float("inf"), float("nan")]
+    gate = torch.tensor(edges + [0.5, -0.5, 2.0, -2.0] + edges[:3])
+    x = torch.cat([gate, torch.linspace(-3, 3, len(gate))]).view(1, -1)
+    torch.testing.assert_close(
+        cpu_ext.silu_and_mul(x), reference.silu_and_mul(x), rtol=1e-5, atol=1e-30, equal_nan=True
+    )
+
+
 def test_norm_and_activation_fall_back_to_the_reference_where_they_do_not_apply():
     backend = backend_for("cpu")
     assert (backend.rms_norm, backend.silu_and_mul) == (cpu_ext.rms_norm, cpu_ext.silu_and_mul)

@@ -3,7 +3,8 @@
 ``kernels/cpu/decode_attention.c``: paged decode attention reading K and V in place in their
 pages; ``kernels/cpu/norm_act.c``: RMSNorm with the residual add fused in, and SiLU(gate) * up;
 ``kernels/cpu/rope.c``: the rotary embedding of q and k in one call;
-``kernels/cpu/kv_int8.c``: KV vectors to int8 with a scale each and back (``--kv-dtype int8``).
+``kernels/cpu/kv_int8.c``: KV vectors to int8 with a scale each and back (``--kv-dtype int8``);
+``kernels/cpu/kv_pages.c``: new K and V rows into their cache slots.
 Each has its PyTorch reference in ``kernels.reference`` (the tests' oracle and the fallback).
 
 Why not a torch C++ extension: building one against torch's headers takes minutes on a small
@@ -39,7 +40,7 @@ log = logging.getLogger("tandem.kernels")
 
 SOURCES = tuple(
     Path(__file__).resolve().parent / "cpu" / name
-    for name in ("decode_attention.c", "norm_act.c", "rope.c", "kv_int8.c")
+    for name in ("decode_attention.c", "norm_act.c", "rope.c", "kv_int8.c", "kv_pages.c")
 )
 HEADERS = (Path(__file__).resolve().parent / "cpu" / "vec_math.h",)  # included, hashed with the sources
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
@@ -100,6 +101,8 @@ def _library() -> ctypes.CDLL | None:
     lib.tandem_silu_and_mul.argtypes = [_F32P, _F32P, _I64, _I64]
     lib.tandem_rope.restype = None
     lib.tandem_rope.argtypes = [*[_F32P] * 7, *[_I64] * 8]
+    lib.tandem_write_kv.restype = ctypes.c_int64
+    lib.tandem_write_kv.argtypes = [*[_F32P] * 5, *[_I64] * 9]
     for name in ("tandem_kv_int8_encode", "tandem_kv_int8_decode"):
         getattr(lib, name).restype = None
         getattr(lib, name).argtypes = [_F32P, _F32P, _I64, _I64]
@@ -218,6 +221,47 @@ def rope(
         k.stride(1),
     )  # fmt: skip
     return q_out, k_out
+
+
+def write_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """``kernels.reference.write_kv``, one copy per (token, head) row, compiled; the reference where
+    it does not apply (not float32 on CPU, rows or cache pages not contiguous, caches laid out
+    differently, slots not int64). A slot past the cache raises ``IndexError`` as the reference's
+    indexing does (a negative one is padding, skipped, as in the Triton kernel)."""
+    lib = _library()
+    tensors = (k, v, k_cache, v_cache)
+    if (
+        lib is None
+        or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors)
+        or slots.device.type != "cpu"
+        or slots.dtype != torch.int64
+        or k.dim() != 3
+        or k.shape != v.shape
+        or k.stride(-1) != 1
+        or v.stride(-1) != 1
+        or k_cache.stride() != v_cache.stride()
+        or k_cache.shape != v_cache.shape
+        or k_cache.shape[0] != k.shape[1]
+        or k_cache.shape[3] != k.shape[2]
+        or k_cache.stride(3) != 1
+        or k_cache.stride(2) != k_cache.shape[3]
+        or k_cache.stride(1) != k_cache.shape[2] * k_cache.shape[3]
+        or slots.shape != (k.shape[0],)
+    ):
+        return reference.write_kv(k, v, k_cache, v_cache, slots)
+    slots = slots.contiguous()
+    num_kv_heads, num_pages, page_size, head_dim = k_cache.shape
+    capacity = num_pages * page_size
+    bad = lib.tandem_write_kv(
+        k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), k.shape[0],
+        num_kv_heads, head_dim, k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(0), capacity,
+    )  # fmt: skip
+    if bad:
+        raise IndexError(
+            f"slot {int(slots[bad - 1])} of token {bad - 1} is past the cache's {capacity} slots"
+        )
 
 
 def kv_int8_encode(x: torch.Tensor) -> torch.Tensor:

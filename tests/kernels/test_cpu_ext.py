@@ -163,3 +163,31 @@ def test_rope_falls_back_to_the_reference_where_it_does_not_apply():
         reference.rope(strided, strided, positions, cos, sin),
     ):
         assert torch.equal(got, expect)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 48, 300])
+def test_compiled_write_kv_equals_the_reference(num_tokens):
+    """K and V as the model hands them over (v a view into the fused qkv output), slots anywhere
+    in the cache; every other slot is left as it was."""
+    g = torch.Generator().manual_seed(num_tokens)
+    num_kv_heads, num_pages, page_size, head_dim = 3, 40, 16, 64
+    qkv = torch.randn(num_tokens, (9 + 2 * num_kv_heads) * head_dim, generator=g)
+    _, k, v = qkv.split([9 * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
+    k = k.contiguous().view(num_tokens, num_kv_heads, head_dim)
+    v = v.reshape(num_tokens, num_kv_heads, head_dim)  # strided: rows of qkv
+    slots = torch.randperm(num_pages * page_size, generator=g)[:num_tokens]
+    got = torch.randn(2, num_kv_heads, num_pages, page_size, head_dim, generator=g)
+    expect = got.clone()
+    cpu_ext.write_kv(k, v, got[0], got[1], slots)
+    reference.write_kv(k, v, expect[0], expect[1], slots)
+    assert torch.equal(got, expect)
+    assert backend_for("cpu").write_kv is cpu_ext.write_kv
+
+
+def test_compiled_write_kv_refuses_a_slot_past_the_cache():
+    cache = torch.zeros(2, 2, 4, 8, 16)
+    k = torch.ones(3, 2, 16)
+    with pytest.raises(IndexError, match="slot 32 of token 1 is past the cache's 32 slots"):
+        cpu_ext.write_kv(k, k, cache[0], cache[1], torch.tensor([5, 32, 0]))
+    assert torch.count_nonzero(cache[:, :, 0, 5]) == 2 * 2 * 16  # token 0 went in before the bad one
+    assert torch.count_nonzero(cache) == 2 * 2 * 16

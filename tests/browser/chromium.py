@@ -50,7 +50,7 @@ def require_chromium() -> str:
 
 def artifacts_dir() -> Path:
     """Where tests keep screenshots: ``$TANDEM_TEST_ARTIFACTS``, else ``test-artifacts/`` in the repo."""
-    default = Path(__file__).resolve().parents[1] / "test-artifacts"
+    default = Path(__file__).resolve().parents[2] / "test-artifacts"  # the repository root (ignored)
     path = Path(os.environ.get("TANDEM_TEST_ARTIFACTS") or default)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import QUANTIZATIONS
+from kernels import cpu_ext
 
 # aten._weight_int4pack_mm_for_cpu takes groups of 32, 64, 128 or 256 inputs. 32 is the most
 # accurate, and on SmolLM2 the only accurate one (mean |delta log-prob| vs fp32 0.02, group 64: 0.43,
@@ -145,7 +146,9 @@ class _QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.packed:
-            out = self._packed_mm(rows.to(CPU_COMPUTE_DTYPE).contiguous()).to(x.dtype)
+            out = self._one_row(rows) if rows.shape[0] == 1 else None
+            if out is None:
+                out = self._packed_mm(rows.to(CPU_COMPUTE_DTYPE).contiguous()).to(x.dtype)
             out = out if self.bias is None else out + self.bias
         else:
             out = F.linear(rows, self.dequantize().to(x.dtype), self.bias)
@@ -153,6 +156,10 @@ class _QuantizedLinear(nn.Module):
 
     def _packed_mm(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _one_row(self, row: torch.Tensor) -> torch.Tensor | None:
+        """A single row's product by a kernel of its own (batch-1 decode), or None: ``_packed_mm``."""
+        return None
 
     def dequantize(self) -> torch.Tensor:
         raise NotImplementedError
@@ -178,6 +185,11 @@ class Int8Linear(_QuantizedLinear):
         codes = self.codes.transpose(0, 1).reshape(self.out_features, self.in_features)
         scales = self.scales.view(self.out_features) if self.group_size is None else self.scales
         return Int8Weight(codes, scales, self.group_size).dequantize()
+
+    def _one_row(self, row: torch.Tensor) -> torch.Tensor | None:
+        # float32 activations (not rounded to bf16), in ~0.6 of the packed kernel's time on
+        # weights streamed from memory (kernels/cpu/int8_gemv.c); None: the packed kernel runs
+        return cpu_ext.int8_gemv(row, self.codes, self.scales)
 
     def _packed_mm(self, rows: torch.Tensor) -> torch.Tensor:
         num_groups, _, group = self.codes.shape

@@ -4,7 +4,9 @@
 pages; ``kernels/cpu/norm_act.c``: RMSNorm with the residual add fused in, and SiLU(gate) * up;
 ``kernels/cpu/rope.c``: the rotary embedding of q and k in one call;
 ``kernels/cpu/kv_int8.c``: KV vectors to int8 with a scale each and back (``--kv-dtype int8``);
-``kernels/cpu/kv_pages.c``: new K and V rows into their cache slots.
+``kernels/cpu/kv_pages.c``: new K and V rows into their cache slots;
+``kernels/cpu/int8_gemv.c``: one row times an int8 weight with bf16 scales (batch-1 decode of
+``--quantization int8`` and of the int8 LM head).
 Each has its PyTorch reference in ``kernels.reference`` (the tests' oracle and the fallback).
 
 Why not a torch C++ extension: building one against torch's headers takes minutes on a small
@@ -40,7 +42,7 @@ log = logging.getLogger("tandem.kernels")
 
 SOURCES = tuple(
     Path(__file__).resolve().parent / "cpu" / name
-    for name in ("decode_attention.c", "norm_act.c", "rope.c", "kv_int8.c", "kv_pages.c")
+    for name in ("decode_attention.c", "norm_act.c", "rope.c", "kv_int8.c", "kv_pages.c", "int8_gemv.c")
 )
 HEADERS = (Path(__file__).resolve().parent / "cpu" / "vec_math.h",)  # included, hashed with the sources
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
@@ -101,6 +103,8 @@ def _library() -> ctypes.CDLL | None:
     lib.tandem_silu_and_mul.argtypes = [_F32P, _F32P, _I64, _I64]
     lib.tandem_rope.restype = None
     lib.tandem_rope.argtypes = [*[_F32P] * 7, *[_I64] * 8]
+    lib.tandem_int8_gemv.restype = ctypes.c_int
+    lib.tandem_int8_gemv.argtypes = [*[_F32P] * 4, *[_I64] * 3]
     lib.tandem_write_kv.restype = ctypes.c_int64
     lib.tandem_write_kv.argtypes = [*[_F32P] * 5, *[_I64] * 9]
     for name in ("tandem_kv_int8_encode", "tandem_kv_int8_decode"):
@@ -262,6 +266,37 @@ def write_kv(
         raise IndexError(
             f"slot {int(slots[bad - 1])} of token {bad - 1} is past the cache's {capacity} slots"
         )
+
+
+def int8_gemv(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
+    """``x [1, groups * group] @ W.T`` for ``W[n, g * group + k] = codes[g, n, k] * scales[g, n]``
+    (the layout ``engine.quant.Int8Linear`` keeps), float32 in and out, bf16 scales; None where this
+    kernel does not apply (more than one row, not float32 activations on CPU, int8 codes and bf16
+    scales of those shapes, a group not a multiple of 8, or no compiled library)."""
+    lib = _library()
+    if (
+        lib is None
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or x.dim() != 2
+        or x.shape[0] != 1
+        or codes.dtype != torch.int8
+        or codes.dim() != 3
+        or scales.dtype != torch.bfloat16
+        or scales.shape != codes.shape[:2]
+        or x.shape[1] != codes.shape[0] * codes.shape[2]
+        or codes.shape[2] % 8
+        or not codes.is_contiguous()
+        or not scales.is_contiguous()
+    ):
+        return None
+    groups, n, group = codes.shape
+    x = x.contiguous()
+    out = torch.empty((1, n), dtype=torch.float32)
+    status = lib.tandem_int8_gemv(
+        x.data_ptr(), codes.data_ptr(), scales.data_ptr(), out.data_ptr(), n, groups, group
+    )
+    return out if status == 0 else None
 
 
 def kv_int8_encode(x: torch.Tensor) -> torch.Tensor:

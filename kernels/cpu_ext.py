@@ -242,6 +242,7 @@ def write_kv(
         or slots.device.type != "cpu"
         or slots.dtype != torch.int64
         or k.dim() != 3
+        or k_cache.dim() != 4
         or k.shape != v.shape
         or k.stride(-1) != 1
         or v.stride(-1) != 1

@@ -62,8 +62,12 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 def write_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
-    """Store new K/V rows into their slots. k, v: [T, Hk, D]; caches: [Hk, P, page, D]; slots: [T]."""
+    """Store new K/V rows into their slots. k, v: [T, Hk, D]; caches: [Hk, P, page, D]; slots: [T].
+    A negative slot is padding: its row is not written (as in the compiled and Triton kernels)."""
     num_kv_heads, _, _, head_dim = k_cache.shape
+    if slots.numel() and bool((slots < 0).any()):
+        keep = slots >= 0
+        k, v, slots = k[keep], v[keep], slots[keep]
     k_cache.view(num_kv_heads, -1, head_dim)[:, slots] = k.transpose(0, 1)
     v_cache.view(num_kv_heads, -1, head_dim)[:, slots] = v.transpose(0, 1)
 

@@ -92,12 +92,13 @@ class IndexWriter:
             error: BaseException | None = None
             try:
                 self.index.publish_batch(self.node_id, [delta for delta, _, _ in batch], batch[-1][1])
-            except Exception as e:  # the node answers each request with it (and raises if unexpected)
+            except BaseException as e:  # the node answers each request with it (and raises if unexpected)
                 error = e
-            for _, _, ticket in batch:
-                ticket.error, ticket.done = error, True
-            with self._cv:
-                self._busy = False
-                self._cv.notify_all()
-            with contextlib.suppress(BlockingIOError):  # a full pipe: wake-ups are pending anyway
-                os.write(self._wake_w, b"\0")
+            finally:  # whatever happened, the tickets complete and flush() returns
+                for _, _, ticket in batch:
+                    ticket.error, ticket.done = error, True
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+                with contextlib.suppress(BlockingIOError):  # a full pipe: wake-ups are pending anyway
+                    os.write(self._wake_w, b"\0")

@@ -164,8 +164,10 @@ class StoreNode:
         else:
             self._answer(request, reply, pinned)
 
-    def _answer_published(self) -> None:
-        """Send the held-back replies whose index changes are published (they complete in order)."""
+    def _answer_published(self, raise_unexpected: bool = True) -> None:
+        """Send the held-back replies whose index changes are published (they complete in order).
+        An unexpected publishing error is answered INTERNAL and raised (``raise_unexpected``) or,
+        while closing, only answered, so that the rest of the shutdown still runs."""
         while self._held_back and self._held_back[0].ticket.done:
             held = self._held_back.pop(0)
             assert held.request is not None
@@ -179,7 +181,9 @@ class StoreNode:
                     ErrorReply(INTERNAL, f"store node {self.config.node_id}: {error!r}"),
                     held.pinned,
                 )
-                raise error
+                if raise_unexpected:
+                    raise error
+                continue
             self._answer(held.request, reply, held.pinned)
 
     def _answer(self, request: Incoming, reply: Message, pinned: list[Chunk]) -> None:
@@ -380,7 +384,7 @@ class StoreNode:
         """Deregister (so readers stop looking here at once), keep what memory holds on disk (if
         the node has a disk tier: a restart on the same path comes back with it) and close."""
         self._writer.close()  # publish what is queued, before deregistering removes it all
-        self._answer_published()
+        self._answer_published(raise_unexpected=False)
         self._release_sent()
         if self.disk is not None:
             kept = self.pool.spill_all()

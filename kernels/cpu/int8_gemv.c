@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <omp.h>
 
+#define PARALLEL_MIN_WEIGHTS (1 << 16) /* below this, one thread: waking the others costs more */
+
 #ifndef PREFETCH_BLOCKS
 #define PREFETCH_BLOCKS 4 /* blocks of 8 rows ahead (1: slower; 2 and 4 alike) */
 #endif
@@ -38,7 +40,7 @@ static inline __m256 reduce8(const __m256 *a) {
 int tandem_int8_gemv(const float *x, const int8_t *codes, const uint16_t *scales, float *y, int64_t n,
                      int64_t groups, int64_t group) {
     if (group % 8 != 0 || n <= 0 || groups <= 0) return -2;
-#pragma omp parallel
+#pragma omp parallel if (n * groups * group >= PARALLEL_MIN_WEIGHTS)
     {
         const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
         const int64_t blocks = (n + 7) / 8;

@@ -176,6 +176,7 @@ def test_compiled_write_kv_equals_the_reference(num_tokens):
     k = k.contiguous().view(num_tokens, num_kv_heads, head_dim)
     v = v.reshape(num_tokens, num_kv_heads, head_dim)  # strided: rows of qkv
     slots = torch.randperm(num_pages * page_size, generator=g)[:num_tokens]
+    slots[num_tokens // 2] = -1  # padding: written by neither
     got = torch.randn(2, num_kv_heads, num_pages, page_size, head_dim, generator=g)
     expect = got.clone()
     cpu_ext.write_kv(k, v, got[0], got[1], slots)

@@ -152,6 +152,17 @@ def test_write_kv_places_rows_in_their_slots():
     assert torch.count_nonzero(k_cache) == k.numel(), "nothing outside the given slots is written"
 
 
+def test_write_kv_skips_padding_slots():
+    """A negative slot is padding (as in the compiled and Triton kernels), not the cache's last slot."""
+    k_cache = torch.zeros(2, 5, 4, 3)
+    v_cache = torch.zeros_like(k_cache)
+    k, v = torch.randn(3, 2, 3), torch.randn(3, 2, 3)
+    ops.write_kv(k, v, k_cache, v_cache, torch.tensor([6, -1, 0]))
+    torch.testing.assert_close(k_cache[:, 1, 2], k[0])
+    torch.testing.assert_close(v_cache[:, 0, 0], v[2])
+    assert torch.count_nonzero(k_cache[:, 4]) == 0 and torch.count_nonzero(k_cache) == 2 * 2 * 3
+
+
 def test_pack_unpack_pages_round_trip():
     kv = torch.randn(3, 2, 2, 10, 4, 8)
     pages = torch.tensor([7, 2, 5])

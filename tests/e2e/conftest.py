@@ -6,6 +6,7 @@ import pytest
 
 from cluster.launcher import ClusterConfig, LocalCluster
 from kvstore.embedded_redis import EmbeddedRedis
+from tests.e2e.router_stub import Router
 
 
 @pytest.fixture(scope="module")
@@ -14,6 +15,14 @@ def redis_url():
     redis = EmbeddedRedis().start()
     yield redis.url
     redis.stop()
+
+
+@pytest.fixture(scope="module")
+def router():
+    """The test acting as the router (``tests/e2e/router_stub.py``), closed after the module."""
+    r = Router()
+    yield r
+    r.close()
 
 
 @pytest.fixture(scope="session")

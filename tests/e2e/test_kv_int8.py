@@ -13,9 +13,10 @@ from engine.kv_codec import bytes_per_token
 from kvstore.client import StoreClient
 from kvstore.keys import chain_keys
 from tests.e2e.procs import spawn, stop, wait_for_workers
-from tests.e2e.test_workers import Router, tokens
+from tests.e2e.router_stub import tokens
 from tests.engine.conftest import build_tiny
 from tests.engine.reference import mixed_prompts
+from tests.engine.split import drain, prefilled
 
 GREEDY = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
 CHUNK_TOKENS = 16
@@ -55,15 +56,6 @@ def cluster(model, redis_url, chunk_bytes):
         stop(procs)
 
 
-@pytest.fixture(scope="module")
-def router():
-    r = Router()
-    yield r
-    r.inbox.close()
-    for box in r.outboxes.values():
-        box.close()
-
-
 def offline_split(model, prompt: list[int], params: SamplingParams, chunks: list | None = None) -> list[int]:
     """The split done in one process: a prefill-only engine sending int8 KV, a decode engine taking
     it. ``chunks``: store chunks of the prompt's prefix the prefill engine imports first (as a
@@ -71,15 +63,12 @@ def offline_split(model, prompt: list[int], params: SamplingParams, chunks: list
     prefill = LLM(str(model), page_size=8, num_pages=256, kv_dtype="int8")
     if chunks is not None:
         assert prefill.engine.import_prefix(prompt, chunks) == len(chunks) * CHUNK_TOKENS
-    seq = prefill.engine.add_request(prompt, params, request_id="p", prefill_only=True)
-    while prefill.engine.has_unfinished():
-        prefill.engine.step()
+    seq = prefilled(prefill, prompt, params, "p")
     kv = prefill.engine.export_kv(seq)
     assert kv.dtype == torch.int8
     decode = LLM(str(model), page_size=8, num_pages=256, kv_dtype="int8")
     out = decode.engine.add_prefilled(prompt, seq.token_ids[-1], params, kv, "d")
-    while decode.engine.has_unfinished():
-        decode.engine.step()
+    drain(decode)
     return out.token_ids[len(prompt) :]
 
 

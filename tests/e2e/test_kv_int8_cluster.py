@@ -13,6 +13,7 @@ from engine import LLM, SamplingParams
 from engine.config import ModelConfig
 from engine.kv_codec import bytes_per_token
 from kvstore import StoreClient
+from tests.engine.split import drain, prefilled
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +30,9 @@ def offline_int8_split(model_dir, question: str, max_tokens: int) -> str:
     prefill = LLM(str(model_dir), num_pages=256, kv_dtype="int8")
     decode = LLM(str(model_dir), num_pages=256, kv_dtype="int8")
     prompt = prefill.tokenizer.apply_chat_template(messages(question))
-    seq = prefill.engine.add_request(prompt, params, request_id="p", prefill_only=True)
-    while prefill.engine.has_unfinished():
-        prefill.engine.step()
+    seq = prefilled(prefill, prompt, params, "p")
     out = decode.engine.add_prefilled(prompt, seq.token_ids[-1], params, prefill.engine.export_kv(seq), "d")
-    while decode.engine.has_unfinished():
-        decode.engine.step()
+    drain(decode)
     return decode.tokenizer.decode(out.token_ids[len(prompt) :])
 
 

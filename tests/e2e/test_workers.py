@@ -15,10 +15,11 @@ from kvstore.client import StoreClient
 from kvstore.keys import chain_keys
 from kvstore.tensors import to_buffer
 from tests.e2e.procs import spawn, stop, wait_for_workers
+from tests.e2e.router_stub import tokens
 from tests.engine.conftest import build_tiny
 from tests.engine.reference import mixed_prompts
 from tests.kvstore.procs import node_in_thread, wait_until
-from transfer.channel import Inbox, Outbox
+from transfer.channel import Outbox
 from transfer.messages import (
     BAD_REQUEST,
     UNAVAILABLE,
@@ -85,42 +86,6 @@ def prefilled_offline(model, prompt: list[int], num_pages: int) -> tuple[LLM, ob
     while offline.engine.has_unfinished():
         offline.engine.step()
     return offline, seq
-
-
-class Router:
-    """The test's stand-in for the router: sends tasks, collects events per request."""
-
-    def __init__(self) -> None:
-        self.inbox = Inbox("tcp://127.0.0.1:0")
-        self.outboxes: dict[str, Outbox] = {}
-
-    def run(self, address: str, prompt: list[int], sampling: dict, decode: str | None, rid: str) -> list:
-        box = self.outboxes.setdefault(address, Outbox(address))
-        box.send(GenerateTask(rid, tuple(prompt), Sampling(**sampling), self.inbox.address, decode))
-        events = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            msg = self.inbox.recv(1.0)
-            if msg is None:
-                continue
-            assert msg.request_id == rid
-            events.append(msg)
-            if isinstance(msg, RequestFailed) or msg.finish_reason is not None:
-                return events
-        raise AssertionError(f"request {rid} did not finish")
-
-
-@pytest.fixture(scope="module")
-def router():
-    r = Router()
-    yield r
-    r.inbox.close()
-    for box in r.outboxes.values():
-        box.close()
-
-
-def tokens(events: list) -> list[int]:
-    return [t for e in events for t in e.token_ids]
 
 
 def test_prefill_then_decode_equals_single_process(model, cluster, router):

@@ -8,18 +8,7 @@ import torch
 
 from engine import LLM, SamplingParams
 from tests.engine.reference import mixed_prompts
-
-
-def drain(llm: LLM) -> None:
-    while llm.engine.has_unfinished():
-        llm.engine.step()
-
-
-def prefilled(llm: LLM, prompt: list[int], params: SamplingParams, request_id: str = "s"):
-    """``prompt`` prefilled on ``llm`` (prefill only): its sequence, pages still held."""
-    seq = llm.engine.add_request(prompt, params, request_id=request_id, prefill_only=True)
-    drain(llm)
-    return seq
+from tests.engine.split import drain, prefilled
 
 
 def split_generate(prefill: LLM, decode: LLM, prompt: list[int], params: SamplingParams) -> list[int]:

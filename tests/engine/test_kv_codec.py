@@ -7,6 +7,7 @@ from engine import LLM, SamplingParams
 from engine.config import ModelConfig
 from engine.kv_codec import bytes_per_token, decode, encode
 from tests.engine.conftest import build_tiny
+from tests.engine.split import drain, prefilled
 
 
 def packed(seed: int = 0, shape=(3, 2, 2, 5, 8, 16)) -> torch.Tensor:
@@ -63,16 +64,13 @@ def test_an_int8_engine_takes_either_encoding_and_an_exact_one_refuses_int8(tiny
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     prompt = list(range(3, 40))
     sender = LLM(str(tiny), page_size=8, num_pages=32, kv_dtype="int8")
-    seq = sender.engine.add_request(prompt, params, request_id="p", prefill_only=True)
-    while sender.engine.has_unfinished():
-        sender.engine.step()
+    seq = prefilled(sender, prompt, params, "p")
     kv = sender.engine.export_kv(seq)
     assert kv.dtype == torch.int8
     receiver = LLM(str(tiny), page_size=8, num_pages=32, kv_dtype="int8")
     outs = [receiver.engine.add_prefilled(prompt, seq.token_ids[-1], params, k, f"d{i}")
             for i, k in enumerate([kv, decode(kv, torch.float32)])]  # fmt: skip
-    while receiver.engine.has_unfinished():
-        receiver.engine.step()
+    drain(receiver)
     assert outs[0].token_ids == outs[1].token_ids
     with pytest.raises(ValueError, match=r"int8\[.*\]; this engine's pages need int8"):
         receiver.engine.add_prefilled(prompt, seq.token_ids[-1], params, kv[..., :-1].contiguous(), "bad")

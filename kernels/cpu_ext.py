@@ -169,7 +169,7 @@ def rms_norm(
     the reference where it does not apply (not float32 on CPU, or no compiled library)."""
     lib = _library()
     tensors = (x, weight) if residual is None else (x, weight, residual)
-    if lib is None or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+    if lib is None or not _cpu_float32(*tensors):
         return reference.rms_norm(x, weight, eps, residual)
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty_like(x)
@@ -189,7 +189,7 @@ def rms_norm(
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """``kernels.reference.silu_and_mul`` in one pass, compiled; the reference where it does not apply."""
     lib = _library()
-    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.shape[-1] % 2:
+    if lib is None or not _cpu_float32(x) or x.shape[-1] % 2:
         return reference.silu_and_mul(x)
     x = x.contiguous()
     inter = x.shape[-1] // 2
@@ -205,10 +205,9 @@ def rope(
     compiled, the same bit for bit; the reference where it does not apply (not float32 on CPU, rows
     not contiguous, an odd head size, or no compiled library)."""
     lib = _library()
-    tensors = (q, k, cos, sin)
     if (
         lib is None
-        or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors)
+        or not _cpu_float32(q, k, cos, sin)
         or q.stride(-1) != 1
         or k.stride(-1) != 1
         or q.shape[-1] % 2
@@ -235,10 +234,9 @@ def write_kv(
     differently, slots not int64). A slot past the cache raises ``IndexError`` as the reference's
     indexing does (a negative one is padding, skipped, as in the Triton kernel)."""
     lib = _library()
-    tensors = (k, v, k_cache, v_cache)
     if (
         lib is None
-        or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors)
+        or not _cpu_float32(k, v, k_cache, v_cache)
         or slots.device.type != "cpu"
         or slots.dtype != torch.int64
         or k.dim() != 3
@@ -277,8 +275,7 @@ def int8_gemv(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> tor
     lib = _library()
     if (
         lib is None
-        or x.device.type != "cpu"
-        or x.dtype != torch.float32
+        or not _cpu_float32(x)
         or x.dim() != 2
         or x.shape[0] != 1
         or codes.dtype != torch.int8
@@ -304,7 +301,7 @@ def kv_int8_encode(x: torch.Tensor) -> torch.Tensor:
     """``kernels.reference.kv_int8_encode`` in one pass, compiled; the reference where it does not
     apply (not float32 on CPU, or no compiled library)."""
     lib = _library()
-    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32:
+    if lib is None or not _cpu_float32(x):
         return reference.kv_int8_encode(x)
     x = x.contiguous()
     dim = x.shape[-1]
@@ -327,9 +324,13 @@ def kv_int8_decode(encoded: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _cpu_float32(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor is float32 on CPU: what each compiled kernel computes on."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
 def _applies(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
-    tensors = (q, k_cache, v_cache)
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+    if not _cpu_float32(q, k_cache, v_cache):
         return False
     if (
         k_cache.stride() != v_cache.stride()

@@ -6,7 +6,9 @@ pages; ``kernels/cpu/norm_act.c``: RMSNorm with the residual add fused in, and S
 ``kernels/cpu/kv_int8.c``: KV vectors to int8 with a scale each and back (``--kv-dtype int8``);
 ``kernels/cpu/kv_pages.c``: new K and V rows into their cache slots;
 ``kernels/cpu/int8_gemv.c``: one row times an int8 weight with bf16 scales (batch-1 decode of
-``--quantization int8`` and of the int8 LM head).
+``--quantization int8`` and of the int8 LM head);
+``kernels/cpu/int4_gemv.c``: one row times a group-wise int4 weight, the row rounded to 16-bit
+integers per group (batch-1 decode of ``--quantization int4``).
 Each has its PyTorch reference in ``kernels.reference`` (the tests' oracle and the fallback).
 
 Why not a torch C++ extension: building one against torch's headers takes minutes on a small
@@ -42,7 +44,15 @@ log = logging.getLogger("tandem.kernels")
 
 SOURCES = tuple(
     Path(__file__).resolve().parent / "cpu" / name
-    for name in ("decode_attention.c", "norm_act.c", "rope.c", "kv_int8.c", "kv_pages.c", "int8_gemv.c")
+    for name in (
+        "decode_attention.c",
+        "norm_act.c",
+        "rope.c",
+        "kv_int8.c",
+        "kv_pages.c",
+        "int8_gemv.c",
+        "int4_gemv.c",
+    )
 )
 HEADERS = (Path(__file__).resolve().parent / "cpu" / "vec_math.h",)  # included, hashed with the sources
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
@@ -105,6 +115,10 @@ def _library() -> ctypes.CDLL | None:
     lib.tandem_rope.argtypes = [*[_F32P] * 7, *[_I64] * 8]
     lib.tandem_int8_gemv.restype = ctypes.c_int
     lib.tandem_int8_gemv.argtypes = [*[_F32P] * 4, *[_I64] * 3]
+    lib.tandem_int4_gemv.restype = ctypes.c_int
+    lib.tandem_int4_gemv.argtypes = [*[_F32P] * 3, _I64, _I64]
+    lib.tandem_int4_pack.restype = ctypes.c_int64
+    lib.tandem_int4_pack.argtypes = [*[_F32P] * 4, _I64, _I64]
     lib.tandem_write_kv.restype = ctypes.c_int64
     lib.tandem_write_kv.argtypes = [*[_F32P] * 5, *[_I64] * 9]
     for name in ("tandem_kv_int8_encode", "tandem_kv_int8_decode"):
@@ -294,6 +308,58 @@ def int8_gemv(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> tor
     status = lib.tandem_int8_gemv(
         x.data_ptr(), codes.data_ptr(), scales.data_ptr(), out.data_ptr(), n, groups, group
     )
+    return out if status == 0 else None
+
+
+def int4_gemv_pack(codes: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor | None:
+    """The row layout :func:`int4_gemv` reads (``kernels/cpu/int4_gemv.c``) of a group-wise int4
+    weight: ``codes`` uint8 [N, K] in 0..15, ``scales_zeros`` bf16 [K // 32, N, 2] (groups of 32, as
+    ``engine.quant.Int4Weight``); uint8 [N, K // 2 + K // 8]. None where the kernel does not apply
+    (another group size or dtype, K not a multiple of 64, or no compiled library)."""
+    lib = _library()
+    if (
+        lib is None
+        or codes.device.type != "cpu"
+        or codes.dtype != torch.uint8
+        or codes.dim() != 2
+        or scales_zeros.dtype != torch.bfloat16
+        or codes.shape[1] % 64
+        or scales_zeros.shape != (codes.shape[1] // 32, codes.shape[0], 2)
+    ):
+        return None
+    n, k = codes.shape
+    codes = codes.contiguous()
+    scales, zeros = (t.contiguous() for t in scales_zeros.unbind(-1))
+    out = torch.empty((n, k // 2 + k // 8), dtype=torch.uint8)
+    status = lib.tandem_int4_pack(codes.data_ptr(), scales.data_ptr(), zeros.data_ptr(), out.data_ptr(), n, k)
+    return out if status == 0 else None
+
+
+def int4_gemv(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor | None:
+    """``x [1, K] @ W.T`` for the int4 weight ``packed`` by :func:`int4_gemv_pack`, with x quantized
+    to 16-bit integers per group of 32 (``kernels.reference.int4_gemv`` says exactly what is computed); float32
+    in and out. None where the kernel does not apply (more than one row, not float32 on CPU, no
+    AVX2 build, or no compiled library)."""
+    lib = _library()
+    if (
+        lib is None
+        or not _cpu_float32(x)
+        or x.dim() != 2
+        or x.shape[0] != 1
+        or packed.dtype != torch.uint8
+        or packed.dim() != 2
+        or x.shape[1] % 64
+        or packed.shape[1] != x.shape[1] // 2 + x.shape[1] // 8
+        or not packed.is_contiguous()
+    ):
+        return None
+    x = x.contiguous()
+    out = torch.empty((1, packed.shape[0]), dtype=torch.float32)
+    status = lib.tandem_int4_gemv(
+        x.data_ptr(), packed.data_ptr(), out.data_ptr(), packed.shape[0], x.shape[1]
+    )
+    if status == -1:
+        raise MemoryError("int4 GEMV could not allocate its scratch")
     return out if status == 0 else None
 
 

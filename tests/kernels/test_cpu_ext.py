@@ -1,7 +1,8 @@
 """The compiled CPU kernels against the PyTorch reference: decode attention
 (kernels/cpu/decode_attention.c: GQA groups, page sizes, sliding windows, lengths that end
 mid-page, scattered pages), RMSNorm with and without the residual add, SiLU * up (norm_act.c),
-RoPE on views of a fused QKV (rope.c), KV vectors to int8 and back (kv_int8.c)."""
+RoPE on views of a fused QKV (rope.c), KV vectors to int8 and back (kv_int8.c), the int8 and the
+int4 GEMVs (int8_gemv.c, int4_gemv.c)."""
 
 from __future__ import annotations
 
@@ -217,3 +218,59 @@ def test_compiled_int8_gemv_declines_what_it_does_not_take():
     assert cpu_ext.int8_gemv(torch.ones(1, 24), codes, scales.float()) is None
     odd = torch.zeros(1, 16, 12, dtype=torch.int8)  # a group that is not a multiple of 8
     assert cpu_ext.int8_gemv(torch.ones(1, 12), odd, scales) is None
+
+
+def _int4_weight(n: int, k: int, seed: int):
+    from engine.quant import quantize_int4
+
+    g = torch.Generator().manual_seed(seed)
+    return quantize_int4(torch.randn(n, k, generator=g) / 20, dtype=torch.bfloat16), g
+
+
+@pytest.mark.parametrize(
+    ("n", "k"), [(576, 576), (48, 1536), (5, 64), (37, 256), (3072, 576)]
+)  # 18 groups: two blocks of 8 and a tail pair; 48: six blocks; 2: a pair only; 8: one block
+def test_compiled_int4_gemv_equals_its_reference_and_the_rounding_bound(n, k):
+    weight, g = _int4_weight(n, k, n + k)
+    x = torch.randn(1, k, generator=g)
+    x[0, 32:64] = 0  # a group of zeros: its scale is 0, nothing divides by it
+    x[0, :32] *= 1000  # and one far larger than the rest
+    packed = cpu_ext.int4_gemv_pack(weight.codes, weight.scales_zeros)
+    got = cpu_ext.int4_gemv(x, packed)
+    assert got.shape == (1, n) and got.dtype == torch.float32
+    ref = reference.int4_gemv(x, weight.codes, weight.scales_zeros)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    # against the exact product: rounding x to dx * q moves each input by at most dx / 2, and each
+    # group's codes (<= 15) weigh that by its scale
+    scale, zero = (t.double().T[..., None] for t in weight.scales_zeros.unbind(-1))  # [n, groups, 1]
+    w = ((weight.codes.double().view(n, -1, 32) - 8) * scale + zero).view(n, k)
+    exact = x.double() @ w.T
+    dx = x.double().view(-1, 32).abs().amax(-1) / reference.INT4_GEMV_LEVELS
+    bound = (scale[..., 0].abs() * dx * 15 * 32 / 2).sum(-1)
+    assert bool(((ref - exact).abs()[0] <= bound + 1e-9).all())
+    assert float((ref - exact).abs().max()) > 0  # the activations were rounded: not the float product
+
+
+def test_compiled_int4_gemv_declines_what_it_does_not_take():
+    weight, _ = _int4_weight(16, 64, 0)
+    packed = cpu_ext.int4_gemv_pack(weight.codes, weight.scales_zeros)
+    assert cpu_ext.int4_gemv(torch.ones(1, 64), packed) is not None
+    assert cpu_ext.int4_gemv(torch.ones(2, 64), packed) is None  # two rows: the packed kernel
+    assert cpu_ext.int4_gemv(torch.ones(1, 64, dtype=torch.bfloat16), packed) is None
+    odd, _ = _int4_weight(16, 96, 0)  # three groups: the pairs do not come out even
+    assert cpu_ext.int4_gemv_pack(odd.codes, odd.scales_zeros) is None
+    assert cpu_ext.int4_gemv_pack(weight.codes, weight.scales_zeros.float()) is None
+
+
+def test_int4_linear_decodes_one_row_with_the_int4_gemv():
+    from engine.quant import Int4Linear
+
+    weight, g = _int4_weight(48, 128, 1)
+    module = Int4Linear(weight, None, packed=True)
+    x = torch.randn(1, 1, 128, generator=g)
+    expect = reference.int4_gemv(x.view(1, 128), weight.codes, weight.scales_zeros)
+    torch.testing.assert_close(module(x).view(1, 48).double(), expect, rtol=1e-5, atol=1e-5)
+    two = torch.randn(2, 128, generator=g)  # more rows: the packed kernel, on bf16 activations
+    torch.testing.assert_close(
+        module(two), two.bfloat16().float() @ weight.dequantize().float().T, rtol=2e-2, atol=2e-2
+    )

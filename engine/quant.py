@@ -157,6 +157,11 @@ class _QuantizedLinear(nn.Module):
     def _packed_mm(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def one_row_kernel(self) -> cpu_ext.OneRowLinear | None:
+        """This linear as the compiled batch-1 decode step takes it (``cpu_ext.FusedDecoder``): what
+        ``_one_row`` computes, or None where it has no one-row kernel."""
+        return None
+
     def _one_row(self, row: torch.Tensor) -> torch.Tensor | None:
         """A single row's product by a kernel of its own (batch-1 decode), or None: ``_packed_mm``."""
         return None
@@ -190,6 +195,13 @@ class Int8Linear(_QuantizedLinear):
         # float32 activations (not rounded to bf16), in ~0.6 of the packed kernel's time on
         # weights streamed from memory (kernels/cpu/int8_gemv.c); None: the packed kernel runs
         return cpu_ext.int8_gemv(row, self.codes, self.scales)
+
+    def one_row_kernel(self) -> cpu_ext.OneRowLinear | None:
+        if not self.packed:
+            return None
+        return cpu_ext.OneRowLinear(
+            "int8", self.codes, self.out_features, self.in_features, self.scales, self.bias
+        )
 
     def _packed_mm(self, rows: torch.Tensor) -> torch.Tensor:
         num_groups, _, group = self.codes.shape
@@ -233,6 +245,13 @@ class Int4Linear(_QuantizedLinear):
         # int8 activations per group of 32 times the 4-bit codes (see kernels.reference.int4_gemv);
         # None: the packed kernel runs (on bf16 activations)
         return None if self.gemv_rows is None else cpu_ext.int4_gemv(row, self.gemv_rows)
+
+    def one_row_kernel(self) -> cpu_ext.OneRowLinear | None:
+        if self.gemv_rows is None:
+            return None
+        return cpu_ext.OneRowLinear(
+            "int4", self.gemv_rows, self.out_features, self.in_features, None, self.bias
+        )
 
     def _packed_mm(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(

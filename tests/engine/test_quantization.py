@@ -316,3 +316,22 @@ def test_float32_and_unpacked_models_keep_the_layer_path(int4_model):
     llm = LLM(str(int4_model), num_pages=64)
     llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=3))
     assert llm.engine.runner.model._fused[1] is None
+
+
+def test_one_call_decode_step_refuses_a_slot_past_the_cache(int4_model):
+    llm = LLM(str(int4_model), page_size=4, num_pages=16, quantization="int4")
+    runner = llm.engine.runner
+    fused = runner.model._fused_decoder(runner.kv_cache)
+    before = runner.kv_cache.clone()
+    embedding = runner.model.embed_tokens(torch.tensor([5]))
+    args = (
+        torch.tensor([3]),
+        torch.tensor([16 * 4]),
+        torch.zeros(1, 1, dtype=torch.int32),
+        torch.tensor([4]),
+    )
+    with pytest.raises(IndexError, match="slot 64 of token 0 is past the cache's 64 slots"):
+        fused(embedding, *args)
+    assert torch.equal(runner.kv_cache, before)  # nothing written
+    with pytest.raises(ValueError, match="one token"):
+        fused(torch.cat([embedding, embedding]), *args)

@@ -46,6 +46,7 @@ from kvstore import StoreClient  # noqa: E402
 from kvstore.embedded_redis import EmbeddedRedis  # noqa: E402
 from kvstore.index import StoreIndex  # noqa: E402
 from kvstore.keys import chain_keys  # noqa: E402
+from kvstore.node_main import keep_received_frames_warm  # noqa: E402
 from transfer import SocketOptions, sockets  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transfer.json"
@@ -75,7 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def serve_raw(listen: str) -> None:
-    """Bare ROUTER: b"put" + frames → keeps the frames, replies b"ok"; b"get" → sends them back."""
+    """Bare ROUTER: b"put" + frames → keeps the frames, replies b"ok"; b"get" → sends them back.
+    Its allocator is tuned as a store node's is (``keep_received_frames_warm``)."""
+    keep_received_frames_warm()
     sock = sockets.bind_router(listen, SocketOptions())
     print(sockets.bound_address(sock), flush=True)
     kept: list = []
@@ -255,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.raw_server:
         serve_raw(args.raw_server)
         return 0
+    keep_received_frames_warm()  # as a worker's process (and both servers) have it
     capacity = 2 * args.batches_per_round * args.batch * args.chunk_bytes + 64 * args.chunk_bytes
     procs: list[subprocess.Popen] = []
     with EmbeddedRedis() as redis_server, transfer_disk.scratch_dir() as scratch:

@@ -43,7 +43,8 @@ def tune_host_allocator() -> None:
 
     By default every allocation over 128 KiB is a new mmap, so each forward pass page-faults its
     activations in again; on CPU that costs more than some of the matmuls. Raising the mmap and
-    trim thresholds lets freed blocks be reused. A no-op off glibc.
+    trim thresholds lets freed blocks be reused. A no-op off glibc. (mallopt takes a C ``int``: a
+    4 GiB trim threshold once arrived as 0, trimming at every free.)
     """
     if not sys.platform.startswith("linux"):
         return
@@ -52,6 +53,6 @@ def tune_host_allocator() -> None:
     except OSError:
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 4 << 30)
+    ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
     if not ok:
         log.debug("mallopt refused the allocator thresholds; continuing with defaults")

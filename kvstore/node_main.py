@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import signal
+import sys
 import threading
 
 from kvstore.config import StoreNodeConfig
@@ -81,12 +83,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_received_frames_warm() -> bool:
+    """Let libzmq's buffers for large received frames be reused rather than mapped afresh.
+
+    glibc serves every allocation over its mmap threshold (128 KiB, adapting up to 32 MiB) with a
+    new mapping, and trims freed heap back to the kernel: each chunk a node receives then lands in
+    pages the kernel must fault in and zero first. Measured here (1 MiB chunks, 16 a request, put
+    + get): the node spent as much CPU on those faults as on the copy itself, and store throughput
+    rose 1.4 -> 2.1 GiB/s with the thresholds raised (the engine's processes do the same, see
+    ``engine.memory.tune_host_allocator``). Returns whether glibc took the settings (False off glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not keep_received_frames_warm():
+        logging.getLogger(__name__).info("glibc allocator thresholds not set: received frames map afresh")
     reach = args.advertise or args.listen
     if args.node_id is None and reach.endswith((":0", ":*")):
         parser.error("--node-id is required when the port is chosen at bind time (port 0)")

@@ -52,6 +52,7 @@ def tune_host_allocator() -> None:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
+    # a store node sets the same (kvstore.node_main.keep_received_frames_warm)
     m_trim_threshold, m_mmap_threshold = -1, -3
     ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
     if not ok:

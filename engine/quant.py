@@ -32,6 +32,7 @@ from torch import nn
 
 from engine.config import QUANTIZATIONS
 from kernels import cpu_ext
+from kernels.decode_step import LinearKernel
 
 # aten._weight_int4pack_mm_for_cpu takes groups of 32, 64, 128 or 256 inputs. 32 is the most
 # accurate, and on SmolLM2 the only accurate one (mean |delta log-prob| vs fp32 0.02, group 64: 0.43,
@@ -146,7 +147,7 @@ class _QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.packed:
-            out = self._one_row(rows) if rows.shape[0] == 1 else None
+            out = self._few_rows(rows)
             if out is None:
                 out = self._packed_mm(rows.to(CPU_COMPUTE_DTYPE).contiguous()).to(x.dtype)
             out = out if self.bias is None else out + self.bias
@@ -157,13 +158,14 @@ class _QuantizedLinear(nn.Module):
     def _packed_mm(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def one_row_kernel(self) -> cpu_ext.OneRowLinear | None:
-        """This linear as the compiled batch-1 decode step takes it (``cpu_ext.FusedDecoder``): what
-        ``_one_row`` computes, or None where it has no one-row kernel."""
+    def one_row_kernel(self) -> LinearKernel | None:
+        """This linear as the compiled decode step takes it (``kernels.decode_step``): what
+        ``_few_rows`` computes, or None where it has no such kernel."""
         return None
 
-    def _one_row(self, row: torch.Tensor) -> torch.Tensor | None:
-        """A single row's product by a kernel of its own (batch-1 decode), or None: ``_packed_mm``."""
+    def _few_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The product by a kernel of its own for the few rows of a small decode batch, or None:
+        ``_packed_mm`` (more rows, or no such kernel)."""
         return None
 
     def dequantize(self) -> torch.Tensor:
@@ -191,17 +193,15 @@ class Int8Linear(_QuantizedLinear):
         scales = self.scales.view(self.out_features) if self.group_size is None else self.scales
         return Int8Weight(codes, scales, self.group_size).dequantize()
 
-    def _one_row(self, row: torch.Tensor) -> torch.Tensor | None:
-        # float32 activations (not rounded to bf16), in ~0.6 of the packed kernel's time on
+    def _few_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        # one row: float32 activations (not rounded to bf16), in ~0.6 of the packed kernel's time on
         # weights streamed from memory (kernels/cpu/int8_gemv.c); None: the packed kernel runs
-        return cpu_ext.int8_gemv(row, self.codes, self.scales)
+        return cpu_ext.int8_gemv(rows, self.codes, self.scales) if rows.shape[0] == 1 else None
 
-    def one_row_kernel(self) -> cpu_ext.OneRowLinear | None:
-        if not self.packed:
+    def one_row_kernel(self) -> LinearKernel | None:
+        if not self.packed or not cpu_ext.gemv_available():
             return None
-        return cpu_ext.OneRowLinear(
-            "int8", self.codes, self.out_features, self.in_features, self.scales, self.bias
-        )
+        return LinearKernel("int8", self.codes, self.out_features, self.in_features, self.scales, self.bias)
 
     def _packed_mm(self, rows: torch.Tensor) -> torch.Tensor:
         num_groups, _, group = self.codes.shape
@@ -229,9 +229,10 @@ class Int4Linear(_QuantizedLinear):
         self.register_buffer("codes", codes.contiguous())
         sz = weight.scales_zeros
         self.register_buffer("scales_zeros", sz.to(CPU_COMPUTE_DTYPE if packed else sz.dtype).contiguous())
-        # batch 1 (a chat's decode) reads every weight once a token: an int4 GEMV on 16-bit integer activations reads these rows at
-        # ~1.7x the speed of the packed kernel (kernels/cpu/int4_gemv.c), at the cost of keeping the
-        # codes twice (packed for batches, rows for one token: 0.625 bytes a weight each)
+        # a small decode batch reads every weight once a step: the int4 GEMV (16-bit integer
+        # activations, kernels/cpu/int4_gemv.c) reads these rows at ~1.7x the packed kernel's speed,
+        # at the cost of keeping the codes twice (packed for larger batches and prefill, rows for
+        # up to 8 tokens: 0.625 bytes a weight each; the packed layout cannot be read back here)
         rows = cpu_ext.int4_gemv_pack(weight.codes, self.scales_zeros) if packed else None
         self.gemv_rows = rows  # not a buffer: derived from the codes, never saved
 
@@ -241,17 +242,16 @@ class Int4Linear(_QuantizedLinear):
         codes = torch.stack([self.codes & 0xF, self.codes >> 4], dim=-1).view(self.out_features, -1)
         return Int4Weight(codes, self.scales_zeros, self.group_size).dequantize()
 
-    def _one_row(self, row: torch.Tensor) -> torch.Tensor | None:
-        # int8 activations per group of 32 times the 4-bit codes (see kernels.reference.int4_gemv);
-        # None: the packed kernel runs (on bf16 activations)
-        return None if self.gemv_rows is None else cpu_ext.int4_gemv(row, self.gemv_rows)
+    def _few_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        # up to cpu_ext.INT4_MAX_ROWS rows, each rounded to 16-bit integers per group of 32, times
+        # the 4-bit codes read once (see kernels.reference.int4_gemv); None: the packed kernel runs
+        # (on bf16 activations)
+        return None if self.gemv_rows is None else cpu_ext.int4_gemv(rows, self.gemv_rows)
 
-    def one_row_kernel(self) -> cpu_ext.OneRowLinear | None:
+    def one_row_kernel(self) -> LinearKernel | None:
         if self.gemv_rows is None:
             return None
-        return cpu_ext.OneRowLinear(
-            "int4", self.gemv_rows, self.out_features, self.in_features, None, self.bias
-        )
+        return LinearKernel("int4", self.gemv_rows, self.out_features, self.in_features, None, self.bias)
 
     def _packed_mm(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(

@@ -9,6 +9,7 @@ import torch
 from engine import kv_codec
 from engine.attention import AttentionMetadata
 from engine.config import EngineConfig, ModelConfig
+from engine.decode_step import build_decode_step
 from engine.loader import load_model
 from engine.scheduler import ScheduledBatch
 from kernels import backend_for
@@ -40,6 +41,8 @@ class ModelRunner:
             dtype=config.torch_dtype, device=self.device,
         )  # fmt: skip
         self.ops = backend_for(self.device)
+        # small decode steps of a quantized model on CPU: every layer in one compiled call
+        self.decode_step = build_decode_step(self.model, self.kv_cache)
 
     def pack_pages(self, pages: list[int], layers: slice = slice(None)) -> torch.Tensor:
         """KV of ``pages`` as one contiguous buffer [layers, 2, kv_heads, len(pages), page_size,
@@ -97,7 +100,14 @@ class ModelRunner:
         (which must be among the ones the row runs in this step). ``on_layer(i)`` is called once
         decoder layer ``i`` has written this step's KV."""
         input_ids, positions, meta, last_token_index = self._prepare(batch)
-        hidden = self.model(input_ids, positions, self.kv_cache, meta, on_layer)
+        step, n = self.decode_step, input_ids.shape[0]
+        if step is not None and on_layer is None and 0 < n == meta.num_decode_tokens and n <= step.max_rows:
+            embedding = self.model.embed_tokens(input_ids)
+            hidden = step(
+                embedding, positions, meta.slots, meta.decode_block_tables, meta.decode_context_lens
+            )
+        else:
+            hidden = self.model(input_ids, positions, self.kv_cache, meta, on_layer)
         prompt_logits = {}
         for row, span in (prompt_positions or {}).items():
             seq, n = batch.seqs[row], batch.num_new_tokens[row]

@@ -36,7 +36,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -99,7 +98,7 @@ def build() -> Path:
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
+def library() -> ctypes.CDLL | None:
     if os.environ.get("TANDEM_CPU_KERNELS", "1") == "0":
         return None
     try:
@@ -119,14 +118,12 @@ def _library() -> ctypes.CDLL | None:
     lib.tandem_rope.argtypes = [*[_F32P] * 7, *[_I64] * 8]
     lib.tandem_int8_gemv.restype = ctypes.c_int
     lib.tandem_int8_gemv.argtypes = [*[_F32P] * 4, *[_I64] * 3]
-    lib.tandem_int4_gemv.restype = ctypes.c_int
-    lib.tandem_int4_gemv.argtypes = [*[_F32P] * 3, _I64, _I64]
+    lib.tandem_int4_gemm.restype = ctypes.c_int
+    lib.tandem_int4_gemm.argtypes = [_F32P, _I64, _F32P, _F32P, _I64, _I64]
     lib.tandem_int4_pack.restype = ctypes.c_int64
     lib.tandem_int4_pack.argtypes = [*[_F32P] * 4, _I64, _I64]
-    lib.tandem_decode_one.restype = ctypes.c_int
-    lib.tandem_decode_one.argtypes = [ctypes.POINTER(_Model), *[_F32P] * 7]
-    lib.tandem_decode_scratch.restype = ctypes.c_int64
-    lib.tandem_decode_scratch.argtypes = [ctypes.POINTER(_Model)]
+    lib.tandem_gemv_compiled.restype = ctypes.c_int
+    lib.tandem_gemv_compiled.argtypes = []
     lib.tandem_write_kv.restype = ctypes.c_int64
     lib.tandem_write_kv.argtypes = [*[_F32P] * 5, *[_I64] * 9]
     for name in ("tandem_kv_int8_encode", "tandem_kv_int8_decode"):
@@ -135,8 +132,15 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
+def gemv_available() -> bool:
+    """Whether the small-batch int4 / int8 kernels were compiled (they need AVX2 and FMA; elsewhere
+    the packed PyTorch kernels serve every batch)."""
+    lib = library()
+    return lib is not None and bool(lib.tandem_gemv_compiled())
+
+
 def available() -> bool:
-    return _library() is not None
+    return library() is not None
 
 
 def paged_decode_attention(
@@ -165,7 +169,7 @@ def compiled_paged_decode_attention(
 ) -> torch.Tensor | None:
     """``kernels.reference.paged_decode_attention``, reading the pages in place; None where this
     kernel does not apply (not float32 on CPU, an unusual layout, no compiled library)."""
-    lib = _library()
+    lib = library()
     if lib is None or not _applies(q, k_cache, v_cache):
         return None
     batch, num_heads, head_dim = q.shape
@@ -189,9 +193,9 @@ def rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``kernels.reference.rms_norm`` (the residual add fused in) in one pass per row, compiled;
     the reference where it does not apply (not float32 on CPU, or no compiled library)."""
-    lib = _library()
+    lib = library()
     tensors = (x, weight) if residual is None else (x, weight, residual)
-    if lib is None or not _cpu_float32(*tensors):
+    if lib is None or not cpu_float32(*tensors):
         return reference.rms_norm(x, weight, eps, residual)
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty_like(x)
@@ -210,8 +214,8 @@ def rms_norm(
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """``kernels.reference.silu_and_mul`` in one pass, compiled; the reference where it does not apply."""
-    lib = _library()
-    if lib is None or not _cpu_float32(x) or x.shape[-1] % 2:
+    lib = library()
+    if lib is None or not cpu_float32(x) or x.shape[-1] % 2:
         return reference.silu_and_mul(x)
     x = x.contiguous()
     inter = x.shape[-1] // 2
@@ -226,10 +230,10 @@ def rope(
     """``kernels.reference.rope`` for q and k in one call, each (token, head) row in one pass,
     compiled, the same bit for bit; the reference where it does not apply (not float32 on CPU, rows
     not contiguous, an odd head size, or no compiled library)."""
-    lib = _library()
+    lib = library()
     if (
         lib is None
-        or not _cpu_float32(q, k, cos, sin)
+        or not cpu_float32(q, k, cos, sin)
         or q.stride(-1) != 1
         or k.stride(-1) != 1
         or q.shape[-1] % 2
@@ -255,10 +259,10 @@ def write_kv(
     it does not apply (not float32 on CPU, rows or cache pages not contiguous, caches laid out
     differently, slots not int64). A slot past the cache raises ``IndexError`` as the reference's
     indexing does (a negative one is padding, skipped, as in the Triton kernel)."""
-    lib = _library()
+    lib = library()
     if (
         lib is None
-        or not _cpu_float32(k, v, k_cache, v_cache)
+        or not cpu_float32(k, v, k_cache, v_cache)
         or slots.device.type != "cpu"
         or slots.dtype != torch.int64
         or k.dim() != 3
@@ -294,10 +298,10 @@ def int8_gemv(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> tor
     (the layout ``engine.quant.Int8Linear`` keeps), float32 in and out, bf16 scales; None where this
     kernel does not apply (more than one row, not float32 activations on CPU, int8 codes and bf16
     scales of those shapes, a group not a multiple of 8, or no compiled library)."""
-    lib = _library()
+    lib = library()
     if (
         lib is None
-        or not _cpu_float32(x)
+        or not cpu_float32(x)
         or x.dim() != 2
         or x.shape[0] != 1
         or codes.dtype != torch.int8
@@ -323,10 +327,10 @@ def int4_gemv_pack(codes: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Ten
     """The row layout :func:`int4_gemv` reads (``kernels/cpu/int4_gemv.c``) of a group-wise int4
     weight: ``codes`` uint8 [N, K] in 0..15, ``scales_zeros`` bf16 [K // 32, N, 2] (groups of 32, as
     ``engine.quant.Int4Weight``); uint8 [N, K // 2 + K // 8]. None where the kernel does not apply
-    (another group size or dtype, K not a multiple of 64, or no compiled library)."""
-    lib = _library()
+    (another group size or dtype, K not a multiple of 64, no AVX2 build, or no compiled library)."""
+    lib = library()
     if (
-        lib is None
+        not gemv_available()
         or codes.device.type != "cpu"
         or codes.dtype != torch.uint8
         or codes.dim() != 2
@@ -343,17 +347,20 @@ def int4_gemv_pack(codes: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Ten
     return out if status == 0 else None
 
 
+INT4_MAX_ROWS = 8  # rows one int4_gemv call takes (TANDEM_INT4_MAX_ROWS in int4_gemv.c)
+
+
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor | None:
-    """``x [1, K] @ W.T`` for the int4 weight ``packed`` by :func:`int4_gemv_pack`, with x quantized
-    to 16-bit integers per group of 32 (``kernels.reference.int4_gemv`` says exactly what is computed); float32
-    in and out. None where the kernel does not apply (more than one row, not float32 on CPU, no
-    AVX2 build, or no compiled library)."""
-    lib = _library()
+    """``x [M, K] @ W.T`` for the int4 weight ``packed`` by :func:`int4_gemv_pack`, M <= 8, each row
+    of x rounded to 16-bit integers per group of 32 (``kernels.reference.int4_gemv`` says exactly
+    what is computed; a row's result does not depend on the others); float32 in and out. None where
+    the kernel does not apply (more rows, not float32 on CPU, no AVX2 build, no compiled library)."""
+    lib = library()
     if (
         lib is None
-        or not _cpu_float32(x)
+        or not cpu_float32(x)
         or x.dim() != 2
-        or x.shape[0] != 1
+        or not 1 <= x.shape[0] <= INT4_MAX_ROWS
         or packed.dtype != torch.uint8
         or packed.dim() != 2
         or x.shape[1] % 64
@@ -362,232 +369,19 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor | None:
     ):
         return None
     x = x.contiguous()
-    out = torch.empty((1, packed.shape[0]), dtype=torch.float32)
-    status = lib.tandem_int4_gemv(
-        x.data_ptr(), packed.data_ptr(), out.data_ptr(), packed.shape[0], x.shape[1]
-    )
+    rows, n = x.shape[0], packed.shape[0]
+    out = torch.empty((rows, n), dtype=torch.float32)
+    status = lib.tandem_int4_gemm(x.data_ptr(), rows, packed.data_ptr(), out.data_ptr(), n, x.shape[1])
     if status == -1:
         raise MemoryError("int4 GEMV could not allocate its scratch")
     return out if status == 0 else None
 
 
-@dataclass(frozen=True)
-class OneRowLinear:
-    """A linear :class:`FusedDecoder` runs with a one-row kernel: ``kind`` "int4", ``weight`` the rows
-    :func:`int4_gemv_pack` made; or "int8", ``weight`` int8 codes [groups, n, group] and ``scales``
-    bf16 [groups, n] (as :func:`int8_gemv`). ``bias``: float32 [n] or None."""
-
-    kind: str
-    weight: torch.Tensor
-    out_features: int
-    in_features: int
-    scales: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class DecoderLayerWeights:
-    qkv: OneRowLinear
-    o: OneRowLinear
-    gate_up: OneRowLinear
-    down: OneRowLinear
-    input_norm: torch.Tensor
-    post_norm: torch.Tensor
-
-
-class _Linear(ctypes.Structure):
-    _fields_ = [
-        *((name, ctypes.c_int64) for name in ("kind", "n", "k", "groups", "group")),
-        *((name, ctypes.c_void_p) for name in ("weight", "scales", "bias")),
-    ]
-
-
-class _Layer(ctypes.Structure):
-    _fields_ = [
-        *((name, _Linear) for name in ("qkv", "o", "gate_up", "down")),
-        *((name, ctypes.c_void_p) for name in ("input_norm", "post_norm", "k_cache", "v_cache")),
-    ]
-
-
-class _Model(ctypes.Structure):
-    _fields_ = [
-        *(
-            (name, ctypes.c_int64)
-            for name in (
-                "num_layers",
-                "hidden",
-                "heads",
-                "kv_heads",
-                "head_dim",
-                "inter",
-                "page_size",
-                "cache_head_stride",
-                "capacity",
-                "window",
-            )
-        ),  # fmt: skip
-        ("eps", ctypes.c_double),
-        ("scale", ctypes.c_double),
-        *((name, ctypes.c_void_p) for name in ("cos", "sin", "final_norm")),
-        ("layers", ctypes.POINTER(_Layer)),
-    ]
-
-
-class FusedDecoder:
-    """One decode token through every decoder layer of a Llama-family model in one compiled call
-    (``kernels/cpu/decode_step.c``): the same kernels, in the same order, as the layer-by-layer path
-    with its one-row linears, so the same result bit for bit, without ~15 Python-level calls a layer.
-    Built with :meth:`build` (None where it does not apply); holds every tensor it points into."""
-
-    def __init__(self, model: _Model, layers, keep: list[torch.Tensor], lib: ctypes.CDLL) -> None:
-        self._model, self._layers, self._keep, self._lib = model, layers, keep, lib
-        self._scratch = torch.empty(lib.tandem_decode_scratch(ctypes.byref(model)), dtype=torch.float32)
-        self.hidden = model.hidden
-
-    @classmethod
-    def build(
-        cls,
-        layers: list[DecoderLayerWeights],
-        final_norm: torch.Tensor,
-        rope_tables: tuple[torch.Tensor, torch.Tensor],
-        kv_cache: torch.Tensor,
-        *,
-        num_heads: int,
-        num_kv_heads: int,
-        head_dim: int,
-        eps: float,
-        scale: float,
-        sliding_window: int | None,
-    ) -> FusedDecoder | None:
-        """``kv_cache``: the engine's [layers, 2, kv_heads, pages, page_size, head_dim]. None where
-        this does not apply: no compiled library, tensors not float32 contiguous on CPU, linears whose
-        shapes do not chain, more query heads per KV head than the attention kernel takes."""
-        lib = _library()
-        cos, sin = rope_tables
-        norms = [final_norm, cos, sin] + [t for layer in layers for t in (layer.input_norm, layer.post_norm)]
-        if (
-            lib is None
-            or not layers
-            or kv_cache.dim() != 6
-            or kv_cache.shape[:1] + kv_cache.shape[2:3] + kv_cache.shape[5:]
-            != (len(layers), num_kv_heads, head_dim)
-            or not _cpu_float32(kv_cache, *norms)
-            or not all(t.is_contiguous() for t in (kv_cache, *norms))
-            or num_heads % num_kv_heads
-            or num_heads // num_kv_heads > 32
-            or cos.shape[-1] != head_dim
-        ):
-            return None
-        hidden, q, kv = final_norm.numel(), num_heads * head_dim, num_kv_heads * head_dim
-        inter = layers[0].down.in_features
-        shapes = {
-            "qkv": (q + 2 * kv, hidden),
-            "o": (hidden, q),
-            "gate_up": (2 * inter, hidden),
-            "down": (hidden, inter),
-        }
-        keep: list[torch.Tensor] = [kv_cache, *norms]
-        structs = (_Layer * len(layers))()
-        for i, layer in enumerate(layers):
-            for name, shape in shapes.items():
-                linear = getattr(layer, name)
-                if (linear.out_features, linear.in_features) != shape:
-                    return None
-                fields = _linear_fields(linear, keep)
-                if fields is None:
-                    return None
-                setattr(structs[i], name, fields)
-            structs[i].input_norm, structs[i].post_norm = (
-                layer.input_norm.data_ptr(),
-                layer.post_norm.data_ptr(),
-            )
-            structs[i].k_cache, structs[i].v_cache = kv_cache[i, 0].data_ptr(), kv_cache[i, 1].data_ptr()
-        _, _, _, num_pages, page_size, _ = kv_cache.shape
-        model = _Model(
-            num_layers=len(layers), hidden=hidden, heads=num_heads, kv_heads=num_kv_heads, head_dim=head_dim,
-            inter=inter, page_size=page_size, cache_head_stride=kv_cache.stride(2), capacity=num_pages * page_size,
-            window=sliding_window or 0, eps=eps, scale=scale, cos=cos.data_ptr(), sin=sin.data_ptr(),
-            final_norm=final_norm.data_ptr(), layers=structs,
-        )  # fmt: skip
-        return cls(model, structs, keep, lib)
-
-    def __call__(
-        self,
-        embedding: torch.Tensor,
-        positions: torch.Tensor,
-        slots: torch.Tensor,
-        block_tables: torch.Tensor,
-        context_lens: torch.Tensor,
-    ) -> torch.Tensor:
-        """The final norm's output [1, hidden] for one token: ``embedding`` float32 [1, hidden],
-        ``positions`` and ``slots`` int64 [1], ``block_tables`` int32 [1, pages], ``context_lens``
-        int32 [1] (counting the token). Its K and V go into the cache as the layer path writes them."""
-        embedding = embedding.contiguous()
-        positions, slots = positions.to(torch.int64).contiguous(), slots.to(torch.int64).contiguous()
-        tables, lens = block_tables.to(torch.int32).contiguous(), context_lens.to(torch.int32).contiguous()
-        if embedding.shape != (1, self.hidden) or embedding.dtype != torch.float32 or tables.shape[0] != 1:
-            raise ValueError(f"one token's float32 [1, {self.hidden}] embedding and block table expected")
-        out = torch.empty((1, self.hidden), dtype=torch.float32)
-        status = self._lib.tandem_decode_one(
-            ctypes.byref(self._model), embedding.data_ptr(), out.data_ptr(), self._scratch.data_ptr(),
-            positions.data_ptr(), slots.data_ptr(), tables.data_ptr(), lens.data_ptr(),
-        )  # fmt: skip
-        if status == 1:
-            raise IndexError(
-                f"slot {int(slots[0])} of token 0 is past the cache's {self._model.capacity} slots"
-            )
-        if status == -1:
-            raise MemoryError("the fused decode step's attention could not allocate its scratch")
-        if status != 0:
-            raise RuntimeError(f"the fused decode step refused a shape its plan took (status {status})")
-        return out
-
-
-def _linear_fields(linear: OneRowLinear, keep: list[torch.Tensor]) -> _Linear | None:
-    bias = linear.bias
-    if bias is not None and (not _cpu_float32(bias) or bias.shape != (linear.out_features,)):
-        return None
-    n, k, weight = linear.out_features, linear.in_features, linear.weight
-    if not weight.is_contiguous() or weight.device.type != "cpu":
-        return None
-    if linear.kind == "int4":
-        if weight.dtype != torch.uint8 or k % 64 or weight.shape != (n, k // 2 + k // 8):
-            return None
-        fields = _Linear(kind=0, n=n, k=k, weight=weight.data_ptr())
-    elif linear.kind == "int8":
-        scales = linear.scales
-        if (
-            scales is None
-            or weight.dtype != torch.int8
-            or weight.dim() != 3
-            or weight.shape[1] != n
-            or weight.shape[0] * weight.shape[2] != k
-            or weight.shape[2] % 8
-            or scales.dtype != torch.bfloat16
-            or scales.shape != weight.shape[:2]
-            or not scales.is_contiguous()
-        ):
-            return None
-        fields = _Linear(
-            kind=1, n=n, k=k, groups=weight.shape[0], group=weight.shape[2], weight=weight.data_ptr()
-        )
-        fields.scales = scales.data_ptr()
-        keep.append(scales)
-    else:
-        return None
-    if bias is not None:
-        bias = bias.contiguous()
-        fields.bias = bias.data_ptr()
-        keep.append(bias)
-    keep.append(weight)
-    return fields
-
-
 def kv_int8_encode(x: torch.Tensor) -> torch.Tensor:
     """``kernels.reference.kv_int8_encode`` in one pass, compiled; the reference where it does not
     apply (not float32 on CPU, or no compiled library)."""
-    lib = _library()
-    if lib is None or not _cpu_float32(x):
+    lib = library()
+    if lib is None or not cpu_float32(x):
         return reference.kv_int8_encode(x)
     x = x.contiguous()
     dim = x.shape[-1]
@@ -599,7 +393,7 @@ def kv_int8_encode(x: torch.Tensor) -> torch.Tensor:
 def kv_int8_decode(encoded: torch.Tensor) -> torch.Tensor:
     """``kernels.reference.kv_int8_decode`` in one pass, compiled; the reference where it does not
     apply (not on CPU, or no compiled library)."""
-    lib = _library()
+    lib = library()
     if lib is None or encoded.device.type != "cpu" or encoded.dtype != torch.int8:
         return reference.kv_int8_decode(encoded)
     encoded = encoded.contiguous()
@@ -610,13 +404,13 @@ def kv_int8_decode(encoded: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _cpu_float32(*tensors: torch.Tensor) -> bool:
+def cpu_float32(*tensors: torch.Tensor) -> bool:
     """Whether every tensor is float32 on CPU: what each compiled kernel computes on."""
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
 def _applies(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
-    if not _cpu_float32(q, k_cache, v_cache):
+    if not cpu_float32(q, k_cache, v_cache):
         return False
     if (
         k_cache.stride() != v_cache.stride()

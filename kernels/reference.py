@@ -278,16 +278,20 @@ def int4_gemv(x: torch.Tensor, codes: torch.Tensor, scales_zeros: torch.Tensor) 
     times the int4 weight ``codes`` uint8 [N, K] (0..15) with ``scales_zeros`` [K // 32, N, 2]
     (``w = (code - 8) * scale + zero`` per group of 32 inputs, as ``engine.quant.Int4Weight``), where
     x is rounded per group of 32 to 16-bit integers (``x ~ dx * q``, ``dx = max|x| / LEVELS``,
-    ``LEVELS = INT4_GEMV_LEVELS``) in the product with the codes and kept exact in the zeros' term:
+    ``LEVELS = INT4_GEMV_LEVELS``, ``q`` rounded in float32 as the kernel does) in the product with
+    the codes and kept as it is in the zeros' term:
 
         y[n] = sum_g scale * (dx * sum_k code * q - 8 * xsum) + zero * xsum,  xsum = sum_k x.
     """
     n, k = codes.shape
-    xg = x.double().view(k // 32, 32)
+    xg = x.float().view(k // 32, 32)
+    # the rounding as the kernel does it, in float32: x * (LEVELS / amax), to nearest even
     amax = xg.abs().amax(dim=-1, keepdim=True)
-    q = torch.round(xg * torch.where(amax > 0, INT4_GEMV_LEVELS / amax, 0.0))
+    inv = torch.where(amax > 0, torch.tensor(float(INT4_GEMV_LEVELS)) / amax, 0.0)
+    q = torch.round(xg * inv).double()
+    dx = (amax / INT4_GEMV_LEVELS).double().view(-1)
     dots = (codes.double().view(n, k // 32, 32) * q).sum(-1)  # [N, G]
-    xsum = xg.sum(-1)
+    xsum = xg.double().sum(-1)
     scale, zero = (t.double().t() for t in scales_zeros.unbind(-1))  # each [N, G]
-    out = scale * ((amax.view(-1) / INT4_GEMV_LEVELS) * dots - 8 * xsum) + zero * xsum
+    out = scale * (dx * dots - 8 * xsum) + zero * xsum
     return out.sum(-1).view(1, n)

@@ -99,6 +99,8 @@ def keep_received_frames_warm() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
+    # the same values as engine.memory.tune_host_allocator (kvstore may not import engine);
+    # tests/kvstore/test_allocator.py checks both
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
 

@@ -15,7 +15,7 @@ from torch import nn
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
 from engine.rope import cos_sin_tables
-from kernels import backend_for, cpu_ext
+from kernels import backend_for
 
 
 class DecoderLayer(nn.Module):
@@ -107,13 +107,6 @@ class LlamaForCausalLM(nn.Module):
         ops = backend_for(input_ids.device)
         tables = self.rope_tables
         assert tables is not None, "init_rope() must run before forward()"
-        if on_layer is None and input_ids.numel() == 1 and meta.num_decode_tokens == 1:
-            fused = self._fused_decoder(kv_cache)
-            if fused is not None:  # batch-1 decode: every layer in one compiled call
-                embedding = self.embed_tokens(input_ids)
-                return fused(
-                    embedding, positions, meta.slots, meta.decode_block_tables, meta.decode_context_lens
-                )
         hidden, residual = self.embed_tokens(input_ids), None
         for i, layer in enumerate(self.layers):
             hidden, residual = layer(hidden, residual, positions, kv_cache[i], meta, ops, tables)
@@ -121,37 +114,6 @@ class LlamaForCausalLM(nn.Module):
                 on_layer(i)
         hidden, _ = ops.rms_norm(hidden, self.norm, self.cfg.rms_norm_eps, residual)
         return hidden
-
-    def _fused_decoder(self, kv_cache: torch.Tensor) -> cpu_ext.FusedDecoder | None:
-        """The compiled one-token decode step (``kernels.cpu_ext.FusedDecoder``) over ``kv_cache``,
-        built on first use; None where it does not apply (not on CPU, a linear without a one-row
-        kernel: float32 weights for now). The layer-by-layer path computes the same bits."""
-        key = (kv_cache.data_ptr(), tuple(kv_cache.shape))
-        cached = getattr(self, "_fused", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        fused = None
-        if kv_cache.device.type == "cpu" and self.rope_tables is not None:
-            weights = []
-            for layer in self.layers:
-                linears = [
-                    getattr(layer, name) for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-                ]
-                kernels = [getattr(m, "one_row_kernel", lambda: None)() for m in linears]
-                if any(k is None for k in kernels):
-                    break
-                weights.append(cpu_ext.DecoderLayerWeights(
-                    *kernels, layer.input_layernorm.detach(), layer.post_attention_layernorm.detach()
-                ))  # fmt: skip
-            else:
-                first = self.layers[0]
-                fused = cpu_ext.FusedDecoder.build(
-                    weights, self.norm.detach(), self.rope_tables, kv_cache, num_heads=first.num_heads,
-                    num_kv_heads=first.num_kv_heads, head_dim=first.head_dim, eps=first.eps, scale=first.scale,
-                    sliding_window=first.sliding_window,
-                )  # fmt: skip
-        self._fused = (key, fused)
-        return fused
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

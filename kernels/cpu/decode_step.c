@@ -1,15 +1,17 @@
-/* One token through every decoder layer of a Llama-family model with quantized linears, in one call.
+/* A decode step (one token of each of a few sequences) through every decoder layer of a
+ * Llama-family model with quantized linears, in one call.
  *
  * A batch-1 decode step of SmolLM2-135M int4 runs ~3 ms of arithmetic, but through
  * engine/models/llama.py it made ~15 Python-level calls a layer (module calls, views, checks,
  * allocations, ctypes), ~150 us a layer, 30 layers: more than the arithmetic. This walks the same
  * kernels in the same order on the same bytes (the PyTorch path's own compiled kernels, each
  * declared here as the file that defines it exports it), so its result equals that path's bit for
- * bit; the engine takes it for a step of one decode token when every linear has a one-row kernel. */
+ * bit; the engine takes it for a decode-only step of as many tokens as every linear's kernel takes
+ * at once (int4: up to 8, int8: 1). */
 #include <stdint.h>
 
 /* the kernels, from the other files of this library */
-int tandem_int4_gemv(const float *x, const uint8_t *packed, float *y, int64_t n, int64_t k);
+int tandem_int4_gemm(const float *x, int64_t m, const uint8_t *packed, float *y, int64_t n, int64_t k);
 int tandem_int8_gemv(const float *x, const int8_t *codes, const uint16_t *scales, float *y, int64_t n,
                      int64_t groups, int64_t group);
 void tandem_rms_norm(const float *x, const float *residual, float *residual_out, float *out,
@@ -56,60 +58,68 @@ typedef struct {
     const tandem_layer *layers;
 } tandem_model;
 
-/* floats of scratch tandem_decode_one needs */
-int64_t tandem_decode_scratch(const tandem_model *m) {
+/* floats of scratch tandem_decode needs for `rows` tokens */
+int64_t tandem_decode_scratch(const tandem_model *m, int64_t rows) {
     const int64_t q = m->heads * m->head_dim, kv = m->kv_heads * m->head_dim;
-    return 3 * m->hidden + (q + 2 * kv) + 2 * q + kv + 3 * m->inter;
+    return rows * (3 * m->hidden + (q + 2 * kv) + 2 * q + kv + 3 * m->inter);
 }
 
-static int linear(const tandem_linear *l, const float *x, float *y) {
-    int status = l->kind == LINEAR_INT4
-                     ? tandem_int4_gemv(x, (const uint8_t *)l->weight, y, l->n, l->k)
-                     : tandem_int8_gemv(x, (const int8_t *)l->weight, l->scales, y, l->n, l->groups, l->group);
+/* y [rows, n] = x [rows, k] W^T (+ bias); int8 takes one row (-2 otherwise: the plan refuses it) */
+static int linear(const tandem_linear *l, const float *x, float *y, int64_t rows) {
+    int status;
+    if (l->kind == LINEAR_INT4)
+        status = tandem_int4_gemm(x, rows, (const uint8_t *)l->weight, y, l->n, l->k);
+    else
+        status = rows == 1 ? tandem_int8_gemv(x, (const int8_t *)l->weight, l->scales, y, l->n, l->groups, l->group)
+                           : -2;
     if (status == 0 && l->bias != 0)
-        for (int64_t i = 0; i < l->n; i++) y[i] += l->bias[i];
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < l->n; i++) y[r * l->n + i] += l->bias[i];
     return status;
 }
 
-/* embedding: [hidden], the token's; out: [hidden], the final norm's output (what the LM head
- * reads); position, slot: the token's (slot: where its K and V go); table: its block table,
- * context_len counting it. Returns 0; 1 when the slot is past the cache (nothing written for this
- * token); -1 when a kernel could not allocate its scratch; -2 when a kernel does not apply (a
- * shape the plan should have refused). */
-int tandem_decode_one(const tandem_model *m, const float *embedding, float *out, float *scratch,
-                      const int64_t *position, const int64_t *slot, const int32_t *table, const int32_t *context_len) {
-    const int64_t hd = m->head_dim, q_size = m->heads * hd, kv_size = m->kv_heads * hd;
+/* embedding: [rows, hidden], the tokens'; out: [rows, hidden], the final norm's output (what the LM
+ * head reads); positions, slots: [rows], the tokens' (slot: where its K and V go); tables: [rows,
+ * table_stride] block tables, context_lens: [rows], counting the token. Returns 0; 1 + t when
+ * token t's slot is past the cache (the tokens before it wrote their K and V, as the layer path's
+ * write does); -1 when a kernel could not allocate its scratch; -2 when a kernel does not apply
+ * (a shape or row count the plan should have refused). */
+int64_t tandem_decode(const tandem_model *m, const float *embedding, float *out, float *scratch, int64_t rows,
+                      const int64_t *positions, const int64_t *slots, const int32_t *tables, int64_t table_stride,
+                      const int32_t *context_lens) {
+    const int64_t hd = m->head_dim, q_size = m->heads * hd, kv_size = m->kv_heads * hd, h = m->hidden;
     const int64_t width = q_size + 2 * kv_size;
-    float *hidden = scratch, *residual = hidden + m->hidden, *normed = residual + m->hidden;
-    float *qkv = normed + m->hidden, *q_rot = qkv + width, *k_rot = q_rot + q_size;
-    float *attn = k_rot + kv_size, *gate_up = attn + q_size, *act = gate_up + 2 * m->inter;
+    float *hidden = scratch, *residual = hidden + rows * h, *normed = residual + rows * h;
+    float *qkv = normed + rows * h, *q_rot = qkv + rows * width, *k_rot = q_rot + rows * q_size;
+    float *attn = k_rot + rows * kv_size, *gate_up = attn + rows * q_size, *act = gate_up + rows * 2 * m->inter;
     const float eps = (float)m->eps;
-    const float *x = embedding; /* the hidden state entering a layer */
-    if (m->num_layers <= 0) return -2;
+    const float *x = embedding; /* the hidden states entering a layer */
+    if (m->num_layers <= 0 || rows <= 0) return -2;
     for (int64_t i = 0; i < m->num_layers; i++) {
         const tandem_layer *layer = &m->layers[i];
         int status;
+        int64_t bad;
         /* the first layer's residual is the embedding itself (no add) */
-        tandem_rms_norm(x, i == 0 ? 0 : residual, residual, normed, layer->input_norm, 1, m->hidden, eps);
+        tandem_rms_norm(x, i == 0 ? 0 : residual, residual, normed, layer->input_norm, rows, h, eps);
         if (i == 0)
-            for (int64_t j = 0; j < m->hidden; j++) residual[j] = x[j];
-        if ((status = linear(&layer->qkv, normed, qkv)) != 0) return status;
-        tandem_rope(qkv, qkv + q_size, q_rot, k_rot, position, m->cos, m->sin, 1, m->heads, m->kv_heads, hd,
+            for (int64_t j = 0; j < rows * h; j++) residual[j] = x[j];
+        if ((status = linear(&layer->qkv, normed, qkv, rows)) != 0) return status;
+        tandem_rope(qkv, qkv + q_size, q_rot, k_rot, positions, m->cos, m->sin, rows, m->heads, m->kv_heads, hd,
                     width, hd, width, hd);
-        if (tandem_write_kv(k_rot, qkv + q_size + kv_size, layer->k_cache, layer->v_cache, slot, 1, m->kv_heads,
-                            hd, kv_size, hd, width, hd, m->cache_head_stride, m->capacity) != 0)
-            return 1;
-        if (tandem_paged_decode_attention(q_rot, layer->k_cache, layer->v_cache, table, context_len, attn, 1,
+        bad = tandem_write_kv(k_rot, qkv + q_size + kv_size, layer->k_cache, layer->v_cache, slots, rows,
+                              m->kv_heads, hd, kv_size, hd, width, hd, m->cache_head_stride, m->capacity);
+        if (bad != 0) return bad;
+        if (tandem_paged_decode_attention(q_rot, layer->k_cache, layer->v_cache, tables, context_lens, attn, rows,
                                           m->heads, m->kv_heads, hd, m->page_size, m->cache_head_stride,
-                                          m->page_size * hd, 0, (float)m->scale, m->window) != 0)
+                                          m->page_size * hd, table_stride, (float)m->scale, m->window) != 0)
             return -1;
-        if ((status = linear(&layer->o, attn, hidden)) != 0) return status;
-        tandem_rms_norm(hidden, residual, residual, normed, layer->post_norm, 1, m->hidden, eps);
-        if ((status = linear(&layer->gate_up, normed, gate_up)) != 0) return status;
-        tandem_silu_and_mul(gate_up, act, 1, m->inter);
-        if ((status = linear(&layer->down, act, hidden)) != 0) return status;
+        if ((status = linear(&layer->o, attn, hidden, rows)) != 0) return status;
+        tandem_rms_norm(hidden, residual, residual, normed, layer->post_norm, rows, h, eps);
+        if ((status = linear(&layer->gate_up, normed, gate_up, rows)) != 0) return status;
+        tandem_silu_and_mul(gate_up, act, rows, m->inter);
+        if ((status = linear(&layer->down, act, hidden, rows)) != 0) return status;
         x = hidden;
     }
-    tandem_rms_norm(x, residual, residual, out, m->final_norm, 1, m->hidden, eps);
+    tandem_rms_norm(x, residual, residual, out, m->final_norm, rows, h, eps);
     return 0;
 }

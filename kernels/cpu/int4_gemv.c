@@ -1,18 +1,19 @@
-/* One row of activations times a group-wise int4 weight, for batch-1 decode on CPU (W4A16).
+/* A few rows of activations times a group-wise int4 weight, for small-batch decode on CPU (W4A16).
  *
  * The weight: w[n, k] = (c - 8) * s + z for its 4-bit code c and the (s, z) of its group of 32
  * inputs (engine/quant.py's Int4Weight). x is rounded per group of 32 to 16-bit integers
  * (x ~ dx[g] * q, dx = max |x| / LEVELS, |q| <= LEVELS = 127 * 256), and per group g of a row n
  *
- *   sum_k w x = s * (dx * sum_k c q - 8 * xsum[g]) + z * xsum[g],   xsum[g] = sum_k x exactly,
+ *   sum_k w x = s * (dx * sum_k c q - 8 * xsum[g]) + z * xsum[g],   xsum[g] = sum_k x
  *
- * with q = 256 qh + ql split into two signed bytes (ql in [-128, 127], qh in [-127, 127]), so the
- * inner loop is two unsigned-code x signed-byte dot products (AVX-512 VNNI's vpdpbusd, or AVX2's
- * vpmaddubsw + vpmaddwd), exact in int32. Activations rounded to 8 bits per group instead (as
- * llama.cpp's Q8_1) cost too much on SmolLM2: greedy outputs equal to fp32's for 1 of 8 prompts
- * against 6 of 8 with these. Codes stay 4 bits in memory: batch-1 decode is bound by reading the
- * weights, and PyTorch's packed int4 kernel, which widens codes to bf16 and multiplies in floats,
- * reads them at ~0.6 of the bandwidth this does.
+ * (xsum from x itself, unrounded, summed in float32), with q = 256 qh + ql split into two signed
+ * bytes (ql in [-128, 127], qh in [-127, 127]), so the inner loop is two unsigned-code x
+ * signed-byte dot products (AVX-512 VNNI's vpdpbusd, or AVX2's vpmaddubsw + vpmaddwd), exact in
+ * int32. Activations rounded to 8 bits per group instead (as llama.cpp's Q8_1) cost too much on
+ * SmolLM2: greedy outputs equal to fp32's for 1 of 8 prompts decoded alone, against 5 of 8 with
+ * these. Codes stay 4 bits in memory: batch-1 decode is bound by reading the weights, and
+ * PyTorch's packed int4 kernel, which widens codes to bf16 and multiplies in floats, reads them at
+ * ~0.6 of the bandwidth this does.
  *
  * Row layout (tandem_int4_pack writes it; one contiguous stream per output row, K / 2 + 4 G bytes for
  * G = K / 32 groups): the codes, 16 bytes a group (byte i: code i in the low nibble, code i + 16 in
@@ -28,6 +29,7 @@
 #define GROUP 32
 #define LEVELS 32512.0f /* 127 * 256: the high byte of a rounded activation stays within [-127, 127] */
 #define STACK_K 16384
+#define TANDEM_INT4_MAX_ROWS 8 /* rows a call takes: decode batches this small read the weights once */
 #define PARALLEL_MIN_WEIGHTS (1 << 16) /* below this, one thread: waking the other costs more */
 
 static inline float bf16_to_float(uint16_t v) {
@@ -67,6 +69,9 @@ int64_t tandem_int4_pack(const uint8_t *codes, const uint16_t *scales, const uin
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #include "vec_math.h"
+
+/* whether this build has the small-batch GEMVs (this file's and int8_gemv.c's, same condition) */
+int tandem_gemv_compiled(void) { return 1; }
 
 /* acc + the four-byte dot products of unsigned u with signed s, per int32 lane */
 static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
@@ -121,16 +126,24 @@ static void quantize_x(const float *x, int64_t groups, int8_t *q, float *dx, flo
     }
 }
 
-/* The int32 dot products of two groups' codes (one 32-byte load) with their activations: lanes
- * 0-3 sum to the first group's, 4-7 to the second's */
-static inline __m256i load_pair(const uint8_t *codes, const int8_t *q) {
+/* A 32-byte load of two groups' codes as their low and high nibbles */
+typedef struct {
+    __m256i lo, hi;
+} nibbles;
+
+static inline nibbles unpack(const uint8_t *codes) {
     const __m256i bytes = _mm256_loadu_si256((const __m256i *)codes), mask = _mm256_set1_epi8(15);
-    const __m256i lo = _mm256_and_si256(bytes, mask), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+    return (nibbles){_mm256_and_si256(bytes, mask), _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask)};
+}
+
+/* The int32 dot products of two groups' codes with their activations (128 bytes, see quantize_x):
+ * lanes 0-3 sum to the first group's, 4-7 to the second's */
+static inline __m256i dot_pair(nibbles c, const int8_t *q) {
     const __m256i zero = _mm256_setzero_si256();
-    __m256i low = dot_u8s8(zero, lo, _mm256_loadu_si256((const __m256i *)q));
-    low = dot_u8s8(low, hi, _mm256_loadu_si256((const __m256i *)(q + 32)));
-    __m256i high = dot_u8s8(zero, lo, _mm256_loadu_si256((const __m256i *)(q + 64)));
-    high = dot_u8s8(high, hi, _mm256_loadu_si256((const __m256i *)(q + 96)));
+    __m256i low = dot_u8s8(zero, c.lo, _mm256_loadu_si256((const __m256i *)q));
+    low = dot_u8s8(low, c.hi, _mm256_loadu_si256((const __m256i *)(q + 32)));
+    __m256i high = dot_u8s8(zero, c.lo, _mm256_loadu_si256((const __m256i *)(q + 64)));
+    high = dot_u8s8(high, c.hi, _mm256_loadu_si256((const __m256i *)(q + 96)));
     return _mm256_add_epi32(low, _mm256_slli_epi32(high, 8)); /* |sum| <= 32 * 15 * 32512 < 2^24 */
 }
 
@@ -138,61 +151,88 @@ static inline __m256 bf16x8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
-/* x: [k] float32; packed: [n, k / 2 + 4 * k / 32] (tandem_int4_pack); y: [n] float32.
- * Returns 0, -1 when scratch could not be allocated, -2 where it does not apply (the caller's kernel). */
-int tandem_int4_gemv(const float *x, const uint8_t *packed, float *y, int64_t n, int64_t k) {
-    if (k <= 0 || k % (2 * GROUP) != 0 || n <= 0) return -2;
+/* Output row r of every input row: m is a constant where this is inlined (see tandem_int4_gemm),
+ * so the loops over rows unroll and the accumulators stay in registers */
+static inline __attribute__((always_inline)) void output_row(const int64_t m, const int64_t r, const uint8_t *packed,
+                                                             const int64_t k, const int8_t *q, const float *dx,
+                                                             const float *xsum, float *y, const int64_t n) {
     const int64_t groups = k / GROUP, full = groups / 8 * 8, stride = k / 2 + 4 * groups;
-    /* the quantized row: on the stack up to STACK_K inputs (every model we serve), else allocated */
-    _Alignas(64) int8_t q_stack[2 * STACK_K];
-    float dx_stack[2 * STACK_K / GROUP];
-    const int on_heap = k > STACK_K;
-    int8_t *q = on_heap ? aligned_alloc(64, (size_t)(2 * k)) : q_stack;
-    float *dx = on_heap ? malloc(sizeof(float) * (size_t)groups * 2) : dx_stack;
-    if (q == NULL || dx == NULL) {
-        if (on_heap) free(q), free(dx);
-        return -1;
-    }
-    float *xsum = dx + groups;
-    quantize_x(x, groups, q, dx, xsum);
-#pragma omp parallel for schedule(static) if (n * k >= PARALLEL_MIN_WEIGHTS)
-    for (int64_t r = 0; r < n; r++) {
-        const uint8_t *row = packed + r * stride;
-        const uint16_t *s = (const uint16_t *)(row + k / 2), *z = s + groups;
-        __m256 acc = _mm256_setzero_ps();
-        int64_t g = 0;
-        for (; g < full; g += 8) { /* four loads, one reduction: the sums of groups g..g+7 in order */
-            const uint8_t *c = row + g * 16;
-            const int8_t *qg = q + g * 64;
-            const __m256i v0 = load_pair(c, qg), v1 = load_pair(c + 32, qg + 128);
-            const __m256i v2 = load_pair(c + 64, qg + 256), v3 = load_pair(c + 96, qg + 384);
+    const uint8_t *row = packed + r * stride;
+    const uint16_t *s = (const uint16_t *)(row + k / 2), *z = s + groups;
+    __m256 acc[TANDEM_INT4_MAX_ROWS];
+    for (int64_t i = 0; i < m; i++) acc[i] = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g < full; g += 8) { /* four loads, one reduction: the sums of groups g..g+7 in order */
+        const uint8_t *c = row + g * 16;
+        const nibbles c0 = unpack(c), c1 = unpack(c + 32), c2 = unpack(c + 64), c3 = unpack(c + 96);
+        const __m256 sv = bf16x8(s + g), zv = bf16x8(z + g);
+        for (int64_t i = 0; i < m; i++) {
+            const int8_t *qg = q + i * 2 * k + g * 64;
+            const __m256i v0 = dot_pair(c0, qg), v1 = dot_pair(c1, qg + 128);
+            const __m256i v2 = dot_pair(c2, qg + 256), v3 = dot_pair(c3, qg + 384);
             const __m256i sums = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
-            const __m256 xs = _mm256_loadu_ps(xsum + g);
-            const __m256 t = _mm256_fmsub_ps(_mm256_cvtepi32_ps(sums), _mm256_loadu_ps(dx + g),
+            const __m256 xs = _mm256_loadu_ps(xsum + i * groups + g);
+            const __m256 t = _mm256_fmsub_ps(_mm256_cvtepi32_ps(sums), _mm256_loadu_ps(dx + i * groups + g),
                                              _mm256_mul_ps(_mm256_set1_ps(8.0f), xs));
-            acc = _mm256_fmadd_ps(bf16x8(s + g), t, acc);
-            acc = _mm256_fmadd_ps(bf16x8(z + g), xs, acc);
+            acc[i] = _mm256_fmadd_ps(sv, t, acc[i]);
+            acc[i] = _mm256_fmadd_ps(zv, xs, acc[i]);
         }
-        float total = hsum(acc);
-        for (; g < groups; g += 2) { /* tail pairs: lanes 0-3 group g, 4-7 group g + 1 */
-            __m256i v = load_pair(row + g * 16, q + g * 64);
+    }
+    float total[TANDEM_INT4_MAX_ROWS];
+    for (int64_t i = 0; i < m; i++) total[i] = hsum(acc[i]);
+    for (; g < groups; g += 2) { /* tail pairs: lanes 0-3 group g, 4-7 group g + 1 */
+        const nibbles c = unpack(row + g * 16);
+        for (int64_t i = 0; i < m; i++) {
+            __m256i v = dot_pair(c, q + i * 2 * k + g * 64);
             v = _mm256_hadd_epi32(v, v);
             v = _mm256_hadd_epi32(v, v);
             const int32_t dots[2] = {_mm256_extract_epi32(v, 0), _mm256_extract_epi32(v, 4)};
             for (int h = 0; h < 2; h++) {
-                const int64_t gi = g + h;
-                total += bf16_to_float(s[gi]) * ((float)dots[h] * dx[gi] - 8.0f * xsum[gi]) +
-                         bf16_to_float(z[gi]) * xsum[gi];
+                const int64_t gi = g + h, xi = i * groups + gi;
+                total[i] += bf16_to_float(s[gi]) * ((float)dots[h] * dx[xi] - 8.0f * xsum[xi]) +
+                            bf16_to_float(z[gi]) * xsum[xi];
             }
         }
-        y[r] = total;
+    }
+    for (int64_t i = 0; i < m; i++) y[i * n + r] = total[i];
+}
+
+/* x: [m, k] float32 (1 <= m <= TANDEM_INT4_MAX_ROWS); packed: [n, k / 2 + 4 * k / 32]
+ * (tandem_int4_pack); y: [m, n] float32. Each weight load serves every row, and each row's
+ * arithmetic is the same whatever m (so a sequence's result does not depend on its batch).
+ * Returns 0, -1 when scratch could not be allocated, -2 where it does not apply (the caller's kernel). */
+int tandem_int4_gemm(const float *x, int64_t m, const uint8_t *packed, float *y, int64_t n, int64_t k) {
+    if (k <= 0 || k % (2 * GROUP) != 0 || n <= 0 || m < 1 || m > TANDEM_INT4_MAX_ROWS) return -2;
+    const int64_t groups = k / GROUP;
+    /* the quantized rows: on the stack up to STACK_K inputs in all (one row of any model we serve), else allocated */
+    _Alignas(64) int8_t q_stack[2 * STACK_K];
+    float dx_stack[2 * STACK_K / GROUP];
+    const int on_heap = m * k > STACK_K;
+    int8_t *q = on_heap ? aligned_alloc(64, (size_t)(2 * m * k)) : q_stack;
+    float *dx = on_heap ? malloc(sizeof(float) * (size_t)(2 * m * groups)) : dx_stack;
+    if (q == NULL || dx == NULL) {
+        if (on_heap) free(q), free(dx);
+        return -1;
+    }
+    float *xsum = dx + m * groups; /* row i's: dx + i * groups, xsum + i * groups, q + i * 2k */
+    for (int64_t i = 0; i < m; i++) quantize_x(x + i * k, groups, q + i * 2 * k, dx + i * groups, xsum + i * groups);
+    switch (m) { /* one specialised copy of the loop per row count */
+#define ROWS(M)                                                                    \
+    case M:                                                                        \
+        _Pragma("omp parallel for schedule(static) if (n * k >= PARALLEL_MIN_WEIGHTS)") \
+        for (int64_t r = 0; r < n; r++) output_row(M, r, packed, k, q, dx, xsum, y, n); \
+        break;
+        ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5) ROWS(6) ROWS(7) ROWS(8)
+#undef ROWS
     }
     if (on_heap) free(q), free(dx);
     return 0;
 }
 #else
-int tandem_int4_gemv(const float *x, const uint8_t *packed, float *y, int64_t n, int64_t k) {
-    (void)x, (void)packed, (void)y, (void)n, (void)k;
+int tandem_gemv_compiled(void) { return 0; }
+
+int tandem_int4_gemm(const float *x, int64_t m, const uint8_t *packed, float *y, int64_t n, int64_t k) {
+    (void)x, (void)m, (void)packed, (void)y, (void)n, (void)k;
     return -2;
 }
 #endif

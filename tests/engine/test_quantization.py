@@ -25,6 +25,8 @@ from engine.quant import (
     quantize_linear,
     quantize_model,
 )
+from kernels import cpu_ext
+from kernels.decode_step import FusedDecoder
 from tests.engine.conftest import TINY, build_tiny
 from tests.engine.reference import mixed_prompts
 
@@ -264,8 +266,8 @@ def test_quantization_flag_reaches_the_engine_config():
 
 # The int4-friendly shapes as Qwen2 (a bias on q/k/v) and as Mistral with a sliding window shorter
 # than the sequences: the compiled one-token decode step takes both.
-FUSED_VARIANTS = {
-    "llama": INT4_FRIENDLY,
+FUSED_VARIANTS = {  # Llama wider: rows of 8 and 18 groups (blocks of 8 and a pair in the int4 kernel)
+    "llama": {**INT4_FRIENDLY, "hidden_size": 256, "intermediate_size": 576, "head_dim": 64},
     "qwen2": {**INT4_FRIENDLY, "cls": "Qwen2Config"},
     "mistral": {**INT4_FRIENDLY, "cls": "MistralConfig", "sliding_window": 12, "tie_word_embeddings": False},
 }
@@ -287,22 +289,28 @@ def fused_variant(request, tmp_path_factory):
     return path
 
 
+NO_GEMV = pytest.mark.skipif(not cpu_ext.gemv_available(), reason="no AVX2 build of the small-batch kernels")
+
+
+@NO_GEMV
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_one_call_decode_step_equals_the_layer_by_layer_path(fused_variant, method):
-    """Batch-1 decode of a quantized model runs every layer in one compiled call
-    (kernels/cpu/decode_step.c) on the kernels the layer path runs one by one: the same bits."""
-    from engine.models.llama import LlamaForCausalLM
-
+    """Small-batch decode of a quantized model (one token under int8, up to 8 under int4) runs every
+    layer in one compiled call (kernels/cpu/decode_step.c) on the kernels the layer path runs one
+    by one: the same bits."""
     prompts = mixed_prompts(320, seed=6)[:3]
     params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True, logprobs=3)
 
-    def one_at_a_time(llm):
-        return [llm.generate([p], params)[0] for p in prompts]
+    def one_at_a_time(llm):  # and, under int4, the three together: decode steps of 3 tokens
+        alone = [llm.generate([p], params)[0] for p in prompts]
+        return alone + (llm.generate(prompts, params) if method == "int4" else [])
 
     fused = LLM(str(fused_variant), page_size=4, num_pages=128, quantization=method)
-    got = one_at_a_time(fused)
-    assert fused.engine.runner.model._fused[1] is not None  # the compiled step ran
-    with mock.patch.object(LlamaForCausalLM, "_fused_decoder", return_value=None):
+    calls = []
+    with mock.patch.object(FusedDecoder, "__call__", autospec=True, side_effect=_counting(calls)):
+        got = one_at_a_time(fused)
+    assert 1 in calls and (method == "int8" or 3 in calls)  # the compiled step ran, batched under int4
+    with mock.patch("engine.runner.build_decode_step", return_value=None):
         layered = LLM(str(fused_variant), page_size=4, num_pages=128, quantization=method)
         expect = one_at_a_time(layered)
     for a, b in zip(got, expect):
@@ -315,13 +323,25 @@ def test_float32_and_unpacked_models_keep_the_layer_path(int4_model):
     # fp32 linears have no one-row kernel (yet): the plan declines and the layer path serves
     llm = LLM(str(int4_model), num_pages=64)
     llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=3))
-    assert llm.engine.runner.model._fused[1] is None
+    assert llm.engine.runner.decode_step is None
 
 
+def _counting(calls):
+    """A side effect that records each call's row count and runs the real FusedDecoder.__call__."""
+    real = FusedDecoder.__call__
+
+    def call(self, embedding, *args):
+        calls.append(embedding.shape[0])
+        return real(self, embedding, *args)
+
+    return call
+
+
+@NO_GEMV
 def test_one_call_decode_step_refuses_a_slot_past_the_cache(int4_model):
     llm = LLM(str(int4_model), page_size=4, num_pages=16, quantization="int4")
     runner = llm.engine.runner
-    fused = runner.model._fused_decoder(runner.kv_cache)
+    fused = runner.decode_step
     before = runner.kv_cache.clone()
     embedding = runner.model.embed_tokens(torch.tensor([5]))
     args = (
@@ -333,5 +353,5 @@ def test_one_call_decode_step_refuses_a_slot_past_the_cache(int4_model):
     with pytest.raises(IndexError, match="slot 64 of token 0 is past the cache's 64 slots"):
         fused(embedding, *args)
     assert torch.equal(runner.kv_cache, before)  # nothing written
-    with pytest.raises(ValueError, match="one token"):
-        fused(torch.cat([embedding, embedding]), *args)
+    with pytest.raises(ValueError, match="1 to 8 tokens"):
+        fused(torch.cat([embedding, embedding]), *args)  # two embeddings, one of everything else

@@ -12,6 +12,7 @@ import torch
 from kernels import backend_for, cpu_ext, reference
 
 pytestmark = pytest.mark.skipif(not cpu_ext.available(), reason="no C compiler to build the CPU kernels")
+NO_GEMV = pytest.mark.skipif(not cpu_ext.gemv_available(), reason="no AVX2 build of the small-batch kernels")
 
 
 @pytest.mark.parametrize(
@@ -195,6 +196,7 @@ def test_compiled_write_kv_refuses_a_slot_past_the_cache():
     assert torch.count_nonzero(cache) == 2 * 2 * 16
 
 
+@NO_GEMV
 @pytest.mark.parametrize(
     ("groups", "n", "group"), [(1, 960, 576), (1, 576, 1536), (18, 1000, 32), (3, 5, 8), (2, 37, 40)]
 )  # per-channel, the int8 LM head's groups of 32, fewer rows than a block, rows left over per thread
@@ -210,6 +212,7 @@ def test_compiled_int8_gemv_equals_the_product_in_float64(groups, n, group):
     torch.testing.assert_close(got.double(), expect, rtol=1e-5, atol=1e-5 * float(expect.abs().max()))
 
 
+@NO_GEMV
 def test_compiled_int8_gemv_declines_what_it_does_not_take():
     codes, scales = torch.zeros(1, 16, 24, dtype=torch.int8), torch.ones(1, 16, dtype=torch.bfloat16)
     assert cpu_ext.int8_gemv(torch.ones(1, 24), codes, scales) is not None
@@ -227,42 +230,54 @@ def _int4_weight(n: int, k: int, seed: int):
     return quantize_int4(torch.randn(n, k, generator=g) / 20, dtype=torch.bfloat16), g
 
 
+@NO_GEMV
 @pytest.mark.parametrize(
-    ("n", "k"), [(576, 576), (48, 1536), (5, 64), (37, 256), (3072, 576)]
-)  # 18 groups: two blocks of 8 and a tail pair; 48: six blocks; 2: a pair only; 8: one block
-def test_compiled_int4_gemv_equals_its_reference_and_the_rounding_bound(n, k):
+    ("n", "k", "rows"),
+    [(576, 576, 1), (48, 1536, 3), (5, 64, 8), (37, 256, 2), (3072, 576, 1), (40, 576, 8), (16, 2304, 8)],
+)  # 18 groups: two blocks of 8 and a tail pair; 48: six blocks; 2: a pair only; 8: one block;
+# 8 x 2304 inputs: more than the stack holds, the scratch is allocated
+def test_compiled_int4_gemv_equals_its_reference_and_the_rounding_bound(n, k, rows):
     weight, g = _int4_weight(n, k, n + k)
-    x = torch.randn(1, k, generator=g)
+    x = torch.randn(rows, k, generator=g)
     x[0, 32:64] = 0  # a group of zeros: its scale is 0, nothing divides by it
-    x[0, :32] *= 1000  # and one far larger than the rest
+    x[-1, :32] *= 1000  # and one far larger than the rest
     packed = cpu_ext.int4_gemv_pack(weight.codes, weight.scales_zeros)
     got = cpu_ext.int4_gemv(x, packed)
-    assert got.shape == (1, n) and got.dtype == torch.float32
-    ref = reference.int4_gemv(x, weight.codes, weight.scales_zeros)
-    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
-    # against the exact product: rounding x to dx * q moves each input by at most dx / 2, and each
-    # group's codes (<= 15) weigh that by its scale
+    assert got.shape == (rows, n) and got.dtype == torch.float32
     scale, zero = (t.double().T[..., None] for t in weight.scales_zeros.unbind(-1))  # [n, groups, 1]
     w = ((weight.codes.double().view(n, -1, 32) - 8) * scale + zero).view(n, k)
-    exact = x.double() @ w.T
-    dx = x.double().view(-1, 32).abs().amax(-1) / reference.INT4_GEMV_LEVELS
-    bound = (scale[..., 0].abs() * dx * 15 * 32 / 2).sum(-1)
-    assert bool(((ref - exact).abs()[0] <= bound + 1e-9).all())
-    assert float((ref - exact).abs().max()) > 0  # the activations were rounded: not the float product
+    for i in range(rows):
+        ref = reference.int4_gemv(x[i : i + 1], weight.codes, weight.scales_zeros)
+        # float32 sums: their rounding scales with the terms' magnitudes, not with the result's
+        magnitude = float((x[i].double().abs() @ w.abs().T).max())
+        torch.testing.assert_close(got[i : i + 1].double(), ref, rtol=1e-5, atol=1e-6 * magnitude)
+        # a row's result does not depend on the rows beside it
+        assert torch.equal(got[i : i + 1], cpu_ext.int4_gemv(x[i : i + 1], packed))
+        # against the exact product: rounding x to dx * q moves each input by at most dx / 2 (plus
+        # float32's rounding of x / dx, ~32512 * 2^-24 of a step: 0.51 covers it), and each
+        # group's codes (<= 15) weigh that by its scale
+        exact = x[i : i + 1].double() @ w.T
+        dx = x[i].double().view(-1, 32).abs().amax(-1) / reference.INT4_GEMV_LEVELS
+        bound = (scale[..., 0].abs() * dx * 15 * 32 * 0.51).sum(-1)
+        assert bool(((ref - exact).abs()[0] <= bound + 1e-9).all())
+        assert float((ref - exact).abs().max()) > 0  # the activations were rounded: not the float product
 
 
+@NO_GEMV
 def test_compiled_int4_gemv_declines_what_it_does_not_take():
     weight, _ = _int4_weight(16, 64, 0)
     packed = cpu_ext.int4_gemv_pack(weight.codes, weight.scales_zeros)
     assert cpu_ext.int4_gemv(torch.ones(1, 64), packed) is not None
-    assert cpu_ext.int4_gemv(torch.ones(2, 64), packed) is None  # two rows: the packed kernel
+    assert cpu_ext.int4_gemv(torch.ones(8, 64), packed) is not None
+    assert cpu_ext.int4_gemv(torch.ones(9, 64), packed) is None  # nine rows: the packed kernel
     assert cpu_ext.int4_gemv(torch.ones(1, 64, dtype=torch.bfloat16), packed) is None
     odd, _ = _int4_weight(16, 96, 0)  # three groups: the pairs do not come out even
     assert cpu_ext.int4_gemv_pack(odd.codes, odd.scales_zeros) is None
     assert cpu_ext.int4_gemv_pack(weight.codes, weight.scales_zeros.float()) is None
 
 
-def test_int4_linear_decodes_one_row_with_the_int4_gemv():
+@NO_GEMV
+def test_int4_linear_decodes_a_few_rows_with_the_int4_gemv():
     from engine.quant import Int4Linear
 
     weight, g = _int4_weight(48, 128, 1)

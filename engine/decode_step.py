@@ -3,10 +3,10 @@
 A decode step of a quantized model at a small batch runs a few milliseconds of arithmetic, but the
 layer-by-layer path issues ~15 Python-level calls a layer around it (module calls, views, checks,
 allocations, ctypes). The compiled step runs the same kernels in one call. It applies on CPU when
-every decoder linear has a small-batch kernel (``one_row_kernel()``: int4 rows, or int8 at one
-token; float32 weights have none and keep the layer path), to steps whose every token is a decode
-token, at most ``FusedDecoder.max_rows`` of them (8 under int4, 1 under int8), with nobody waiting
-on per-layer callbacks (the layer-wise hand-off). Its result is the layer path's, bit for bit.
+every decoder linear has a small-batch kernel (``one_row_kernel()``: int4 or int8; float32 weights
+have none and keep the layer path), to steps whose every token is a decode token, at most
+``FusedDecoder.max_rows`` (8) of them, with nobody waiting on per-layer callbacks (the layer-wise
+hand-off). Its result is the layer path's, bit for bit.
 """
 
 from __future__ import annotations

@@ -194,9 +194,10 @@ class Int8Linear(_QuantizedLinear):
         return Int8Weight(codes, scales, self.group_size).dequantize()
 
     def _few_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
-        # one row: float32 activations (not rounded to bf16), in ~0.6 of the packed kernel's time on
-        # weights streamed from memory (kernels/cpu/int8_gemv.c); None: the packed kernel runs
-        return cpu_ext.int8_gemv(rows, self.codes, self.scales) if rows.shape[0] == 1 else None
+        # up to cpu_ext.SMALL_BATCH_ROWS rows, float32 activations (not rounded to bf16), each 8
+        # codes widened once for every row; at one row ~0.6 of the packed kernel's time on weights
+        # streamed from memory (kernels/cpu/int8_gemv.c); None: the packed kernel runs
+        return cpu_ext.int8_gemv(rows, self.codes, self.scales)
 
     def one_row_kernel(self) -> LinearKernel | None:
         if not self.packed or not cpu_ext.gemv_available():
@@ -243,7 +244,7 @@ class Int4Linear(_QuantizedLinear):
         return Int4Weight(codes, self.scales_zeros, self.group_size).dequantize()
 
     def _few_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
-        # up to cpu_ext.INT4_MAX_ROWS rows, each rounded to 16-bit integers per group of 32, times
+        # up to cpu_ext.SMALL_BATCH_ROWS rows, each rounded to 16-bit integers per group of 32, times
         # the 4-bit codes read once (see kernels.reference.int4_gemv); None: the packed kernel runs
         # (on bf16 activations)
         return None if self.gemv_rows is None else cpu_ext.int4_gemv(rows, self.gemv_rows)

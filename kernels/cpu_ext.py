@@ -5,8 +5,8 @@ pages; ``kernels/cpu/norm_act.c``: RMSNorm with the residual add fused in, and S
 ``kernels/cpu/rope.c``: the rotary embedding of q and k in one call;
 ``kernels/cpu/kv_int8.c``: KV vectors to int8 with a scale each and back (``--kv-dtype int8``);
 ``kernels/cpu/kv_pages.c``: new K and V rows into their cache slots;
-``kernels/cpu/int8_gemv.c``: one row times an int8 weight with bf16 scales (batch-1 decode of
-``--quantization int8`` and of the int8 LM head);
+``kernels/cpu/int8_gemv.c``: up to 8 rows times an int8 weight with bf16 scales (small-batch
+decode of ``--quantization int8`` and of the int8 LM head);
 ``kernels/cpu/int4_gemv.c``: one row times a group-wise int4 weight, the row rounded to 16-bit
 integers per group (batch-1 decode of ``--quantization int4``);
 ``kernels/cpu/decode_step.c``: one token through every decoder layer in one call, on the kernels above
@@ -116,8 +116,8 @@ def library() -> ctypes.CDLL | None:
     lib.tandem_silu_and_mul.argtypes = [_F32P, _F32P, _I64, _I64]
     lib.tandem_rope.restype = None
     lib.tandem_rope.argtypes = [*[_F32P] * 7, *[_I64] * 8]
-    lib.tandem_int8_gemv.restype = ctypes.c_int
-    lib.tandem_int8_gemv.argtypes = [*[_F32P] * 4, *[_I64] * 3]
+    lib.tandem_int8_gemm.restype = ctypes.c_int
+    lib.tandem_int8_gemm.argtypes = [_F32P, _I64, *[_F32P] * 3, *[_I64] * 3]
     lib.tandem_int4_gemm.restype = ctypes.c_int
     lib.tandem_int4_gemm.argtypes = [_F32P, _I64, _F32P, _F32P, _I64, _I64]
     lib.tandem_int4_pack.restype = ctypes.c_int64
@@ -293,17 +293,21 @@ def write_kv(
         )
 
 
+SMALL_BATCH_ROWS = 8  # rows one int8_gemv / int4_gemv call takes (TANDEM_INT8/INT4_MAX_ROWS in the C)
+
+
 def int8_gemv(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
-    """``x [1, groups * group] @ W.T`` for ``W[n, g * group + k] = codes[g, n, k] * scales[g, n]``
-    (the layout ``engine.quant.Int8Linear`` keeps), float32 in and out, bf16 scales; None where this
-    kernel does not apply (more than one row, not float32 activations on CPU, int8 codes and bf16
-    scales of those shapes, a group not a multiple of 8, or no compiled library)."""
+    """``x [M, groups * group] @ W.T`` for ``W[n, g * group + k] = codes[g, n, k] * scales[g, n]``
+    (the layout ``engine.quant.Int8Linear`` keeps), M <= 8, float32 in and out, bf16 scales; a row's
+    result does not depend on the others. None where this kernel does not apply (more rows, not
+    float32 activations on CPU, int8 codes and bf16 scales of those shapes, a group not a multiple
+    of 8, no AVX2 build, or no compiled library)."""
     lib = library()
     if (
         lib is None
         or not cpu_float32(x)
         or x.dim() != 2
-        or x.shape[0] != 1
+        or not 1 <= x.shape[0] <= SMALL_BATCH_ROWS
         or codes.dtype != torch.int8
         or codes.dim() != 3
         or scales.dtype != torch.bfloat16
@@ -316,9 +320,9 @@ def int8_gemv(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> tor
         return None
     groups, n, group = codes.shape
     x = x.contiguous()
-    out = torch.empty((1, n), dtype=torch.float32)
-    status = lib.tandem_int8_gemv(
-        x.data_ptr(), codes.data_ptr(), scales.data_ptr(), out.data_ptr(), n, groups, group
+    out = torch.empty((x.shape[0], n), dtype=torch.float32)
+    status = lib.tandem_int8_gemm(
+        x.data_ptr(), x.shape[0], codes.data_ptr(), scales.data_ptr(), out.data_ptr(), n, groups, group
     )
     return out if status == 0 else None
 
@@ -347,9 +351,6 @@ def int4_gemv_pack(codes: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Ten
     return out if status == 0 else None
 
 
-INT4_MAX_ROWS = 8  # rows one int4_gemv call takes (TANDEM_INT4_MAX_ROWS in int4_gemv.c)
-
-
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor | None:
     """``x [M, K] @ W.T`` for the int4 weight ``packed`` by :func:`int4_gemv_pack`, M <= 8, each row
     of x rounded to 16-bit integers per group of 32 (``kernels.reference.int4_gemv`` says exactly
@@ -360,7 +361,7 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor | None:
         lib is None
         or not cpu_float32(x)
         or x.dim() != 2
-        or not 1 <= x.shape[0] <= INT4_MAX_ROWS
+        or not 1 <= x.shape[0] <= SMALL_BATCH_ROWS
         or packed.dtype != torch.uint8
         or packed.dim() != 2
         or x.shape[1] % 64

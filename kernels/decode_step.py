@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from kernels.cpu_ext import INT4_MAX_ROWS, cpu_float32, gemv_available, library
+from kernels.cpu_ext import SMALL_BATCH_ROWS, cpu_float32, gemv_available, library
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
@@ -23,9 +23,9 @@ _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 @dataclass(frozen=True)
 class LinearKernel:
     """A linear :class:`FusedDecoder` runs with a small-batch kernel: ``kind`` "int4", ``weight`` the
-    rows ``cpu_ext.int4_gemv_pack`` made (up to ``INT4_MAX_ROWS`` tokens a step); or "int8",
-    ``weight`` int8 codes [groups, n, group] and ``scales`` bf16 [groups, n] (as
-    ``cpu_ext.int8_gemv``: one token a step). ``bias``: float32 [n] or None."""
+    rows ``cpu_ext.int4_gemv_pack`` made; or "int8", ``weight`` int8 codes [groups, n, group] and
+    ``scales`` bf16 [groups, n] (as ``cpu_ext.int8_gemv``). Up to ``SMALL_BATCH_ROWS`` tokens a
+    step either way. ``bias``: float32 [n] or None."""
 
     kind: Literal["int4", "int8"]
     weight: torch.Tensor
@@ -89,8 +89,7 @@ class FusedDecoder:
     """A decode step (one token of each of up to ``max_rows`` sequences) through every decoder layer
     of a Llama-family model in one compiled call (``kernels/cpu/decode_step.c``): the same kernels, in
     the same order, as the layer-by-layer path with its small-batch linears, so the same result bit
-    for bit, without ~15 Python-level calls a layer. ``max_rows``: ``INT4_MAX_ROWS`` when every
-    linear is int4, else 1. Built with :meth:`build` (None where it does not apply); holds every
+    for bit, without ~15 Python-level calls a layer. ``max_rows``: ``SMALL_BATCH_ROWS``. Built with :meth:`build` (None where it does not apply); holds every
     tensor it points into. Not reentrant: one scratch buffer serves every call (the engine steps
     from one thread)."""
 
@@ -168,8 +167,7 @@ class FusedDecoder:
             window=sliding_window or 0, eps=eps, scale=scale, cos=cos.data_ptr(), sin=sin.data_ptr(),
             final_norm=final_norm.data_ptr(), layers=structs,
         )  # fmt: skip
-        kinds = {getattr(layer, name).kind for layer in layers for name in shapes}
-        return cls(model, structs, keep, lib, INT4_MAX_ROWS if kinds == {"int4"} else 1)
+        return cls(model, structs, keep, lib, SMALL_BATCH_ROWS)
 
     def __call__(
         self,

@@ -7,12 +7,12 @@
  * kernels in the same order on the same bytes (the PyTorch path's own compiled kernels, each
  * declared here as the file that defines it exports it), so its result equals that path's bit for
  * bit; the engine takes it for a decode-only step of as many tokens as every linear's kernel takes
- * at once (int4: up to 8, int8: 1). */
+ * at once (up to 8). */
 #include <stdint.h>
 
 /* the kernels, from the other files of this library */
 int tandem_int4_gemm(const float *x, int64_t m, const uint8_t *packed, float *y, int64_t n, int64_t k);
-int tandem_int8_gemv(const float *x, const int8_t *codes, const uint16_t *scales, float *y, int64_t n,
+int tandem_int8_gemm(const float *x, int64_t m, const int8_t *codes, const uint16_t *scales, float *y, int64_t n,
                      int64_t groups, int64_t group);
 void tandem_rms_norm(const float *x, const float *residual, float *residual_out, float *out,
                      const float *weight, int64_t rows, int64_t dim, float eps);
@@ -64,14 +64,13 @@ int64_t tandem_decode_scratch(const tandem_model *m, int64_t rows) {
     return rows * (3 * m->hidden + (q + 2 * kv) + 2 * q + kv + 3 * m->inter);
 }
 
-/* y [rows, n] = x [rows, k] W^T (+ bias); int8 takes one row (-2 otherwise: the plan refuses it) */
+/* y [rows, n] = x [rows, k] W^T (+ bias), rows <= 8 */
 static int linear(const tandem_linear *l, const float *x, float *y, int64_t rows) {
     int status;
     if (l->kind == LINEAR_INT4)
         status = tandem_int4_gemm(x, rows, (const uint8_t *)l->weight, y, l->n, l->k);
     else
-        status = rows == 1 ? tandem_int8_gemv(x, (const int8_t *)l->weight, l->scales, y, l->n, l->groups, l->group)
-                           : -2;
+        status = tandem_int8_gemm(x, rows, (const int8_t *)l->weight, l->scales, y, l->n, l->groups, l->group);
     if (status == 0 && l->bias != 0)
         for (int64_t r = 0; r < rows; r++)
             for (int64_t i = 0; i < l->n; i++) y[r * l->n + i] += l->bias[i];

@@ -295,21 +295,19 @@ NO_GEMV = pytest.mark.skipif(not cpu_ext.gemv_available(), reason="no AVX2 build
 @NO_GEMV
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_one_call_decode_step_equals_the_layer_by_layer_path(fused_variant, method):
-    """Small-batch decode of a quantized model (one token under int8, up to 8 under int4) runs every
-    layer in one compiled call (kernels/cpu/decode_step.c) on the kernels the layer path runs one
+    """Small-batch decode of a quantized model (up to 8 tokens) runs every layer in one compiled call (kernels/cpu/decode_step.c) on the kernels the layer path runs one
     by one: the same bits."""
     prompts = mixed_prompts(320, seed=6)[:3]
     params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True, logprobs=3)
 
-    def one_at_a_time(llm):  # and, under int4, the three together: decode steps of 3 tokens
-        alone = [llm.generate([p], params)[0] for p in prompts]
-        return alone + (llm.generate(prompts, params) if method == "int4" else [])
+    def one_at_a_time(llm):  # and the three together: decode steps of 3 tokens
+        return [llm.generate([p], params)[0] for p in prompts] + llm.generate(prompts, params)
 
     fused = LLM(str(fused_variant), page_size=4, num_pages=128, quantization=method)
     calls = []
     with mock.patch.object(FusedDecoder, "__call__", autospec=True, side_effect=_counting(calls)):
         got = one_at_a_time(fused)
-    assert 1 in calls and (method == "int8" or 3 in calls)  # the compiled step ran, batched under int4
+    assert 1 in calls and 3 in calls  # the compiled step ran, alone and batched
     with mock.patch("engine.runner.build_decode_step", return_value=None):
         layered = LLM(str(fused_variant), page_size=4, num_pages=128, quantization=method)
         expect = one_at_a_time(layered)

@@ -198,25 +198,29 @@ def test_compiled_write_kv_refuses_a_slot_past_the_cache():
 
 @NO_GEMV
 @pytest.mark.parametrize(
-    ("groups", "n", "group"), [(1, 960, 576), (1, 576, 1536), (18, 1000, 32), (3, 5, 8), (2, 37, 40)]
+    ("groups", "n", "group", "rows"),
+    [(1, 960, 576, 1), (1, 576, 1536, 3), (18, 1000, 32, 8), (3, 5, 8, 2), (2, 37, 40, 5), (1, 64, 576, 8)],
 )  # per-channel, the int8 LM head's groups of 32, fewer rows than a block, rows left over per thread
-def test_compiled_int8_gemv_equals_the_product_in_float64(groups, n, group):
+def test_compiled_int8_gemv_equals_the_product_in_float64(groups, n, group, rows):
     g = torch.Generator().manual_seed(n)
     codes = torch.randint(-127, 128, (groups, n, group), dtype=torch.int8, generator=g)
     scales = (torch.rand(groups, n, generator=g) / 50).to(torch.bfloat16)
-    x = torch.randn(1, groups * group, generator=g)
+    x = torch.randn(rows, groups * group, generator=g)
     weight = (codes.double() * scales.double()[..., None]).permute(1, 0, 2).reshape(n, groups * group)
     expect = x.double() @ weight.T
     got = cpu_ext.int8_gemv(x, codes, scales)
-    assert got.shape == (1, n) and got.dtype == torch.float32
+    assert got.shape == (rows, n) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expect, rtol=1e-5, atol=1e-5 * float(expect.abs().max()))
+    for i in range(rows):  # a row's result does not depend on the rows beside it
+        assert torch.equal(got[i : i + 1], cpu_ext.int8_gemv(x[i : i + 1], codes, scales))
 
 
 @NO_GEMV
 def test_compiled_int8_gemv_declines_what_it_does_not_take():
     codes, scales = torch.zeros(1, 16, 24, dtype=torch.int8), torch.ones(1, 16, dtype=torch.bfloat16)
     assert cpu_ext.int8_gemv(torch.ones(1, 24), codes, scales) is not None
-    assert cpu_ext.int8_gemv(torch.ones(2, 24), codes, scales) is None  # two rows: the packed kernel
+    assert cpu_ext.int8_gemv(torch.ones(8, 24), codes, scales) is not None
+    assert cpu_ext.int8_gemv(torch.ones(9, 24), codes, scales) is None  # nine rows: the packed kernel
     assert cpu_ext.int8_gemv(torch.ones(1, 24, dtype=torch.bfloat16), codes, scales) is None
     assert cpu_ext.int8_gemv(torch.ones(1, 24), codes, scales.float()) is None
     odd = torch.zeros(1, 16, 12, dtype=torch.int8)  # a group that is not a multiple of 8

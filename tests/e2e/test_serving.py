@@ -177,3 +177,26 @@ def test_only_messages_sealed_with_the_cluster_key_reach_a_worker(disagg):
         auth.set_key(before)
         box.close()
         inbox.close()
+
+
+def test_int4_workers_match_the_offline_int4_engine(default_model):
+    """``tandem up --quantization int4``: the prefill worker's KV (the packed int4 kernel) goes to the
+    decode worker, whose small batches decode in one compiled call (kernels/cpu/decode_step.c); the
+    answers are the offline int4 engine's, token for token."""
+    offline_int4 = LLM(str(default_model), num_pages=256, quantization="int4")
+    cluster = start(default_model, num_prefill=1, num_decode=1, extra_worker_args=("--quantization", "int4"))
+    try:
+        c = client(cluster)
+        model = c.models.list().data[0].id
+        # the second answer differs from float32's (measured): workers that ignored the flag fail here
+        for question in (QUESTION, "Write one sentence about the sea."):
+            messages = [{"role": "user", "content": question}]
+            expect = expected_chat(offline_int4, messages, 24)
+            resp = c.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0)
+            assert resp.choices[0].message.content == expect
+            stream = c.chat.completions.create(
+                model=model, messages=messages, max_tokens=24, temperature=0, stream=True
+            )
+            assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == expect
+    finally:
+        cluster.stop()

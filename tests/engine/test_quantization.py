@@ -353,3 +353,16 @@ def test_one_call_decode_step_refuses_a_slot_past_the_cache(int4_model):
     assert torch.equal(runner.kv_cache, before)  # nothing written
     with pytest.raises(ValueError, match="1 to 8 tokens"):
         fused(torch.cat([embedding, embedding]), *args)  # two embeddings, one of everything else
+
+
+@NO_GEMV
+def test_one_call_decode_step_leaves_larger_batches_to_the_layer_path(int4_model):
+    llm = LLM(str(int4_model), page_size=4, num_pages=256, quantization="int4")
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    calls = []
+    with mock.patch.object(FusedDecoder, "__call__", autospec=True, side_effect=_counting(calls)):
+        nine = llm.generate(mixed_prompts(320, seed=7)[:9], params)  # decode steps of 9 tokens
+        assert calls == []
+        llm.generate(mixed_prompts(320, seed=7)[:8], params)  # of 8
+        assert calls and set(calls) == {8}
+    assert all(len(o.token_ids) == 6 for o in nine)

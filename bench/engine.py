@@ -216,8 +216,9 @@ def scored(llm: LLM, prompts: list[list[int]], outputs: list[list[int]]) -> list
 def quant_accuracy(llm: LLM, prompts, ref_out, ref_scores) -> dict:
     """How far ``llm`` is from fp32 (``ref_out``: fp32 greedy outputs, ``ref_scores``: their scores)."""
     own = greedy(llm, prompts)
-    # one prompt at a time: batch-1 decode takes the one-row kernels (int8 GEMV on float32
-    # activations, int4 on 16-bit integer activations), whose rounding differs from the packed kernels' a batch runs
+    # one prompt at a time as well as the 8 together: both decode through the small-batch kernels
+    # (int8 on float32 activations, int4 on 16-bit integers, a token's result independent of its
+    # batch), but the prompts are prefilled apart or together by the packed kernels
     alone = [out for p in prompts for out in greedy(llm, [p])]
     scores = scored(llm, prompts, ref_out)
     ref_tokens = [t for o in ref_out for t in o]
@@ -246,6 +247,8 @@ def measure_quantization(model_dir: str, flops: FlopModel, vocab: int) -> dict:
         llm = LLM(model_dir, dtype="float32", quantization=method, max_num_seqs=8, num_pages=512)
         llm.generate([[100] * 16], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
         row = {"decode_batch1": measure_decode(llm, flops, vocab, 1, 128, 128)}
+        # the small-batch kernels' range (quantized): decode steps of 2, 4 and 8 tokens
+        row["decode_small_batches"] = [measure_decode(llm, flops, vocab, b, 128, 32) for b in (2, 4, 8)]
         row["prefill"] = measure_prefill(llm, flops, vocab, 512, 4)
         prompts = quant_prompts(llm)
         if ref is None:
@@ -265,6 +268,8 @@ def measure_quantization(model_dir: str, flops: FlopModel, vocab: int) -> dict:
 
 def _print_quant_row(name: str, row: dict) -> None:
     line = f"{name}: batch-1 decode {row['decode_batch1']['tokens_per_s']:.1f} tok/s"
+    steps = " / ".join(f"{d['step_ms_p50']:.1f}" for d in row["decode_small_batches"])
+    line += f" (steps of 2 / 4 / 8 tokens: {steps} ms)"
     line += f", prefill {row['prefill']['tokens_per_s']:.0f} tok/s"
     if "accuracy_vs_fp32" in row:
         acc = row["accuracy_vs_fp32"]

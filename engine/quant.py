@@ -24,6 +24,9 @@ groups of 32 re-quantize it almost exactly (up to bfloat16 scales).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +55,22 @@ LM_HEAD_INT8_GROUP_SIZE: int | None = 32
 # scalar path 10-20x slower), so on CPU activations are rounded to bfloat16 at each quantized linear
 # (accumulation stays float32 inside the kernel; its output is bfloat16, cast back to the model dtype).
 CPU_COMPUTE_DTYPE = torch.bfloat16
+
+_SMALL_BATCH = contextvars.ContextVar("tandem_small_batch_kernels", default=False)
+
+
+@contextlib.contextmanager
+def small_batch_kernels() -> Iterator[None]:
+    """Within it, quantized linears run their small-batch kernels on inputs of up to
+    ``cpu_ext.SMALL_BATCH_ROWS`` rows (``ModelRunner`` enters it for decode-only steps, as the
+    compiled decode step runs them). Outside it (prompts, steps that mix prompt chunks and decode
+    tokens) the packed kernels run, whose results do not depend on how a prompt is chunked or how
+    much of it was cached."""
+    token = _SMALL_BATCH.set(True)
+    try:
+        yield
+    finally:
+        _SMALL_BATCH.reset(token)
 
 
 @dataclass(frozen=True)
@@ -147,7 +166,7 @@ class _QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.packed:
-            out = self._few_rows(rows)
+            out = self._few_rows(rows) if _SMALL_BATCH.get() else None
             if out is None:
                 out = self._packed_mm(rows.to(CPU_COMPUTE_DTYPE).contiguous()).to(x.dtype)
             out = out if self.bias is None else out + self.bias
@@ -164,8 +183,8 @@ class _QuantizedLinear(nn.Module):
         return None
 
     def _few_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
-        """The product by a kernel of its own for the few rows of a small decode batch, or None:
-        ``_packed_mm`` (more rows, or no such kernel)."""
+        """The product by a kernel of its own for the few rows of a small decode-only step (within
+        :func:`small_batch_kernels`), or None: ``_packed_mm`` (more rows, or no such kernel)."""
         return None
 
     def dequantize(self) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -11,8 +12,9 @@ from engine.attention import AttentionMetadata
 from engine.config import EngineConfig, ModelConfig
 from engine.decode_step import build_decode_step
 from engine.loader import load_model
+from engine.quant import small_batch_kernels
 from engine.scheduler import ScheduledBatch
-from kernels import backend_for
+from kernels import backend_for, cpu_ext
 
 
 def kv_bytes_per_page(cfg: ModelConfig, page_size: int, dtype: torch.dtype) -> int:
@@ -100,14 +102,29 @@ class ModelRunner:
         (which must be among the ones the row runs in this step). ``on_layer(i)`` is called once
         decoder layer ``i`` has written this step's KV."""
         input_ids, positions, meta, last_token_index = self._prepare(batch)
-        step, n = self.decode_step, input_ids.shape[0]
-        if step is not None and on_layer is None and 0 < n == meta.num_decode_tokens and n <= step.max_rows:
-            embedding = self.model.embed_tokens(input_ids)
-            hidden = step(
-                embedding, positions, meta.slots, meta.decode_block_tables, meta.decode_context_lens
-            )
-        else:
-            hidden = self.model(input_ids, positions, self.kv_cache, meta, on_layer)
+        tokens = input_ids.shape[0]
+        # a decode-only step of a few tokens: the quantized linears' small-batch kernels (what the
+        # compiled step runs), in one call where the model has it; prompts: the packed kernels
+        small = 0 < tokens == meta.num_decode_tokens and tokens <= cpu_ext.SMALL_BATCH_ROWS
+        step = self.decode_step
+        with small_batch_kernels() if small else contextlib.nullcontext():
+            if small and step is not None and on_layer is None:
+                embedding = self.model.embed_tokens(input_ids)
+                hidden = step(
+                    embedding, positions, meta.slots, meta.decode_block_tables, meta.decode_context_lens
+                )
+            else:
+                hidden = self.model(input_ids, positions, self.kv_cache, meta, on_layer)
+            return self._logits(batch, hidden, sample_rows, prompt_positions, last_token_index)
+
+    def _logits(
+        self,
+        batch: ScheduledBatch,
+        hidden: torch.Tensor,
+        sample_rows: list[int],
+        prompt_positions: dict[int, range] | None,
+        last_token_index: list[int],
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         prompt_logits = {}
         for row, span in (prompt_positions or {}).items():
             seq, n = batch.seqs[row], batch.num_new_tokens[row]

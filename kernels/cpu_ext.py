@@ -7,10 +7,10 @@ pages; ``kernels/cpu/norm_act.c``: RMSNorm with the residual add fused in, and S
 ``kernels/cpu/kv_pages.c``: new K and V rows into their cache slots;
 ``kernels/cpu/int8_gemv.c``: up to 8 rows times an int8 weight with bf16 scales (small-batch
 decode of ``--quantization int8`` and of the int8 LM head);
-``kernels/cpu/int4_gemv.c``: one row times a group-wise int4 weight, the row rounded to 16-bit
-integers per group (batch-1 decode of ``--quantization int4``);
-``kernels/cpu/decode_step.c``: one token through every decoder layer in one call, on the kernels above
-(:class:`FusedDecoder`, batch-1 decode of a quantized model).
+``kernels/cpu/int4_gemv.c``: up to 8 rows times a group-wise int4 weight, each row rounded to
+16-bit integers per group (small-batch decode of ``--quantization int4``);
+``kernels/cpu/decode_step.c``: a decode step of up to 8 tokens through every decoder layer in one
+call, on the kernels above (``kernels.decode_step.FusedDecoder``).
 Each has its PyTorch reference in ``kernels.reference`` (the tests' oracle and the fallback).
 
 Why not a torch C++ extension: building one against torch's headers takes minutes on a small

@@ -89,15 +89,22 @@ class FusedDecoder:
     """A decode step (one token of each of up to ``max_rows`` sequences) through every decoder layer
     of a Llama-family model in one compiled call (``kernels/cpu/decode_step.c``): the same kernels, in
     the same order, as the layer-by-layer path with its small-batch linears, so the same result bit
-    for bit, without ~15 Python-level calls a layer. ``max_rows``: ``SMALL_BATCH_ROWS``. Built with :meth:`build` (None where it does not apply); holds every
-    tensor it points into. Not reentrant: one scratch buffer serves every call (the engine steps
-    from one thread)."""
+    for bit, without ~15 Python-level calls a layer. ``max_rows``: ``SMALL_BATCH_ROWS``. Built with
+    :meth:`build` (None where it does not apply); holds every tensor it points into. Not reentrant:
+    one scratch buffer serves every call (the engine steps from one thread)."""
 
     def __init__(
-        self, model: _Model, layers: ctypes.Array, keep: list[torch.Tensor], lib: ctypes.CDLL, max_rows: int
+        self,
+        model: _Model,
+        layers: ctypes.Array,
+        keep: list[torch.Tensor],
+        lib: ctypes.CDLL,
+        max_rows: int,
+        max_positions: int,
     ) -> None:
         self._model, self._layers, self._keep, self._lib = model, layers, keep, lib
         self.max_rows, self.hidden = max_rows, model.hidden
+        self.max_positions = max_positions  # the RoPE tables' rows
         self._scratch = torch.empty(
             lib.tandem_decode_scratch(ctypes.byref(model), max_rows), dtype=torch.float32
         )
@@ -167,7 +174,7 @@ class FusedDecoder:
             window=sliding_window or 0, eps=eps, scale=scale, cos=cos.data_ptr(), sin=sin.data_ptr(),
             final_norm=final_norm.data_ptr(), layers=structs,
         )  # fmt: skip
-        return cls(model, structs, keep, lib, SMALL_BATCH_ROWS)
+        return cls(model, structs, keep, lib, SMALL_BATCH_ROWS, cos.shape[0])
 
     def __call__(
         self,
@@ -181,25 +188,33 @@ class FusedDecoder:
         sequences: ``embedding`` float32 [rows, hidden], ``positions`` and ``slots`` int64 [rows],
         ``block_tables`` int32 [rows, pages], ``context_lens`` int32 [rows] (counting the token).
         Their K and V go into the cache as the layer path writes them."""
+        args = {"embedding": embedding, "positions": positions, "slots": slots, "block_tables": block_tables,
+                "context_lens": context_lens}  # fmt: skip
+        off_cpu = [name for name, t in args.items() if t.device.type != "cpu"]
+        if off_cpu:
+            raise ValueError(f"the fused decode step runs on CPU tensors; {', '.join(off_cpu)} are not")
+        rows = embedding.shape[0] if embedding.dim() == 2 else 0
+        if embedding.dim() != 2 or embedding.shape[1] != self.hidden or embedding.dtype != torch.float32:
+            raise ValueError(
+                f"embedding must be float32 [rows, {self.hidden}], got {embedding.dtype} {list(embedding.shape)}"
+            )
+        if not 1 <= rows <= self.max_rows:
+            raise ValueError(f"the fused decode step takes 1 to {self.max_rows} tokens, got {rows}")
         embedding = embedding.contiguous()
-        rows = embedding.shape[0]
         positions, slots = positions.to(torch.int64).contiguous(), slots.to(torch.int64).contiguous()
         tables, lens = block_tables.to(torch.int32).contiguous(), context_lens.to(torch.int32).contiguous()
-        if (
-            embedding.dim() != 2
-            or embedding.shape[1] != self.hidden
-            or embedding.dtype != torch.float32
-            or not 1 <= rows <= self.max_rows
-            or positions.shape != (rows,)
-            or slots.shape != (rows,)
-            or lens.shape != (rows,)
-            or tables.dim() != 2
-            or tables.shape[0] != rows
-        ):
+        for name, t in (("positions", positions), ("slots", slots), ("context_lens", lens)):
+            if t.shape != (rows,):
+                raise ValueError(f"{name} must have one entry per token ({rows}), got shape {list(t.shape)}")
+        if tables.dim() != 2 or tables.shape[0] != rows or tables.shape[1] == 0:
+            raise ValueError(f"block_tables must be [{rows}, pages >= 1], got {list(tables.shape)}")
+        page_size = self._model.page_size
+        if int(lens.min()) < 1 or int(lens.max()) > tables.shape[1] * page_size:
             raise ValueError(
-                f"1 to {self.max_rows} tokens' float32 [rows, {self.hidden}] embeddings with a position, slot, "
-                f"block table and context length each expected, got embeddings {list(embedding.shape)}"
+                f"context_lens must be 1..{tables.shape[1] * page_size} (the block tables' pages), got {lens.tolist()}"
             )
+        if int(positions.min()) < 0 or int(positions.max()) >= self.max_positions:
+            raise ValueError(f"positions must be 0..{self.max_positions - 1}, got {positions.tolist()}")
         out = torch.empty((rows, self.hidden), dtype=torch.float32)
         status = self._lib.tandem_decode(
             ctypes.byref(self._model), embedding.data_ptr(), out.data_ptr(), self._scratch.data_ptr(), rows,

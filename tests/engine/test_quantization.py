@@ -265,7 +265,7 @@ def test_quantization_flag_reaches_the_engine_config():
 
 
 # The int4-friendly shapes as Qwen2 (a bias on q/k/v) and as Mistral with a sliding window shorter
-# than the sequences: the compiled one-token decode step takes both.
+# than the sequences: the compiled decode step takes both.
 FUSED_VARIANTS = {  # Llama wider: rows of 8 and 18 groups (blocks of 8 and a pair in the int4 kernel)
     "llama": {**INT4_FRIENDLY, "hidden_size": 256, "intermediate_size": 576, "head_dim": 64},
     "qwen2": {**INT4_FRIENDLY, "cls": "Qwen2Config"},
@@ -351,7 +351,7 @@ def test_one_call_decode_step_refuses_a_slot_past_the_cache(int4_model):
     with pytest.raises(IndexError, match="slot 64 of token 0 is past the cache's 64 slots"):
         fused(embedding, *args)
     assert torch.equal(runner.kv_cache, before)  # nothing written
-    with pytest.raises(ValueError, match="1 to 8 tokens"):
+    with pytest.raises(ValueError, match="positions must have one entry per token"):
         fused(torch.cat([embedding, embedding]), *args)  # two embeddings, one of everything else
 
 
@@ -361,8 +361,40 @@ def test_one_call_decode_step_leaves_larger_batches_to_the_layer_path(int4_model
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     calls = []
     with mock.patch.object(FusedDecoder, "__call__", autospec=True, side_effect=_counting(calls)):
-        nine = llm.generate(mixed_prompts(320, seed=7)[:9], params)  # decode steps of 9 tokens
+        llm.generate(mixed_prompts(320, seed=7)[:9], params)  # decode steps of 9 tokens
         assert calls == []
         llm.generate(mixed_prompts(320, seed=7)[:8], params)  # of 8
         assert calls and set(calls) == {8}
-    assert all(len(o.token_ids) == 6 for o in nine)
+
+
+@NO_GEMV
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_one_call_decode_step_gives_each_token_what_it_gets_alone(int4_model, method):
+    """A token's hidden state and KV do not depend on the tokens decoded beside it (up to 8), and a
+    slot past the cache names the token it belongs to (the ones before it were written)."""
+    llm = LLM(str(int4_model), page_size=4, num_pages=16, quantization=method)
+    runner = llm.engine.runner
+    step, cache = runner.decode_step, runner.kv_cache
+    cache.normal_(generator=torch.Generator().manual_seed(1))  # context already in every page
+    start = cache.clone()
+    ids, positions = torch.tensor([5, 17, 42]), torch.tensor([9, 3, 14])
+    tables = torch.arange(12, dtype=torch.int32).view(3, 4)
+    slots = tables[torch.arange(3), positions // 4].long() * 4 + positions % 4
+    lens = (positions + 1).to(torch.int32)
+    embedding = runner.model.embed_tokens(ids)
+    together = step(embedding, positions, slots, tables, lens)
+    written = cache.clone()
+    for i in range(3):
+        cache.copy_(start)
+        alone = step(
+            embedding[i : i + 1], positions[i : i + 1], slots[i : i + 1], tables[i : i + 1], lens[i : i + 1]
+        )
+        assert torch.equal(alone[0], together[i])
+        pages = tables[i].long()
+        assert torch.equal(cache[:, :, :, pages], written[:, :, :, pages])
+    cache.copy_(start)
+    bad = slots.clone()
+    bad[1] = 16 * 4
+    with pytest.raises(IndexError, match="slot 64 of token 1 is past the cache's 64 slots"):
+        step(embedding, positions, bad, tables, lens)
+    assert not torch.equal(cache, start)  # token 0's K and V went in, as the layer path's write does

@@ -282,14 +282,22 @@ def test_compiled_int4_gemv_declines_what_it_does_not_take():
 
 @NO_GEMV
 def test_int4_linear_decodes_a_few_rows_with_the_int4_gemv():
-    from engine.quant import Int4Linear
+    from engine.quant import Int4Linear, small_batch_kernels
 
     weight, g = _int4_weight(48, 128, 1)
     module = Int4Linear(weight, None, packed=True)
-    x = torch.randn(1, 1, 128, generator=g)
-    expect = reference.int4_gemv(x.view(1, 128), weight.codes, weight.scales_zeros)
-    torch.testing.assert_close(module(x).view(1, 48).double(), expect, rtol=1e-5, atol=1e-5)
-    two = torch.randn(2, 128, generator=g)  # more rows: the packed kernel, on bf16 activations
+    x, nine = torch.randn(2, 4, 128, generator=g), torch.randn(9, 128, generator=g)
+    with small_batch_kernels():  # within a decode-only step
+        got, nine_in_step = module(x).view(8, 48), module(nine)
+    for i, row in enumerate(x.view(8, 128)):  # 8 rows: the int4 GEMV
+        expect = reference.int4_gemv(row[None], weight.codes, weight.scales_zeros)
+        torch.testing.assert_close(got[i : i + 1].double(), expect, rtol=1e-5, atol=1e-5)
+    # 9 rows in a decode step, and any rows outside one (a prompt): the packed kernel, bf16 inputs
+    bf16 = nine.bfloat16().float() @ weight.dequantize().float().T
+    assert torch.equal(nine_in_step, module(nine))
+    torch.testing.assert_close(nine_in_step, bf16, rtol=2e-2, atol=2e-2)
+    outside = module(x).view(8, 48)
+    assert not torch.equal(outside, got)  # not the GEMV's rounding
     torch.testing.assert_close(
-        module(two), two.bfloat16().float() @ weight.dequantize().float().T, rtol=2e-2, atol=2e-2
+        outside, x.view(8, 128).bfloat16().float() @ weight.dequantize().float().T, rtol=2e-2, atol=2e-2
     )

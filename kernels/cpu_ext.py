@@ -296,6 +296,39 @@ def write_kv(
 SMALL_BATCH_ROWS = 8  # rows one int8_gemv / int4_gemv call takes (TANDEM_INT8/INT4_MAX_ROWS in the C)
 
 
+def small_float32_batch(x: torch.Tensor) -> bool:
+    """Whether ``x`` is the activations the small-batch kernels take: float32 on CPU, [1..8, K]."""
+    return cpu_float32(x) and x.dim() == 2 and 1 <= x.shape[0] <= SMALL_BATCH_ROWS
+
+
+def int8_weight_fits(codes: torch.Tensor, scales: torch.Tensor, in_features: int) -> bool:
+    """Whether ``codes`` / ``scales`` are an int8 weight of ``in_features`` inputs as
+    :func:`int8_gemv` reads it: int8 [groups, n, group] with group % 8 == 0, bf16 [groups, n]."""
+    return (
+        codes.dtype == torch.int8
+        and codes.dim() == 3
+        and scales.dtype == torch.bfloat16
+        and scales.shape == codes.shape[:2]
+        and in_features == codes.shape[0] * codes.shape[2]
+        and codes.shape[2] % 8 == 0
+        and codes.is_contiguous()
+        and scales.is_contiguous()
+    )
+
+
+def int4_rows_fit(packed: torch.Tensor, in_features: int) -> bool:
+    """Whether ``packed`` is an int4 weight of ``in_features`` inputs as :func:`int4_gemv_pack` lays
+    it out: uint8 [n, K // 2 + K // 8], K a multiple of 64."""
+    k = in_features
+    return (
+        packed.dtype == torch.uint8
+        and packed.dim() == 2
+        and k % 64 == 0
+        and packed.shape[1] == k // 2 + k // 8
+        and packed.is_contiguous()
+    )
+
+
 def int8_gemv(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
     """``x [M, groups * group] @ W.T`` for ``W[n, g * group + k] = codes[g, n, k] * scales[g, n]``
     (the layout ``engine.quant.Int8Linear`` keeps), M <= 8, float32 in and out, bf16 scales; a row's
@@ -303,20 +336,7 @@ def int8_gemv(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> tor
     float32 activations on CPU, int8 codes and bf16 scales of those shapes, a group not a multiple
     of 8, no AVX2 build, or no compiled library)."""
     lib = library()
-    if (
-        lib is None
-        or not cpu_float32(x)
-        or x.dim() != 2
-        or not 1 <= x.shape[0] <= SMALL_BATCH_ROWS
-        or codes.dtype != torch.int8
-        or codes.dim() != 3
-        or scales.dtype != torch.bfloat16
-        or scales.shape != codes.shape[:2]
-        or x.shape[1] != codes.shape[0] * codes.shape[2]
-        or codes.shape[2] % 8
-        or not codes.is_contiguous()
-        or not scales.is_contiguous()
-    ):
+    if lib is None or not small_float32_batch(x) or not int8_weight_fits(codes, scales, x.shape[1]):
         return None
     groups, n, group = codes.shape
     x = x.contiguous()
@@ -357,17 +377,7 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor | None:
     what is computed; a row's result does not depend on the others); float32 in and out. None where
     the kernel does not apply (more rows, not float32 on CPU, no AVX2 build, no compiled library)."""
     lib = library()
-    if (
-        lib is None
-        or not cpu_float32(x)
-        or x.dim() != 2
-        or not 1 <= x.shape[0] <= SMALL_BATCH_ROWS
-        or packed.dtype != torch.uint8
-        or packed.dim() != 2
-        or x.shape[1] % 64
-        or packed.shape[1] != x.shape[1] // 2 + x.shape[1] // 8
-        or not packed.is_contiguous()
-    ):
+    if lib is None or not small_float32_batch(x) or not int4_rows_fit(packed, x.shape[1]):
         return None
     x = x.contiguous()
     rows, n = x.shape[0], packed.shape[0]

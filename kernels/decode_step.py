@@ -15,7 +15,14 @@ from typing import Literal
 
 import torch
 
-from kernels.cpu_ext import SMALL_BATCH_ROWS, cpu_float32, gemv_available, library
+from kernels.cpu_ext import (
+    SMALL_BATCH_ROWS,
+    cpu_float32,
+    gemv_available,
+    int4_rows_fit,
+    int8_weight_fits,
+    library,
+)
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
@@ -77,7 +84,7 @@ class _Model(ctypes.Structure):
                 "capacity",
                 "window",
             )
-        ),  # fmt: skip
+        ),
         ("eps", ctypes.c_double),
         ("scale", ctypes.c_double),
         *((name, ctypes.c_void_p) for name in ("cos", "sin", "final_norm")),
@@ -99,14 +106,13 @@ class FusedDecoder:
         layers: ctypes.Array,
         keep: list[torch.Tensor],
         lib: ctypes.CDLL,
-        max_rows: int,
         max_positions: int,
     ) -> None:
         self._model, self._layers, self._keep, self._lib = model, layers, keep, lib
-        self.max_rows, self.hidden = max_rows, model.hidden
+        self.max_rows, self.hidden = SMALL_BATCH_ROWS, model.hidden
         self.max_positions = max_positions  # the RoPE tables' rows
         self._scratch = torch.empty(
-            lib.tandem_decode_scratch(ctypes.byref(model), max_rows), dtype=torch.float32
+            lib.tandem_decode_scratch(ctypes.byref(model), self.max_rows), dtype=torch.float32
         )
 
     @classmethod
@@ -174,7 +180,7 @@ class FusedDecoder:
             window=sliding_window or 0, eps=eps, scale=scale, cos=cos.data_ptr(), sin=sin.data_ptr(),
             final_norm=final_norm.data_ptr(), layers=structs,
         )  # fmt: skip
-        return cls(model, structs, keep, lib, SMALL_BATCH_ROWS, cos.shape[0])
+        return cls(model, structs, keep, lib, cos.shape[0])
 
     def __call__(
         self,
@@ -236,25 +242,15 @@ def _linear_fields(linear: LinearKernel, keep: list[torch.Tensor]) -> _Linear | 
     if bias is not None and (not cpu_float32(bias) or bias.shape != (linear.out_features,)):
         return None
     n, k, weight = linear.out_features, linear.in_features, linear.weight
-    if not weight.is_contiguous() or weight.device.type != "cpu":
+    if weight.device.type != "cpu":
         return None
     if linear.kind == "int4":
-        if weight.dtype != torch.uint8 or k % 64 or weight.shape != (n, k // 2 + k // 8):
+        if not int4_rows_fit(weight, k) or weight.shape[0] != n:
             return None
         fields = _Linear(kind=0, n=n, k=k, weight=weight.data_ptr())
     elif linear.kind == "int8":
         scales = linear.scales
-        if (
-            scales is None
-            or weight.dtype != torch.int8
-            or weight.dim() != 3
-            or weight.shape[1] != n
-            or weight.shape[0] * weight.shape[2] != k
-            or weight.shape[2] % 8
-            or scales.dtype != torch.bfloat16
-            or scales.shape != weight.shape[:2]
-            or not scales.is_contiguous()
-        ):
+        if scales is None or not int8_weight_fits(weight, scales, k) or weight.shape[1] != n:
             return None
         fields = _Linear(
             kind=1, n=n, k=k, groups=weight.shape[0], group=weight.shape[2], weight=weight.data_ptr()

@@ -32,11 +32,6 @@
 #define TANDEM_INT4_MAX_ROWS 8 /* rows a call takes: decode batches this small read the weights once */
 #define PARALLEL_MIN_WEIGHTS (1 << 16) /* below this, one thread: waking the other costs more */
 
-static inline float bf16_to_float(uint16_t v) {
-    union { uint32_t u; float f; } bits = {.u = (uint32_t)v << 16};
-    return bits.f;
-}
-
 /* Which group's 16 code bytes sit at byte offset 16 * slot of a row (the order described above). */
 static int64_t group_at(int64_t slot, int64_t groups) {
     const int64_t full = groups / 8 * 8;
@@ -145,10 +140,6 @@ static inline __m256i dot_pair(nibbles c, const int8_t *q) {
     __m256i high = dot_u8s8(zero, c.lo, _mm256_loadu_si256((const __m256i *)(q + 64)));
     high = dot_u8s8(high, c.hi, _mm256_loadu_si256((const __m256i *)(q + 96)));
     return _mm256_add_epi32(low, _mm256_slli_epi32(high, 8)); /* |sum| <= 32 * 15 * 32512 < 2^24 */
-}
-
-static inline __m256 bf16x8(const uint16_t *p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
 /* Output row r of every input row: m is a constant where this is inlined (see tandem_int4_gemm),

@@ -19,11 +19,7 @@
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
-
-static inline float bf16_to_float(uint16_t v) {
-    union { uint32_t u; float f; } bits = {.u = (uint32_t)v << 16};
-    return bits.f;
-}
+#include "vec_math.h"
 
 /* eight int8 codes as floats */
 static inline __m256 widen(const int8_t *codes) {
@@ -69,7 +65,7 @@ static inline __attribute__((always_inline)) void output_block(const int64_t m, 
         }
         for (int64_t i = 0; i < m; i++) a[i][r] = _mm256_add_ps(_mm256_add_ps(p[i][0], p[i][1]), _mm256_add_ps(p[i][2], p[i][3]));
     }
-    const __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sg + r0))), 16));
+    const __m256 s = bf16x8(sg + r0);
     for (int64_t i = 0; i < m; i++) {
         float *yi = y + i * n + r0;
         const __m256 prev = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yi);

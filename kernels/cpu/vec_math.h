@@ -3,6 +3,17 @@
 #define TANDEM_VEC_MATH_H
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+#include <stdint.h>
+
+/* a bfloat16 (its bits) as a float, and eight of them */
+static inline float bf16_to_float(uint16_t v) {
+    union { uint32_t u; float f; } bits = {.u = (uint32_t)v << 16};
+    return bits.f;
+}
+
+static inline __m256 bf16x8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
 
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -40,6 +40,19 @@ def expected_chat(offline: LLM, messages, max_tokens: int) -> str:
     return offline.chat(messages, SamplingParams(temperature=0.0, max_tokens=max_tokens)).text
 
 
+def assert_answers_as(cluster: LocalCluster, offline: LLM, messages, max_tokens: int) -> None:
+    """The cluster's greedy answer, whole and streamed, is ``offline``'s."""
+    c = client(cluster)
+    model = c.models.list().data[0].id
+    expect = expected_chat(offline, messages, max_tokens)
+    resp = c.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
+    assert resp.choices[0].message.content == expect
+    stream = c.chat.completions.create(
+        model=model, messages=messages, max_tokens=max_tokens, temperature=0, stream=True
+    )
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == expect
+
+
 def test_chat_non_streaming_matches_offline(disagg, offline):
     c = client(disagg)
     model = c.models.list().data[0].id
@@ -115,16 +128,7 @@ def test_colocated_equals_disaggregated(default_model, disagg):
 def test_one_prefill_one_decode_matches_offline(default_model, offline):
     small = start(default_model, num_prefill=1, num_decode=1)  # the default policy: cache_aware
     try:
-        c = client(small)
-        model = c.models.list().data[0].id
-        messages = [{"role": "user", "content": QUESTION}]
-        expect = expected_chat(offline, messages, 20)
-        resp = c.chat.completions.create(model=model, messages=messages, max_tokens=20, temperature=0)
-        assert resp.choices[0].message.content == expect
-        stream = c.chat.completions.create(
-            model=model, messages=messages, max_tokens=20, temperature=0, stream=True
-        )
-        assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == expect
+        assert_answers_as(small, offline, [{"role": "user", "content": QUESTION}], 20)
     finally:
         small.stop()
 
@@ -186,17 +190,8 @@ def test_int4_workers_match_the_offline_int4_engine(default_model):
     offline_int4 = LLM(str(default_model), num_pages=256, quantization="int4")
     cluster = start(default_model, num_prefill=1, num_decode=1, extra_worker_args=("--quantization", "int4"))
     try:
-        c = client(cluster)
-        model = c.models.list().data[0].id
         # the second answer differs from float32's (measured): workers that ignored the flag fail here
         for question in (QUESTION, "Write one sentence about the sea."):
-            messages = [{"role": "user", "content": question}]
-            expect = expected_chat(offline_int4, messages, 24)
-            resp = c.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0)
-            assert resp.choices[0].message.content == expect
-            stream = c.chat.completions.create(
-                model=model, messages=messages, max_tokens=24, temperature=0, stream=True
-            )
-            assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == expect
+            assert_answers_as(cluster, offline_int4, [{"role": "user", "content": question}], 24)
     finally:
         cluster.stop()

@@ -76,7 +76,7 @@ def offline_split(model, prompt: list[int], params: SamplingParams, chunks: list
 def test_int8_hand_off_decodes_what_the_offline_split_does(model, cluster, router, prefill):
     params = SamplingParams(**GREEDY)
     for i, prompt in enumerate(mixed_prompts(250, seed=40)[:3]):
-        events = router.run(cluster[prefill], prompt, GREEDY, cluster["decode-0"], f"{prefill}-{i}")
+        events = router.run(cluster[prefill], prompt, GREEDY, cluster["decode-0"], f"{prefill}-{i}", prefill)
         assert [e.worker_id for e in events[:2]] == [prefill, "decode-0"]
         assert tokens(events) == offline_split(model, prompt, params)
 

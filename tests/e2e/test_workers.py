@@ -92,7 +92,9 @@ def test_prefill_then_decode_equals_single_process(model, cluster, router):
     addresses, _ = cluster
     offline = LLM(str(model), page_size=8, num_pages=256)
     for i, prompt in enumerate(mixed_prompts(250, seed=20)[:5]):
-        events = router.run(addresses["prefill-0"], prompt, GREEDY, addresses["decode-0"], f"r{i}")
+        events = router.run(
+            addresses["prefill-0"], prompt, GREEDY, addresses["decode-0"], f"r{i}", "prefill-0"
+        )
         assert [e.worker_id for e in events[:2]] == ["prefill-0", "decode-0"]
         assert events[-1].finish_reason == "length"
         expect = offline.generate([prompt], SamplingParams(**GREEDY))[0].token_ids

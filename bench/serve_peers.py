@@ -14,9 +14,10 @@ other, so that no two share the cores:
    set ``VLLM_CPU_OMP_THREADS_BIND`` / ``VLLM_CPU_NUM_OF_RESERVED_CPU`` in the environment to
    change that.
 2. ``tandem-colocated``: ``tandem up --mode colocated``, one worker (all cores as torch threads),
-   at ``tandem up``'s own step token budget (512: a CPU worker's decode steps stay short);
-3. ``tandem-colocated-2048``: the same at the token budget vLLM's CPU ``serve`` defaults to
-   (``--max-num-batched-tokens 2048``), so that both admit a wave of prompts in one step;
+   at ``tandem up``'s colocated step budget (2,048 tokens, as vLLM's CPU ``serve``): prompts that
+   arrive together share a step;
+3. ``tandem-colocated-512``: the same with 512-token steps (``--max-num-batched-tokens 512``): the
+   first prompts of a wave start streaming sooner, and those streams wait behind the rest of it;
 4. ``tandem-disaggregated``: ``tandem up``, 1 prefill + 1 decode worker (half the cores each).
 
 The client sends no temperature, so both servers sample at their default (1.0). Per system: output
@@ -64,9 +65,9 @@ QUICK_NUM_PROMPTS = 8
 VLLM_SERVE_ARGS = ("--dtype", "float32")  # the dtype Tandem's workers compute in
 CLUSTERS = {
     "tandem-colocated": ClusterSpec("tandem-colocated", "colocated", "cache_aware", 1, 0),
-    "tandem-colocated-2048": ClusterSpec(
-        "tandem-colocated-2048", "colocated", "cache_aware", 1, 0, ("--max-num-batched-tokens", "2048")
-    ),  # vLLM's CPU `serve` default budget (vllm/engine/arg_utils.py: 2048 per CPU world)
+    "tandem-colocated-512": ClusterSpec(
+        "tandem-colocated-512", "colocated", "cache_aware", 1, 0, ("--max-num-batched-tokens", "512")
+    ),
     "tandem-disaggregated": ClusterSpec("tandem-disaggregated", "disaggregated", "cache_aware", 1, 1),
 }
 SYSTEMS = ("vllm", *CLUSTERS)

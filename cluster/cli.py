@@ -172,8 +172,10 @@ def _add_up_memory(up: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--max-num-batched-tokens",
         type=int,
-        default=512,
-        help="token budget of one engine step per worker (default 512)",
+        default=None,
+        help="token budget of one engine step per worker (default: 2048 colocated, as vLLM's CPU serve: "
+        "prompts arriving together share a step; 512 for prefill workers, which hand each prompt to "
+        "a decode worker as its step ends)",
     )
 
 

@@ -40,6 +40,11 @@ log = logging.getLogger("tandem.up")
 
 WORKER_PAGE_SIZE = 16  # the engine's default --page-size, which `tandem up` keeps
 KV_CAP_BYTES = 4 << 30  # per worker, when `tandem up` sizes the KV caches
+# A worker's step token budget unless --max-num-batched-tokens says otherwise. Colocated: vLLM's CPU
+# `serve` default (the system it is measured against): prompts that arrive together share a step,
+# and their streams then decode undisturbed. A prefill worker hands each prompt on as its step ends,
+# so shorter steps let its decode worker start on the first prompts while it prefills the rest.
+DEFAULT_STEP_TOKENS = {"colocated": 2048, "disaggregated": 512}
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,8 @@ class ClusterConfig:
     kv_dtype: str = "auto"  # KV as workers hand it over and store it: "auto" (float32) | "int8"
     num_pages: int | None = None
     kv_cache_memory_bytes: int | None = None  # per worker; None: default_kv_budget (num_pages wins)
-    # Short steps keep a CPU worker responsive (decode tokens wait behind a prefill chunk in
-    # colocated mode); a GPU deployment would raise this.
-    max_num_batched_tokens: int = 512
+    # Token budget of one engine step; None: by mode (``DEFAULT_STEP_TOKENS``).
+    max_num_batched_tokens: int | None = None
     api_key: str | None = None  # the router's (passed in its environment, not on its command line)
     extra_worker_args: tuple[str, ...] = ()
     extra_router_args: tuple[str, ...] = ()
@@ -74,6 +78,8 @@ class ClusterConfig:
             raise ValueError(f"mode must be 'disaggregated' or 'colocated', got {self.mode!r}")
         if self.num_prefill < 1 or (self.mode == "disaggregated" and self.num_decode < 1):
             raise ValueError("need at least one prefill and one decode worker (or one colocated worker)")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if self.drain_timeout_s <= 0:
             raise ValueError(f"drain_timeout_s must be positive, got {self.drain_timeout_s}")
         if self.kv_dtype not in ("auto", "int8"):  # engine.config.KV_DTYPES (torch-free here)
@@ -89,6 +95,11 @@ class ClusterConfig:
             raise ValueError(
                 f"a store disk tier needs a positive capacity, got {self.store_disk_capacity_bytes}"
             )
+
+    @property
+    def step_tokens(self) -> int:
+        """Each worker's step token budget: the one given, else the mode's default."""
+        return self.max_num_batched_tokens or DEFAULT_STEP_TOKENS[self.mode]
 
     @property
     def num_engines(self) -> int:
@@ -208,7 +219,7 @@ class LocalCluster:
         cfg = self.config
         threads = max(1, (os.cpu_count() or 1) // cfg.num_engines)
         args = ["--model", str(cfg.model_dir), "--redis-url", self.redis_url, "--threads", str(threads),
-                "--log-level", env.LOG_LEVEL, "--max-num-batched-tokens", str(cfg.max_num_batched_tokens),
+                "--log-level", env.LOG_LEVEL, "--max-num-batched-tokens", str(cfg.step_tokens),
                 "--drain-timeout-s", str(cfg.drain_timeout_s)]  # fmt: skip
         num_pages = cfg.num_pages or self._kv_pages_per_worker()
         if num_pages:

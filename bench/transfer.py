@@ -4,11 +4,14 @@ Starts an embedded Redis, one store node and one bare ZeroMQ server, each in its
 then measures from this process:
 
 - put + get throughput of ``--chunk-bytes`` chunks (1 MiB) in batches of ``--batch`` (16), through
-  ``StoreClient`` (index update, copy into the arena, zero-copy reply, tensors built on arrival)
-  and through bare multipart messages on identically configured sockets (the baseline: one
-  request carrying the batch, one reply; the server keeps the frames it got and sends them back).
-  Rounds alternate between the two so that load from other processes hits both alike; every round
-  puts fresh keys, so the store evicts as it would in service. Target: ratio >= 0.8.
+  ``StoreClient`` in place (this host's client maps the node's arena: reserve, copy in, commit;
+  pin, copy out and check, release; the index updated as always), through ``StoreClient`` over
+  the socket (as a client on another host: index update, copy into the arena, zero-copy reply,
+  tensors built on arrival) and through bare multipart messages on identically configured sockets
+  (the baseline: one request carrying the batch, one reply; the server keeps the frames it got and
+  sends them back). Rounds alternate between the three so that load from other processes hits
+  all alike; every round puts fresh keys, so the store evicts as it would in service. Target:
+  ratio >= 0.8.
 - latency to fetch a 16-chunk prefix (``get``: index lookup plus transfer), p50 / p99, and the
   fitted cost model ``fetch_s = fixed_s + per_byte_s * bytes`` the conductor uses;
 - ``match_prefix`` latency for a 64-key chain (half of it cached), p50 / p99;
@@ -108,10 +111,10 @@ def raw_round(dealer, batches: list[list[torch.Tensor]]) -> float:
 # ---- the store ------------------------------------------------------------------------------------
 
 
-def store_round(client: StoreClient, batches: list[list[torch.Tensor]], round_index: int) -> float:
+def store_round(client: StoreClient, batches: list[list[torch.Tensor]], round_name: str) -> float:
     start = time.perf_counter()
     for b, chunks in enumerate(batches):
-        keys = [f"r{round_index}b{b}c{i}".encode().ljust(16, b".") for i in range(len(chunks))]
+        keys = [f"{round_name}b{b}c{i}".encode().ljust(16, b".") for i in range(len(chunks))]
         assert all(client.put(keys, chunks))
         got = client.get(keys)
         assert len(got) == len(chunks)
@@ -138,29 +141,42 @@ def timed(fn, n: int, bar: tqdm) -> list[float]:
 
 
 def throughput_rounds(
-    client: StoreClient, dealer, batches: list[list[torch.Tensor]], rounds: int, bar: tqdm
-) -> tuple[list[float], list[float]]:
-    """Seconds per round of bare ZeroMQ and of the store, alternating, after one warm-up round each."""
+    in_place: StoreClient,
+    socket: StoreClient,
+    dealer,
+    batches: list[list[torch.Tensor]],
+    rounds: int,
+    bar: tqdm,
+) -> tuple[list[float], list[float], list[float]]:
+    """Seconds per round of bare ZeroMQ, of the store in place and of the store over the socket,
+    alternating, after one warm-up round each."""
     raw_round(dealer, batches)  # warm-up: connections, first touch of the arena
-    store_round(client, batches, -1)
-    bar.update(2)
-    raw_s, store_s = [], []
+    store_round(in_place, batches, "w")
+    store_round(socket, batches, "ws")
+    bar.update(3)
+    raw_s, in_place_s, socket_s = [], [], []
     for r in range(rounds):
         raw_s.append(raw_round(dealer, batches))
-        store_s.append(store_round(client, batches, r))
-        bar.update(2)
-    return raw_s, store_s
+        in_place_s.append(store_round(in_place, batches, f"r{r}"))
+        socket_s.append(store_round(socket, batches, f"s{r}"))
+        bar.update(3)
+    assert in_place.num_in_place and not socket.num_in_place, "each client took its own path"
+    return raw_s, in_place_s, socket_s
 
 
 def latency_samples(
-    client: StoreClient, redis_url: str, chunks: list[torch.Tensor], n: int, bar: tqdm
-) -> tuple[dict[int, list[float]], list[float], list[float]]:
-    """``n`` samples each of: fetching 1, 4 and 16 chunks of a 16-key prefix (``chunks`` is put
-    under it), ``match_prefix`` over a 64-key chain (32 cached) and a Redis ping."""
+    client: StoreClient, in_place: StoreClient, redis_url: str, chunks: list[torch.Tensor], n: int, bar: tqdm
+) -> tuple[dict[int | str, list[float]], list[float], list[float]]:
+    """``n`` samples each of: fetching 1, 4 and 16 chunks of a 16-key prefix over the socket
+    (``chunks`` is put under it) and 16 in place, ``match_prefix`` over a 64-key chain (32 cached)
+    and a Redis ping."""
     chain = chain_keys(list(range(64 * 16)), 16, b"bench-fingerprint")
     prefix = chain[:16]
     client.put(prefix, chunks)
-    fetch = {k: timed(lambda k=k: client.get(prefix[:k]), n, bar) for k in (1, 4, 16)}
+    fetch: dict[int | str, list[float]] = {
+        k: timed(lambda k=k: client.get(prefix[:k]), n, bar) for k in (1, 4, 16)
+    }
+    fetch["16 in place"] = timed(lambda: in_place.get(prefix), n, bar)
     client.put(chain[16:32], chunks)  # 32 of the 64 keys cached
     assert client.match_prefix(chain) == {"bench": 32}
     match = timed(lambda: client.match_prefix(chain), n, bar)
@@ -174,20 +190,25 @@ def run(args: argparse.Namespace, redis_url: str, raw_address: str, scratch: Pat
     chunk_elems, batch = args.chunk_bytes, args.batch
     batches = [[torch.randint(0, 255, (chunk_elems,), dtype=torch.uint8) for _ in range(batch)]
                for _ in range(args.batches_per_round)]  # fmt: skip
-    client = StoreClient(redis_url=redis_url, node_id="bench")
-    disk_client = StoreClient(redis_url=redis_url, node_id="bench-disk")
+    in_place = StoreClient(redis_url=redis_url, node_id="bench")
+    # the socket path: the latencies, the fitted fetch cost (what a reader on another host pays)
+    client = StoreClient(redis_url=redis_url, node_id="bench", shared_memory=False)
+    disk_client = StoreClient(redis_url=redis_url, node_id="bench-disk", shared_memory=False)
     dealer = sockets.connect_dealer(raw_address, SocketOptions())
-    total = 2 * (args.rounds + 1) + 6 * args.latency_samples
+    total = 3 * (args.rounds + 1) + 7 * args.latency_samples
     with tqdm(total=total, desc="transfer", unit="step") as bar:
-        raw_s, store_s = throughput_rounds(client, dealer, batches, args.rounds, bar)
-        fetch, match, ping = latency_samples(client, redis_url, batches[0], args.latency_samples, bar)
+        raw_s, in_place_s, socket_s = throughput_rounds(in_place, client, dealer, batches, args.rounds, bar)
+        fetch, match, ping = latency_samples(
+            client, in_place, redis_url, batches[0], args.latency_samples, bar
+        )
         disk_hit = transfer_disk.disk_hit_latency(disk_client, batches[0], args.latency_samples, bar)
     tier = transfer_disk.tier_throughput(args.chunk_bytes, 64, scratch / "tier")
     dealer.send_multipart([b"stop"])
     dealer.close()
     client.close()
+    in_place.close()
     disk_client.close()
-    result = build_result(args, raw_s, store_s, fetch, match, ping)
+    result = build_result(args, raw_s, in_place_s, socket_s, fetch, match, ping)
     cold = tier.pop("cold_read_s_per_chunk")
     result["disk"] = {
         **tier,
@@ -203,7 +224,8 @@ def build_result(
     args: argparse.Namespace,
     raw_s: list[float],
     store_s: list[float],
-    fetch: dict[int, list[float]],
+    socket_s: list[float],
+    fetch: dict[int | str, list[float]],
     match: list[float],
     ping: list[float],
 ) -> dict:
@@ -211,6 +233,7 @@ def build_result(
     round_bytes = 2 * args.batches_per_round * args.batch * args.chunk_bytes  # put + get
     raw_gib_s = round_bytes * len(raw_s) / sum(raw_s) / (1 << 30)
     store_gib_s = round_bytes * len(store_s) / sum(store_s) / (1 << 30)
+    socket_gib_s = round_bytes * len(socket_s) / sum(socket_s) / (1 << 30)
     fixed_s, per_byte_s = fit_cost([n * args.chunk_bytes for n in (1, 4, 16)],
                                    [statistics.median(fetch[n]) for n in (1, 4, 16)])  # fmt: skip
     return {
@@ -226,10 +249,14 @@ def build_result(
             "ratio": round(store_gib_s / raw_gib_s, 3),
             "ratio_median_of_rounds": round(statistics.median(r / s for r, s in zip(raw_s, store_s)), 3),
             "target_ratio": 0.8,
+            "store_over_socket_gib_s": round(socket_gib_s, 3),
+            "ratio_over_socket": round(socket_gib_s / raw_gib_s, 3),
             "store_round_s": [round(s, 4) for s in store_s],
+            "store_over_socket_round_s": [round(s, 4) for s in socket_s],
             "raw_round_s": [round(s, 4) for s in raw_s],
         },
         "fetch_prefix_16_chunks_ms": percentiles_ms(fetch[16]),
+        "fetch_prefix_16_chunks_in_place_ms": percentiles_ms(fetch["16 in place"]),
         "fetch_ms_by_chunks": {str(n): percentiles_ms(fetch[n]) for n in (1, 4)},
         "fetch_cost_model": {"fixed_s": fixed_s, "per_byte_s": per_byte_s},
         "match_prefix_64_keys_ms": percentiles_ms(match),
@@ -293,9 +320,12 @@ def _write(out: Path, results: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     t = results["throughput"]
-    print(f"put+get: store {t['store_put_get_gib_s']} GiB/s, bare ZeroMQ {t['raw_zmq_multipart_gib_s']} GiB/s, "
-          f"ratio {t['ratio']} (median of rounds {t['ratio_median_of_rounds']}; target >= 0.8)")  # fmt: skip
-    print(f"fetch 16-chunk prefix: {results['fetch_prefix_16_chunks_ms']} ms")
+    print(f"put+get: store in place {t['store_put_get_gib_s']} GiB/s, over the socket "
+          f"{t['store_over_socket_gib_s']} GiB/s, bare ZeroMQ {t['raw_zmq_multipart_gib_s']} GiB/s: ratio "
+          f"{t['ratio']} in place (median of rounds {t['ratio_median_of_rounds']}; target >= 0.8), "
+          f"{t['ratio_over_socket']} over the socket")  # fmt: skip
+    print(f"fetch 16-chunk prefix: {results['fetch_prefix_16_chunks_ms']} ms over the socket, "
+          f"{results['fetch_prefix_16_chunks_in_place_ms']} ms in place")  # fmt: skip
     print(f"match_prefix, 64 keys: {results['match_prefix_64_keys_ms']} ms")
     d = results["disk"]
     print(f"disk tier: write {d['write_gib_s']} GiB/s, read cold {d['read_cold_gib_s']} / warm "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import mmap
 
+from transfer.shared_memory import SharedRegion
+
 MIN_AUTO_SLOT_BYTES = 4096  # a tiny first chunk must not cut the arena into millions of slots
 
 
@@ -15,17 +17,32 @@ class SlotArena:
     stored, at least ``MIN_AUTO_SLOT_BYTES``): every chunk of one model has the same size, so the
     deployment does not have to compute it. Invariant: a slot is free (in ``_free`` or at or past
     ``_next_unused``) or handed out, never both; bookkeeping is O(slots handed out), not O(slots).
+
+    With ``shared``, the memory is a ``transfer.shared_memory.SharedRegion`` that other processes
+    of this host can map through ``path``: its first page holds ``token`` (random bytes a mapper
+    checks), the slots follow (``offset``). Without memfd support the arena is private (``path``
+    None).
     """
 
-    def __init__(self, capacity_bytes: int, slot_bytes: int | None = None) -> None:
+    def __init__(self, capacity_bytes: int, slot_bytes: int | None = None, shared: bool = False) -> None:
         if capacity_bytes <= 0:
             raise ValueError(f"capacity_bytes must be positive, got {capacity_bytes}")
         self.capacity_bytes = capacity_bytes
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-        self._memory = mmap.mmap(-1, capacity_bytes, flags=flags)
-        if not hasattr(mmap, "MAP_POPULATE"):  # not Linux: commit the pages by touching them
-            self._memory[:: mmap.PAGESIZE] = bytes(len(range(0, capacity_bytes, mmap.PAGESIZE)))
-        self._view = memoryview(self._memory)
+        self.path: str | None = None
+        self.token = b""
+        self._header = 0
+        populate = getattr(mmap, "MAP_POPULATE", 0)
+        region = SharedRegion.create(mmap.PAGESIZE + capacity_bytes) if shared else None
+        if region is not None:  # the token's page, then the slots
+            self._header, self.path, self.token = mmap.PAGESIZE, region.path, region.token
+            self._view = region.view(mmap.PAGESIZE, capacity_bytes)
+        else:
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate
+            memory = mmap.mmap(-1, capacity_bytes, flags=flags)
+            if not populate:  # not Linux: commit the pages by touching them
+                memory[:: mmap.PAGESIZE] = bytes(len(range(0, capacity_bytes, mmap.PAGESIZE)))
+            self._view = memoryview(memory)
+        self._region = region
         self.slot_bytes = 0
         self.num_slots = 0
         self._free: list[int] = []  # released slots, reused first
@@ -72,6 +89,16 @@ class SlotArena:
         assert 0 <= slot < self.num_slots and 0 < nbytes <= self.slot_bytes
         start = slot * self.slot_bytes
         return self._view[start : start + nbytes]
+
+    def offset(self, slot: int) -> int:
+        """Where ``slot`` starts in the shared file (``path``)."""
+        assert 0 <= slot < self.num_slots
+        return self._header + slot * self.slot_bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes of the shared file (the token's page and the slots); 0 if private."""
+        return self._region.size if self._region is not None else 0
 
     @property
     def num_used(self) -> int:

@@ -14,13 +14,36 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import xxhash
+
 from kvstore.index import DEFAULT_PREFIX, Holding, StoreIndex
 from kvstore.types import NodeInfo, NodeUnavailable, StoreError, key_hex
 from transfer import PeerTimeout, PeerUnavailable, RemoteError, RequestClient, SocketOptions
-from transfer.messages import Buffer, DeleteReply, DeleteRequest, GetReply, GetRequest, PutReply, PutRequest
+from transfer.errors import CorruptBuffer
+from transfer.messages import (
+    AttachReply,
+    AttachRequest,
+    Buffer,
+    ChunkSpec,
+    CommitRequest,
+    DeleteReply,
+    DeleteRequest,
+    GetReply,
+    GetRequest,
+    InPlaceGetReply,
+    InPlaceGetRequest,
+    PutReply,
+    PutRequest,
+    ReleaseRequest,
+    ReserveReply,
+    ReserveRequest,
+)
+from transfer.shared_memory import SharedRegion
+from transfer.wire import checksum
 
 if TYPE_CHECKING:
     import torch
+
 
 MiB = 1 << 20
 
@@ -44,6 +67,11 @@ class StoreClient:
     against 16 and 16 or 2 and 2). Every failure of a node is ``NodeUnavailable``, of Redis
     ``IndexUnavailable``, of a request ``StoreError``: all mean "not from the store; recompute".
     A chunk whose bytes fail their producer's checksum raises ``transfer.errors.CorruptBuffer``.
+
+    With ``shared_memory`` (the default), a node on this host is written and read in place: the
+    client maps its arena (``transfer.shared_memory``) and copies the bytes itself, and only small
+    requests cross the socket (a put: reserve, copy in, commit; a get: pin, copy out, release).
+    A node this process cannot map (another host or container) is reached over the socket.
     """
 
     def __init__(
@@ -56,6 +84,7 @@ class StoreClient:
         max_request_bytes: int = 4 * MiB,
         max_request_keys: int = 4,
         index_prefix: str = DEFAULT_PREFIX,
+        shared_memory: bool = True,
     ) -> None:
         if min(timeout_s, connect_timeout_s, max_request_bytes, max_request_keys) <= 0:
             raise ValueError(
@@ -65,7 +94,7 @@ class StoreClient:
         self._settings = {
             "redis_url": redis_url, "node_id": node_id, "timeout_s": timeout_s, "connect_timeout_s": connect_timeout_s,
             "max_request_bytes": max_request_bytes, "max_request_keys": max_request_keys,
-            "index_prefix": index_prefix,
+            "index_prefix": index_prefix, "shared_memory": shared_memory,
         }  # fmt: skip
         self.node_id = node_id
         self.timeout_s = timeout_s
@@ -73,6 +102,9 @@ class StoreClient:
         self.max_request_bytes = max_request_bytes
         self.max_request_keys = max_request_keys
         self._connections: dict[str, RequestClient] = {}
+        self.shared_memory = shared_memory
+        self._arenas: dict[str, tuple[str, SharedRegion | None]] = {}  # node id -> (address, mapping)
+        self.num_in_place = 0  # chunks put or got in place (the rest went over a socket)
         self._own_address: str | None = None  # node_id's address, looked up once
         self._spread = os.urandom(8)  # which copy this client reads, where a chunk has several
         self._lock = threading.Lock()
@@ -132,6 +164,16 @@ class StoreClient:
         stored: list[bool] = []
         with self._lock:
             node_id, address = self._put_target()
+            try:
+                arena = self._arena(node_id, address)
+                in_place = (
+                    None if arena is None else self._put_in_place(node_id, address, arena, keys, buffers)
+                )
+            except NodeUnavailable:
+                self._own_address = None  # look it up again next time: it may have moved
+                raise
+            if in_place is not None:
+                return in_place
             # All parts are in flight at once: the node copies one into its arena while the
             # next is still arriving.
             ranges = _batches([b.nbytes for b in buffers], self.max_request_bytes)
@@ -165,15 +207,22 @@ class StoreClient:
         _check_keys(keys)
         holdings = self.index.locate(list(keys))
         plan = _assign(keys, holdings, self.node_id, self._spread)
-        results: list[Buffer | None] = [None] * len(keys)
-        # Every request is in flight at once, a node's keys split into requests of at most
-        # ``max_request_keys``: this side checks one reply while the next is on the wire.
-        parts = [
-            (node_id, address, positions[start : start + self.max_request_keys])
-            for node_id, (address, positions) in plan.items()
-            for start in range(0, len(positions), self.max_request_keys)
-        ]
+        results: list[Any] = [None] * len(keys)  # a Buffer (received) or a tensor (copied in place)
         with self._lock:
+            for node_id, (address, positions) in plan.items():
+                arena = self._arena(node_id, address)
+                if arena is not None:
+                    self._get_in_place(node_id, address, arena, keys, positions, results)
+            # What is left goes over the sockets (all of a node's keys, or those it did not hold
+            # in memory: a key on its disk tier is promoted by a plain get). Every request is in
+            # flight at once, a node's keys split into requests of at most ``max_request_keys``:
+            # this side checks one reply while the next is on the wire.
+            parts = [
+                (node_id, address, left[start : start + self.max_request_keys])
+                for node_id, (address, positions) in plan.items()
+                if (left := [i for i in positions if results[i] is None])
+                for start in range(0, len(left), self.max_request_keys)
+            ]
             pending: list[tuple[str, int]] = []
             try:
                 for node_id, address, positions in parts:
@@ -193,7 +242,7 @@ class StoreClient:
         missing = next((i for i, b in enumerate(results) if b is None), None)
         if missing is not None:
             raise KeyError(f"key {key_hex(keys[missing])} (#{missing}) was evicted from its node")
-        return [to_tensor(b) for b in results]
+        return [to_tensor(b) if isinstance(b, Buffer) else b for b in results]
 
     def delete(self, keys: Sequence[bytes]) -> int:
         """Remove ``keys`` from every live node holding them; returns how many copies were deleted."""
@@ -207,6 +256,87 @@ class StoreClient:
                     assert isinstance(reply, DeleteReply)
                     deleted += sum(reply.deleted)
         return deleted
+
+    # ---- in place ------------------------------------------------------------------------------
+
+    def _arena(self, node_id: str, address: str) -> SharedRegion | None:
+        """This process's mapping of the node's arena, attached on first use; None if it cannot
+        map it (or ``shared_memory`` is off)."""
+        if not self.shared_memory:
+            return None
+        known = self._arenas.get(node_id)
+        if known is not None and known[0] == address:
+            return known[1]
+        self._forget_arena(node_id)
+        reply = self._call(node_id, address, AttachRequest())
+        assert isinstance(reply, AttachReply)
+        arena = SharedRegion.attach(reply.path, reply.token, reply.size)
+        self._arenas[node_id] = (address, arena)
+        return arena
+
+    def _forget_arena(self, node_id: str) -> None:
+        known = self._arenas.pop(node_id, None)
+        if known is not None and known[1] is not None:
+            known[1].close()
+
+    def _put_in_place(
+        self, node_id: str, address: str, arena: SharedRegion, keys: Sequence[bytes], buffers: list[Buffer]
+    ) -> list[bool] | None:
+        """Reserve slots, copy the chunks in, commit; None if the node's arena is no longer the
+        one mapped (it restarted: the caller sends the chunks over the socket)."""
+        specs = tuple(ChunkSpec(b.dtype, b.shape, checksum(b)) for b in buffers)
+        reply = self._call(node_id, address, ReserveRequest(tuple(keys), specs))
+        assert isinstance(reply, ReserveReply) and len(reply.offsets) == len(keys)
+        try:
+            if reply.token != arena.token:
+                raise _StaleArena
+            for offset, buffer in zip(reply.offsets, buffers):
+                if offset >= 0:
+                    arena.write(offset, buffer.data)
+        except BaseException as e:
+            self._send_release(node_id, address, reply.lease)  # the node drops what was reserved
+            if isinstance(e, _StaleArena):
+                self._forget_arena(node_id)
+                return None
+            raise
+        committed = self._call(node_id, address, CommitRequest(reply.lease))
+        assert isinstance(committed, PutReply) and len(committed.stored) == len(keys)
+        self.num_in_place += sum(o >= 0 for o in reply.offsets)
+        return list(committed.stored)
+
+    def _get_in_place(
+        self,
+        node_id: str,
+        address: str,
+        arena: SharedRegion,
+        keys: Sequence[bytes],
+        positions: list[int],
+        results: list[Any],
+    ) -> None:
+        """Copy out of the node's arena the chunks of ``positions`` it holds in memory (pinned
+        meanwhile); the others stay None in ``results``."""
+        reply = self._call(node_id, address, InPlaceGetRequest(tuple(keys[i] for i in positions)))
+        assert isinstance(reply, InPlaceGetReply) and len(reply.found) == len(positions)
+        try:
+            if reply.token != arena.token:  # the node restarted: attach again next time
+                self._forget_arena(node_id)
+                return
+            where = iter(zip(reply.offsets, reply.specs))
+            for i, found in zip(positions, reply.found):
+                if found:
+                    offset, spec = next(where)
+                    results[i] = _copy_out(arena, offset, spec, f"key {key_hex(keys[i])} (#{i})")
+                    self.num_in_place += 1
+        finally:
+            self._send_release(node_id, address, reply.lease)
+
+    def _send_release(self, node_id: str, address: str, lease: int) -> None:
+        """Tell the node a lease is done with, without waiting for its answer."""
+        try:
+            conn = self._connection(node_id, address)
+            conn.cancel(conn.submit(ReleaseRequest(lease)))
+        except PeerUnavailable:
+            pass  # the lease lapses on its own
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -253,6 +383,7 @@ class StoreClient:
 
     def _drop(self, node_id: str) -> None:
         """Forget a failed connection: the next request dials afresh (the node may have restarted)."""
+        self._forget_arena(node_id)
         conn = self._connections.pop(node_id, None)
         if conn is not None:
             conn.close()
@@ -265,6 +396,8 @@ class StoreClient:
             for conn in self._connections.values():
                 conn.close()
             self._connections.clear()
+            for node_id in list(self._arenas):
+                self._forget_arena(node_id)
         self.index.close()
 
     def __enter__(self) -> StoreClient:
@@ -272,6 +405,25 @@ class StoreClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _copy_out(arena: SharedRegion, offset: int, spec: ChunkSpec, where: str) -> torch.Tensor:
+    """A tensor of the reader's own with the chunk's bytes, checked against its producer's
+    checksum (a pin that lapsed and a slot reused meanwhile is caught here, never served)."""
+    import torch
+
+    out = torch.empty(spec.nbytes, dtype=torch.uint8)
+    try:
+        arena.read_into(offset, out.numpy())
+    except ValueError as e:
+        raise CorruptBuffer(f"{where}: {e}", None, None) from None
+    if xxhash.xxh3_64_intdigest(out.numpy()) != spec.checksum:
+        raise CorruptBuffer(f"{where}: its bytes do not match their checksum", None, None)
+    return out.view(getattr(torch, spec.dtype)).reshape(spec.shape)
+
+
+class _StaleArena(Exception):
+    """The node's arena is not the one this client mapped."""
 
 
 def _check_keys(keys: Sequence[bytes]) -> None:

@@ -25,7 +25,9 @@ class StoreNodeConfig:
     ``disk_path`` (None: no disk tier) is a directory where chunks evicted from memory are kept, up
     to ``disk_capacity_bytes``; a node started on a path a previous one used adopts its chunks.
     A chunk fetched more than ``replicate_after`` times within ``replicate_window_s`` is copied to
-    another live node (``kvstore.replication``; 0: never).
+    another live node (``kvstore.replication``; 0: never). With ``shared_memory``, clients on the
+    node's host map its arena and copy chunks in and out themselves (``transfer.shared_memory``); an in-place
+    transfer's chunks are pinned for at most ``read_lease_s``.
     """
 
     node_id: str
@@ -44,6 +46,7 @@ class StoreNodeConfig:
     disk_capacity_bytes: int = 0
     replicate_after: int = 0  # copy a chunk fetched more than this often within the window (0: never)
     replicate_window_s: float = 10.0
+    shared_memory: bool = True  # clients on this host may map the arena (``transfer.shared_memory``)
 
     def __post_init__(self) -> None:
         if not self.node_id or any(c.isspace() for c in self.node_id):

@@ -41,7 +41,11 @@ from transfer.messages import (
     BAD_REQUEST,
     INTERNAL,
     UNAVAILABLE,
+    AttachReply,
+    AttachRequest,
     Buffer,
+    ChunkSpec,
+    CommitRequest,
     DeleteReply,
     DeleteRequest,
     ErrorReply,
@@ -49,9 +53,15 @@ from transfer.messages import (
     ExistsRequest,
     GetReply,
     GetRequest,
+    InPlaceGetReply,
+    InPlaceGetRequest,
     Message,
     PutReply,
     PutRequest,
+    ReleaseReply,
+    ReleaseRequest,
+    ReserveReply,
+    ReserveRequest,
     StatsReply,
     StatsRequest,
 )
@@ -60,6 +70,18 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.1  # bounds how long a stop request waits for the loop to notice it
 _SENDING_POLL_S = 0.005  # how often finished sends are checked for while chunks are pinned
+
+
+@dataclass
+class _Lease:
+    """Chunks pinned for an in-place transfer: a reader's (``reading``) or a writer's, whose
+    chunks are listed only at commit (``stored``: the reserve reply's answers, per key)."""
+
+    deadline: float
+    keys: tuple[bytes, ...]
+    chunks: list[Chunk | None]  # None where nothing was reserved
+    reading: bool
+    stored: tuple[bool, ...] = ()
 
 
 @dataclass
@@ -83,7 +105,7 @@ class StoreNode:
             else None
         )
         self.pool = ChunkPool(
-            SlotArena(config.capacity_bytes, config.slot_size),
+            SlotArena(config.capacity_bytes, config.slot_size, shared=config.shared_memory),
             config.evict_watermark,
             spill=self._spill if self.disk is not None else None,
         )
@@ -108,9 +130,16 @@ class StoreNode:
         self._index_down = False
         self._sending: list[tuple[zmq.MessageTracker, list[Chunk]]] = []
         self._pinned_by_request: list[Chunk] = []
+        self._leases: dict[int, _Lease] = {}
+        self._next_lease = 1
         self._handlers: dict[type[Message], Callable] = {
             PutRequest: self._put,
             GetRequest: self._get,
+            AttachRequest: self._attach,
+            InPlaceGetRequest: self._get_in_place,
+            ReserveRequest: self._reserve,
+            CommitRequest: self._commit,
+            ReleaseRequest: self._release,
             ExistsRequest: self._exists,
             DeleteRequest: self._delete,
             StatsRequest: self._stats,
@@ -129,6 +158,9 @@ class StoreNode:
                     self._heartbeat()
                     next_heartbeat = now + self.config.heartbeat_interval_s
                 timeout_s = min(next_heartbeat - now, _SENDING_POLL_S if self._sending else _IDLE_POLL_S)
+                if self._leases:
+                    self._expire_leases(now)
+                    timeout_s = min([timeout_s, *(lease.deadline - now for lease in self._leases.values())])
                 ready = dict(poller.poll(max(0, int(timeout_s * 1000))))
                 if self._writer.fileno() in ready:
                     self._writer.clear_wakeups()
@@ -188,6 +220,10 @@ class StoreNode:
 
     def _answer(self, request: Incoming, reply: Message, pinned: list[Chunk]) -> None:
         tracker = self.server.reply(request, reply)
+        if tracker is None and isinstance(reply, (InPlaceGetReply, ReserveReply)):
+            lease = self._leases.pop(reply.lease, None)  # its reader is gone: nobody will release it
+            if lease is not None:
+                self._end(lease)
         if tracker is not None and not tracker.done and pinned:
             self._sending.append((tracker, pinned))
         else:
@@ -195,14 +231,8 @@ class StoreNode:
                 self.pool.release(chunk)
 
     def _put(self, request: PutRequest) -> _AfterPublish:
-        size = self.config.chunk_bytes
         for buffer in request.buffers:  # refuse the whole batch before storing any of it
-            if size and buffer.nbytes != size:
-                raise ValueError(
-                    f"refused a chunk of {buffer.nbytes} bytes: store node {self.config.node_id} "
-                    f"holds chunks of exactly {size} bytes (this cluster's model and chunk size)"
-                )
-            self.pool.check_fits(buffer.nbytes)
+            self._check_chunk_size(buffer.nbytes)
         stored, writes = [], []
         for key, buffer in zip(request.keys, request.buffers):
             if self.pool.touch(key) or self._on_disk(key):  # a key names its content: held is stored
@@ -247,6 +277,126 @@ class StoreNode:
                 reply, self._publish(promoted + self.pool.take_evicted() + self._disk_dropped())
             )
         return reply
+
+    # ---- in place: clients on this host copy the bytes themselves --------------------------------
+
+    def _attach(self, request: AttachRequest) -> AttachReply:
+        arena = self.pool.arena
+        return AttachReply(arena.path or "", arena.token, arena.size)
+
+    def _lease(self, lease: _Lease) -> int:
+        lease_id, self._next_lease = self._next_lease, self._next_lease + 1
+        self._leases[lease_id] = lease
+        return lease_id
+
+    def _get_in_place(self, request: InPlaceGetRequest) -> InPlaceGetReply:
+        """Pin the keys held in memory and say where they are; a key on disk only or not held is
+        not found here (the client asks for it with a ``GetRequest``, which promotes from disk)."""
+        arena = self.pool.arena
+        if arena.path is None:
+            raise ValueError(f"store node {self.config.node_id} does not share its arena")
+        found, chunks = [], []
+        for key in request.keys:
+            # a miss is counted by the plain get the client sends for what is not found here
+            chunk = self.pool.get(key) if self.pool.contains(key) else None
+            found.append(chunk is not None)
+            if chunk is not None:
+                self.pool.pin(chunk)
+                chunks.append(chunk)
+        if self._hot is not None:
+            self._replicate_hot(
+                [k for k, ok in zip(request.keys, found) if ok], [self._buffer(c) for c in chunks]
+            )
+        self.pool.touch_chain(list(request.keys))
+        lease_s = self.config.read_lease_s
+        lease = self._lease(_Lease(time.monotonic() + lease_s, request.keys, list(chunks), reading=True))
+        return InPlaceGetReply(
+            tuple(found),
+            tuple(arena.offset(c.slot) for c in chunks),
+            tuple(ChunkSpec(c.dtype, c.shape, c.checksum or 0) for c in chunks),
+            lease,
+            lease_s,
+            arena.token,
+        )
+
+    def _reserve(self, request: ReserveRequest) -> ReserveReply | _AfterPublish:
+        """Slots for the client to write into, listed (and in the index) only at commit."""
+        arena = self.pool.arena
+        if arena.path is None:
+            raise ValueError(f"store node {self.config.node_id} does not share its arena")
+        for spec in request.specs:  # refuse the whole batch before reserving any of it
+            self._check_chunk_size(spec.nbytes)
+        stored, chunks = [], []
+        for key, spec in zip(request.keys, request.specs):
+            chunk = None
+            held = self.pool.touch(key) or self._on_disk(key)
+            if not held:
+                chunk = self.pool.reserve(
+                    key, spec.nbytes, spec.dtype, spec.shape, spec.checksum, ready=False
+                )
+            stored.append(held)
+            chunks.append(chunk)
+        lease_s = self.config.read_lease_s
+        lease = self._lease(
+            _Lease(time.monotonic() + lease_s, request.keys, chunks, reading=False, stored=tuple(stored))
+        )
+        offsets = tuple(-1 if c is None else arena.offset(c.slot) for c in chunks)
+        reply = ReserveReply(tuple(stored), offsets, lease, lease_s, arena.token)
+        evicted = self.pool.take_evicted() + self._disk_dropped()
+        return _AfterPublish(reply, self._publish(evicted)) if evicted else reply
+
+    def _commit(self, request: CommitRequest) -> _AfterPublish:
+        lease = self._leases.pop(request.lease, None)
+        if lease is None or lease.reading:
+            raise ValueError(
+                f"lease {request.lease} is not held (it lapsed after {self.config.read_lease_s:g} s, "
+                "or was never granted): nothing was stored"
+            )
+        stored = list(lease.stored)
+        for i, chunk in enumerate(lease.chunks):
+            if chunk is not None:
+                stored[i] = not chunk.deleted  # deleted meanwhile: not stored
+                self.pool.commit(chunk)
+                self.pool.release(chunk)
+        evicted = self.pool.take_evicted()
+        touched = [k for k, ok in zip(lease.keys, stored) if ok] + evicted + self._disk_dropped()
+        self.pool.touch_chain(list(lease.keys))
+        return _AfterPublish(PutReply(tuple(stored), len(evicted)), self._publish(touched))
+
+    def _release(self, request: ReleaseRequest) -> ReleaseReply:
+        """A reader is done with its chunks, or a writer abandons its reservation."""
+        lease = self._leases.pop(request.lease, None)
+        if lease is not None:
+            self._end(lease)
+        return ReleaseReply(lease is not None)
+
+    def _end(self, lease: _Lease) -> None:
+        """Release what a lease pinned; a writer's uncommitted chunks are dropped."""
+        for key, chunk in zip(lease.keys, lease.chunks):
+            if chunk is None:
+                continue
+            if not lease.reading and not chunk.deleted:
+                self.pool.delete(key)
+            self.pool.release(chunk)
+
+    def _expire_leases(self, now: float) -> None:
+        for lease_id in [i for i, lease in self._leases.items() if lease.deadline <= now]:
+            lease = self._leases.pop(lease_id)
+            self._end(lease)
+            log.warning(
+                "in-place %s lease %d lapsed after %.1f s: %s",
+                "read" if lease.reading else "write", lease_id, self.config.read_lease_s,
+                "pins released" if lease.reading else "its chunks were not stored",
+            )  # fmt: skip
+
+    def _check_chunk_size(self, nbytes: int) -> None:
+        size = self.config.chunk_bytes
+        if size and nbytes != size:
+            raise ValueError(
+                f"refused a chunk of {nbytes} bytes: store node {self.config.node_id} "
+                f"holds chunks of exactly {size} bytes (this cluster's model and chunk size)"
+            )
+        self.pool.check_fits(nbytes)
 
     def _replicate_hot(self, keys: list[bytes], buffers: list[Buffer]) -> None:
         assert self._hot is not None and self.replicator is not None

@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--replicate-window-s", type=float, default=10.0, help="the window of --replicate-after (default 10)"
     )
+    parser.add_argument(
+        "--no-shared-memory", dest="shared_memory", action="store_false",
+        help="keep the arena private: clients on this host then send and receive chunks over the socket "
+        "too, instead of copying them in and out of the mapped arena themselves (default: shared)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             advertise=args.advertise,
             heartbeat_ttl_s=args.heartbeat_ttl_s,
             evict_watermark=args.evict_watermark,
+            shared_memory=args.shared_memory,
             read_lease_s=args.read_lease_s,
             max_frame_bytes=args.max_frame_bytes,
             disk_path=args.disk_path,

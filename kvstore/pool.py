@@ -24,6 +24,7 @@ class Chunk:
     checksum: int | None = None  # its producer's (transfer.wire), sent back with the bytes
     pins: int = 0
     deleted: bool = False  # dropped from the table while pinned: its slot is freed on last release
+    ready: bool = True  # False while a client writes its bytes in place (not served until committed)
 
 
 class ChunkPool:
@@ -75,8 +76,8 @@ class ChunkPool:
         return True
 
     def touch(self, key: bytes) -> bool:
-        """Mark ``key`` most recently used; False if it is not held. Keys name their content, so
-        putting a held key only touches it."""
+        """Mark ``key`` most recently used; False if it is not held (or being written). Keys name
+        their content, so putting a held key only touches it."""
         if key not in self._chunks:
             return False
         self._chunks.move_to_end(key)
@@ -90,11 +91,18 @@ class ChunkPool:
                 self._chunks.move_to_end(key)
 
     def reserve(
-        self, key: bytes, nbytes: int, dtype: str, shape: tuple[int, ...], checksum: int | None = None
+        self,
+        key: bytes,
+        nbytes: int,
+        dtype: str,
+        shape: tuple[int, ...],
+        checksum: int | None = None,
+        ready: bool = True,
     ) -> Chunk | None:
         """A slot for a new chunk under ``key``, evicting as needed; None if no slot is free or
         evictable now. The chunk is listed at once and pinned (being written, it is never
-        evicted): ``write`` its bytes, then ``release`` it."""
+        evicted): ``write`` its bytes, then ``release`` it. With ``ready`` False it is not served
+        (``get``, ``contains``, ``keys``) until ``commit``: its bytes are written by another process."""
         assert key not in self._chunks, "reserve() of a held key: touch() it instead"
         self.arena.fit(nbytes)
         high_water = max(1, math.floor(self.evict_watermark * self.arena.num_slots))
@@ -103,7 +111,7 @@ class ChunkPool:
         slot = self.arena.allocate()
         if slot is None:
             return None
-        chunk = Chunk(slot, nbytes, dtype, tuple(shape), checksum)
+        chunk = Chunk(slot, nbytes, dtype, tuple(shape), checksum, ready=ready)
         self._chunks[key] = chunk
         self.pin(chunk)
         return chunk
@@ -115,10 +123,14 @@ class ChunkPool:
         assert source.nbytes == chunk.nbytes, f"{source.nbytes} bytes for a chunk of {chunk.nbytes}"
         np.copyto(np.frombuffer(self.view(chunk), dtype=np.uint8), source)
 
+    def commit(self, chunk: Chunk) -> None:
+        """A chunk reserved with ``ready`` False has its bytes: serve it from now on."""
+        chunk.ready = True
+
     def get(self, key: bytes) -> Chunk | None:
         """The chunk under ``key`` (now most recently used), or None; counts a hit or a miss."""
         chunk = self._chunks.get(key)
-        if chunk is None:
+        if chunk is None or not chunk.ready:
             self.misses += 1
             return None
         self.hits += 1
@@ -126,7 +138,8 @@ class ChunkPool:
         return chunk
 
     def contains(self, key: bytes) -> bool:
-        return key in self._chunks
+        chunk = self._chunks.get(key)
+        return chunk is not None and chunk.ready
 
     def view(self, chunk: Chunk) -> memoryview:
         """The chunk's bytes, in place. Pin the chunk for as long as the view is in use."""
@@ -170,7 +183,7 @@ class ChunkPool:
         return evicted
 
     def keys(self) -> list[bytes]:
-        return list(self._chunks)
+        return [key for key, chunk in self._chunks.items() if chunk.ready]
 
     def _evict_one(self) -> bool:
         for key, chunk in self._chunks.items():

@@ -4,6 +4,7 @@
 - ``wire``: message ⇄ frames (MessagePack header + zero-copy buffer frames), validating decode.
 - ``sockets``: the one module that creates sockets, with size limits and high-water marks.
 - ``reqrep``: request/reply with ids and timeouts; ``channel``: one-way typed inboxes and outboxes.
+- ``shared_memory``: a region one process shares with others on its host (a store node's arena).
 - ``errors``: what can go wrong, one class per thing a caller can act on.
 """
 

@@ -157,6 +157,115 @@ class GetReply(Message, kind="store_get_reply"):
             raise ValueError(f"{self.KIND}: {sum(self.found)} keys found but {len(self.buffers)} buffers")
 
 
+# In place: a client on the node's host maps the node's arena (``AttachReply.path``, checked by
+# its ``token``) and copies chunk bytes in and out itself; only these small messages cross the
+# socket. A lease names the chunks pinned for one such transfer: released by the client, or by
+# the node once ``lease_s`` passes (a put's uncommitted chunks are then dropped).
+
+
+@dataclass(frozen=True)
+class AttachRequest(Message, kind="store_attach"):
+    pass
+
+
+@dataclass(frozen=True)
+class AttachReply(Message, kind="store_attach_reply"):
+    """Where the node's arena can be mapped (``path`` empty: it cannot). The file's first
+    ``len(token)`` bytes are ``token``: a client that reads them there has the node's arena."""
+
+    path: str
+    token: bytes
+    size: int
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """A chunk's description without its bytes: dtype, shape, its producer's checksum."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    checksum: int
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_ITEMSIZE:
+            raise ValueError(f"unknown chunk dtype {self.dtype!r}")
+        if any(d < 0 for d in self.shape):
+            raise ValueError(f"chunk shape must be non-negative, got {self.shape!r}")
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_ITEMSIZE[self.dtype]
+
+
+@dataclass(frozen=True)
+class InPlaceGetRequest(Message, kind="store_get_in_place"):
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class InPlaceGetReply(Message, kind="store_get_in_place_reply"):
+    """``offsets[i]`` / ``specs[i]``: where in the arena the i-th found key's bytes are and what
+    they are, pinned until ``lease`` is released (``ReleaseRequest``) or ``lease_s`` passes."""
+
+    found: tuple[bool, ...]
+    offsets: tuple[int, ...]
+    specs: tuple[ChunkSpec, ...]
+    lease: int
+    lease_s: float
+    token: bytes  # the arena's: a client holding another node's mapping must attach again
+
+    def __post_init__(self) -> None:
+        _check_same_length(self.KIND, "offsets", self.offsets, "specs", self.specs)
+        if sum(self.found) != len(self.offsets):
+            raise ValueError(f"{self.KIND}: {sum(self.found)} keys found but {len(self.offsets)} offsets")
+
+
+@dataclass(frozen=True)
+class ReserveRequest(Message, kind="store_reserve"):
+    """Slots for chunks the client writes itself, then commits (``CommitRequest``)."""
+
+    keys: tuple[bytes, ...]
+    specs: tuple[ChunkSpec, ...]
+
+    def __post_init__(self) -> None:
+        _check_same_length(self.KIND, "keys", self.keys, "specs", self.specs)
+
+
+@dataclass(frozen=True)
+class ReserveReply(Message, kind="store_reserve_reply"):
+    """``offsets[i]``: where to write ``keys[i]``'s bytes; -1 where nothing is to be written
+    (``stored[i]`` True: already held; False: no room)."""
+
+    stored: tuple[bool, ...]
+    offsets: tuple[int, ...]
+    lease: int
+    lease_s: float
+    token: bytes
+
+    def __post_init__(self) -> None:
+        _check_same_length(self.KIND, "stored", self.stored, "offsets", self.offsets)
+
+
+@dataclass(frozen=True)
+class CommitRequest(Message, kind="store_commit"):
+    """The reserved chunks of ``lease`` are written: list them. Answered with a ``PutReply``
+    once the index knows (an ``ErrorReply`` if the lease has lapsed: nothing was stored)."""
+
+    lease: int
+
+
+@dataclass(frozen=True)
+class ReleaseRequest(Message, kind="store_release"):
+    """The client is done reading the chunks of ``lease``."""
+
+    lease: int
+
+
+@dataclass(frozen=True)
+class ReleaseReply(Message, kind="store_release_reply"):
+    released: bool  # False: the lease had already lapsed
+
+
 @dataclass(frozen=True)
 class ExistsRequest(Message, kind="store_exists"):
     keys: tuple[bytes, ...]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -268,7 +269,10 @@ class StoreClient:
         if known is not None and known[0] == address:
             return known[1]
         self._forget_arena(node_id)
-        reply = self._call(node_id, address, AttachRequest())
+        try:
+            reply = self._call(node_id, address, AttachRequest())
+        except StoreError:  # a node that does not serve in-place transfers: the socket it is
+            reply = AttachReply("", b"", 0)
         assert isinstance(reply, AttachReply)
         arena = SharedRegion.attach(reply.path, reply.token, reply.size)
         self._arenas[node_id] = (address, arena)
@@ -285,11 +289,14 @@ class StoreClient:
         """Reserve slots, copy the chunks in, commit; None if the node's arena is no longer the
         one mapped (it restarted: the caller sends the chunks over the socket)."""
         specs = tuple(ChunkSpec(b.dtype, b.shape, checksum(b)) for b in buffers)
+        asked = time.monotonic()
         reply = self._call(node_id, address, ReserveRequest(tuple(keys), specs))
         assert isinstance(reply, ReserveReply) and len(reply.offsets) == len(keys)
         try:
             if reply.token != arena.token:
                 raise _StaleArena
+            if time.monotonic() - asked > reply.lease_s / 2:  # the slots may be gone before we are done
+                raise _LateReply
             for offset, buffer in zip(reply.offsets, buffers):
                 if offset >= 0:
                     arena.write(offset, buffer.data)
@@ -297,6 +304,8 @@ class StoreClient:
             self._send_release(node_id, address, reply.lease)  # the node drops what was reserved
             if isinstance(e, _StaleArena):
                 self._forget_arena(node_id)
+                return None
+            if isinstance(e, _LateReply):
                 return None
             raise
         committed = self._call(node_id, address, CommitRequest(reply.lease))
@@ -424,6 +433,10 @@ def _copy_out(arena: SharedRegion, offset: int, spec: ChunkSpec, where: str) -> 
 
 class _StaleArena(Exception):
     """The node's arena is not the one this client mapped."""
+
+
+class _LateReply(Exception):
+    """A reservation's reply came so late that its lease might lapse while the bytes are copied."""
 
 
 def _check_keys(keys: Sequence[bytes]) -> None:

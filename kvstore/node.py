@@ -204,6 +204,8 @@ class StoreNode:
             held = self._held_back.pop(0)
             assert held.request is not None
             reply, error = held.reply, held.ticket.error
+            if error is not None and isinstance(reply, ReserveReply) and reply.lease in self._leases:
+                self._end(self._leases.pop(reply.lease))  # answered with an error: nothing to write
             if isinstance(error, IndexUnavailable):
                 self._registered = False  # the index missed this change: republish in full
                 reply = ErrorReply(UNAVAILABLE, f"{error}; the node republishes when the index is back")
@@ -220,10 +222,11 @@ class StoreNode:
 
     def _answer(self, request: Incoming, reply: Message, pinned: list[Chunk]) -> None:
         tracker = self.server.reply(request, reply)
-        if tracker is None and isinstance(reply, (InPlaceGetReply, ReserveReply)):
-            lease = self._leases.pop(reply.lease, None)  # its reader is gone: nobody will release it
-            if lease is not None:
-                self._end(lease)
+        if isinstance(reply, (InPlaceGetReply, ReserveReply)) and reply.lease in self._leases:
+            if tracker is None:  # its client is gone: nobody will release it
+                self._end(self._leases.pop(reply.lease))
+            else:  # the lease runs from when the client can start (a reply may wait on the index)
+                self._leases[reply.lease].deadline = time.monotonic() + self.config.read_lease_s
         if tracker is not None and not tracker.done and pinned:
             self._sending.append((tracker, pinned))
         else:
@@ -237,6 +240,9 @@ class StoreNode:
         for key, buffer in zip(request.keys, request.buffers):
             if self.pool.touch(key) or self._on_disk(key):  # a key names its content: held is stored
                 stored.append(True)
+                continue
+            if self.pool.busy(key):  # another client is writing it in place: not stored by this put
+                stored.append(False)
                 continue
             chunk = self.pool.reserve(key, buffer.nbytes, buffer.dtype, buffer.shape, buffer.checksum)
             stored.append(chunk is not None)
@@ -298,7 +304,10 @@ class StoreNode:
         found, chunks = [], []
         for key in request.keys:
             # a miss is counted by the plain get the client sends for what is not found here
+            # (a chunk without its producer's checksum, too: the socket path computes one)
             chunk = self.pool.get(key) if self.pool.contains(key) else None
+            if chunk is not None and chunk.checksum is None:
+                chunk = None
             found.append(chunk is not None)
             if chunk is not None:
                 self.pool.pin(chunk)
@@ -309,7 +318,8 @@ class StoreNode:
             )
         self.pool.touch_chain(list(request.keys))
         lease_s = self.config.read_lease_s
-        lease = self._lease(_Lease(time.monotonic() + lease_s, request.keys, list(chunks), reading=True))
+        found_keys = tuple(k for k, ok in zip(request.keys, found) if ok)
+        lease = self._lease(_Lease(time.monotonic() + lease_s, found_keys, list(chunks), reading=True))
         return InPlaceGetReply(
             tuple(found),
             tuple(arena.offset(c.slot) for c in chunks),
@@ -330,7 +340,7 @@ class StoreNode:
         for key, spec in zip(request.keys, request.specs):
             chunk = None
             held = self.pool.touch(key) or self._on_disk(key)
-            if not held:
+            if not held and not self.pool.busy(key):
                 chunk = self.pool.reserve(
                     key, spec.nbytes, spec.dtype, spec.shape, spec.checksum, ready=False
                 )
@@ -346,12 +356,13 @@ class StoreNode:
         return _AfterPublish(reply, self._publish(evicted)) if evicted else reply
 
     def _commit(self, request: CommitRequest) -> _AfterPublish:
-        lease = self._leases.pop(request.lease, None)
+        lease = self._leases.get(request.lease)
         if lease is None or lease.reading:
             raise ValueError(
-                f"lease {request.lease} is not held (it lapsed after {self.config.read_lease_s:g} s, "
-                "or was never granted): nothing was stored"
+                f"lease {request.lease} is not a write lease held here (it lapsed after "
+                f"{self.config.read_lease_s:g} s, or was never granted): nothing was stored"
             )
+        del self._leases[request.lease]
         stored = list(lease.stored)
         for i, chunk in enumerate(lease.chunks):
             if chunk is not None:
@@ -434,7 +445,12 @@ class StoreNode:
 
     def _on_disk(self, key: bytes) -> bool:
         """Held on disk and not in memory."""
-        return self.disk is not None and not self.pool.contains(key) and self.disk.contains(key)
+        return (
+            self.disk is not None
+            and not self.pool.contains(key)
+            and not self.pool.busy(key)
+            and self.disk.contains(key)
+        )
 
     def _holds(self, key: bytes) -> bool:
         return self.pool.contains(key) or (self.disk is not None and self.disk.contains(key))
@@ -536,6 +552,9 @@ class StoreNode:
         self._writer.close()  # publish what is queued, before deregistering removes it all
         self._answer_published(raise_unexpected=False)
         self._release_sent()
+        for lease in self._leases.values():  # uncommitted writes are dropped, reads' pins released
+            self._end(lease)
+        self._leases.clear()
         if self.disk is not None:
             kept = self.pool.spill_all()
             log.info("kept %d chunks of memory on disk; the disk tier holds %d", kept, self.disk.num_chunks)

@@ -68,6 +68,8 @@ class ChunkPool:
         (``touch`` + ``reserve`` + ``write`` + ``release`` in one call.)"""
         if self.touch(key):
             return True
+        if self.busy(key):
+            return False
         chunk = self.reserve(key, memoryview(data).nbytes, dtype, shape)
         if chunk is None:
             return False
@@ -76,12 +78,20 @@ class ChunkPool:
         return True
 
     def touch(self, key: bytes) -> bool:
-        """Mark ``key`` most recently used; False if it is not held (or being written). Keys name
-        their content, so putting a held key only touches it."""
-        if key not in self._chunks:
+        """Mark ``key`` most recently used; False if it is not held (a chunk another process is
+        still writing in place is not: see ``busy``). Keys name their content, so putting a held
+        key only touches it."""
+        chunk = self._chunks.get(key)
+        if chunk is None or not chunk.ready:
             return False
         self._chunks.move_to_end(key)
         return True
+
+    def busy(self, key: bytes) -> bool:
+        """``key`` is reserved and its bytes not yet committed: it can be neither served nor
+        reserved again until that write commits or is dropped."""
+        chunk = self._chunks.get(key)
+        return chunk is not None and not chunk.ready
 
     def touch_chain(self, keys: list[bytes]) -> None:
         """Mark a chain's held keys most recently used, its head last: a chain's head is worth
@@ -168,11 +178,12 @@ class ChunkPool:
 
     def spill_all(self) -> int:
         """Hand every chunk to ``spill`` (least recently used first) without evicting it: what a
-        node with a disk tier does as it shuts down, so that a restart finds everything. Chunks
-        being written are skipped. Returns how many were handed over."""
+        node with a disk tier does as it shuts down, so that a restart finds everything (chunks
+        being read too: their bytes are settled). Chunks not yet committed are skipped. Returns
+        how many were handed over."""
         if self._spill is None:
             return 0
-        ready = [(key, chunk) for key, chunk in self._chunks.items() if not chunk.pins]
+        ready = [(key, chunk) for key, chunk in self._chunks.items() if chunk.ready]
         for key, chunk in ready:
             self._spill(key, chunk, self.view(chunk))
         return len(ready)

@@ -67,14 +67,13 @@ class SharedRegion:
             log.debug("cannot open %s (%s): not the owner's host", path, e)
             return None
         try:
+            if os.pread(fd, TOKEN_BYTES, 0) != token:  # checked before the whole region is mapped
+                return None
             memory = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         except (OSError, ValueError):
             return None
         finally:
             os.close(fd)  # the mapping keeps the file
-        if memory[:TOKEN_BYTES] != token:
-            memory.close()
-            return None
         return cls(memory, token)
 
     def view(self, offset: int, nbytes: int) -> memoryview:

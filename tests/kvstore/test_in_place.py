@@ -191,3 +191,56 @@ def test_a_client_holding_a_restarted_nodes_old_arena_maps_the_new_one(redis_ser
             client.get([key(1)])  # the first process's chunk died with it
     finally:
         client.close()
+
+
+def test_a_key_being_written_in_place_is_neither_stored_twice_nor_served(redis_server, start_node):
+    node = start_node(redis_server.url, "a")
+    local = StoreClient(redis_server.url, node_id="a")
+    remote = StoreClient(redis_server.url, node_id="a", shared_memory=False)
+    writer = RequestClient(node.address)
+    try:
+        data = chunks(1, seed=2)
+        spec = (ChunkSpec("float32", tuple(data[0].shape), xxh3(data[0])),)
+        reserved = writer.request(ReserveRequest((key(5),), spec), 10)
+        # a second writer of the same key is told it did not store it, by either path
+        assert remote.put([key(5)], data) == [False]
+        assert local.put([key(5)], data) == [False]
+        assert writer.request(ReserveRequest((key(5),), spec), 10).offsets == (-1,)
+        with pytest.raises(RemoteError, match="not a write lease"):  # a read lease is not committed
+            writer.request(CommitRequest(writer.request(InPlaceGetRequest((key(5),)), 10).lease), 10)
+        attached = writer.request(AttachRequest(), 10)
+        arena = SharedRegion.attach(attached.path, attached.token, attached.size)
+        arena.write(reserved.offsets[0], data[0].numpy())
+        assert writer.request(CommitRequest(reserved.lease), 10).stored == (True,)
+        assert torch.equal(local.get([key(5)])[0], data[0]) and torch.equal(remote.get([key(5)])[0], data[0])
+        assert remote.put([key(5)], data) == [True]  # held now: only touched
+        assert writer.request(StatsRequest(), 10).num_pinned == 0
+        arena.close()
+    finally:
+        writer.close()
+        local.close()
+        remote.close()
+
+
+def test_chunks_read_at_shutdown_are_kept_on_disk_and_writes_in_flight_are_not(
+    redis_server, start_node, tmp_path
+):
+    disk = tmp_path / "disk"
+    first = start_node(redis_server.url, "a", disk_path=disk)
+    client = StoreClient(redis_server.url, node_id="a")
+    admin = RequestClient(first.address)
+    try:
+        data = chunks(2, seed=3)
+        assert client.put([key(1)], data[:1]) == [True]
+        reading = admin.request(InPlaceGetRequest((key(1),)), 10)  # a reader that never releases
+        assert reading.found == (True,)
+        spec = (ChunkSpec("float32", tuple(data[1].shape), xxh3(data[1])),)
+        assert admin.request(ReserveRequest((key(2),), spec), 10).offsets[0] >= 0  # never committed
+        assert first.stop() == 0
+        start_node(redis_server.url, "a", disk_path=disk)
+        assert torch.equal(client.get([key(1)])[0], data[0])  # from the disk tier
+        with pytest.raises(KeyError):
+            client.get([key(2)])
+    finally:
+        admin.close()
+        client.close()

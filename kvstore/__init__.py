@@ -1,7 +1,8 @@
 """The KV store: a pool of host memory across store nodes, indexed in Redis.
 
 - ``keys``: the hash-chain key of a chunk (torch-free; the engine imports it).
-- ``client.StoreClient``: put / get / match_prefix / nodes, for workers and the router.
+- ``client.StoreClient``: put / get / match_prefix / nodes, for workers and the router (a node on
+  this host in place, through its mapped arena; others over the socket).
 - ``index``: the Redis index (torch-free reads for the router); ``node`` / ``node_main``: a node.
 - ``pool`` / ``arena``: the node's memory; ``embedded_redis``: a private Redis for local use.
 - ``sizes``: byte sizes as command lines write them (``4GiB``), importable without the rest.

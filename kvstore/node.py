@@ -82,6 +82,7 @@ class _Lease:
     chunks: list[Chunk | None]  # None where nothing was reserved
     reading: bool
     stored: tuple[bool, ...] = ()
+    peer: bytes = b""  # the connection that took it: only it may commit or release it
 
 
 @dataclass
@@ -132,6 +133,7 @@ class StoreNode:
         self._pinned_by_request: list[Chunk] = []
         self._leases: dict[int, _Lease] = {}
         self._next_lease = 1
+        self._peer = b""  # the connection whose request is being handled
         self._handlers: dict[type[Message], Callable] = {
             PutRequest: self._put,
             GetRequest: self._get,
@@ -182,6 +184,7 @@ class StoreNode:
             reply = ErrorReply(BAD_REQUEST, f"a store node does not serve {request.message.KIND}")
         else:
             try:
+                self._peer = request.peer
                 reply = handler(request.message)
             except ValueError as e:
                 reply = ErrorReply(BAD_REQUEST, str(e))
@@ -291,6 +294,7 @@ class StoreNode:
         return AttachReply(arena.path or "", arena.token, arena.size)
 
     def _lease(self, lease: _Lease) -> int:
+        lease.peer = self._peer
         lease_id, self._next_lease = self._next_lease, self._next_lease + 1
         self._leases[lease_id] = lease
         return lease_id
@@ -357,10 +361,10 @@ class StoreNode:
 
     def _commit(self, request: CommitRequest) -> _AfterPublish:
         lease = self._leases.get(request.lease)
-        if lease is None or lease.reading:
+        if lease is None or lease.reading or lease.peer != self._peer:
             raise ValueError(
-                f"lease {request.lease} is not a write lease held here (it lapsed after "
-                f"{self.config.read_lease_s:g} s, or was never granted): nothing was stored"
+                f"lease {request.lease} is not a write lease this connection holds (it lapsed after "
+                f"{self.config.read_lease_s:g} s, or was never granted to it): nothing was stored"
             )
         del self._leases[request.lease]
         stored = list(lease.stored)
@@ -376,10 +380,11 @@ class StoreNode:
 
     def _release(self, request: ReleaseRequest) -> ReleaseReply:
         """A reader is done with its chunks, or a writer abandons its reservation."""
-        lease = self._leases.pop(request.lease, None)
-        if lease is not None:
-            self._end(lease)
-        return ReleaseReply(lease is not None)
+        lease = self._leases.get(request.lease)
+        if lease is None or lease.peer != self._peer:  # lapsed, or another connection's
+            return ReleaseReply(False)
+        self._end(self._leases.pop(request.lease))
+        return ReleaseReply(True)
 
     def _end(self, lease: _Lease) -> None:
         """Release what a lease pinned; a writer's uncommitted chunks are dropped."""

@@ -160,7 +160,8 @@ class GetReply(Message, kind="store_get_reply"):
 # In place: a client on the node's host maps the node's arena (``AttachReply.path``, checked by
 # its ``token``) and copies chunk bytes in and out itself; only these small messages cross the
 # socket. A lease names the chunks pinned for one such transfer: released by the client, or by
-# the node once ``lease_s`` passes (a put's uncommitted chunks are then dropped).
+# the node once ``lease_s`` passes (a put's uncommitted chunks are then dropped). Only the
+# connection that took a lease may commit or release it.
 
 
 @dataclass(frozen=True)

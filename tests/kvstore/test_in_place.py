@@ -244,3 +244,26 @@ def test_chunks_read_at_shutdown_are_kept_on_disk_and_writes_in_flight_are_not(
     finally:
         admin.close()
         client.close()
+
+
+def test_only_the_connection_that_took_a_lease_may_release_or_commit_it(redis_server, start_node):
+    node = start_node(redis_server.url, "a")
+    client = StoreClient(redis_server.url, node_id="a")
+    owner, stranger = RequestClient(node.address), RequestClient(node.address)
+    try:
+        client.put([key(1)], chunks(1))
+        reading = owner.request(InPlaceGetRequest((key(1),)), 10)
+        assert stranger.request(ReleaseRequest(reading.lease), 10).released is False
+        assert owner.request(StatsRequest(), 10).num_pinned == 1
+        spec = (ChunkSpec("float32", (4, 3, 64), 0),)
+        writing = owner.request(ReserveRequest((key(2),), spec), 10)
+        with pytest.raises(RemoteError, match="not a write lease this connection holds"):
+            stranger.request(CommitRequest(writing.lease), 10)
+        assert owner.request(ReleaseRequest(reading.lease), 10).released is True
+        assert owner.request(ReleaseRequest(writing.lease), 10).released is True  # abandoned
+        assert owner.request(StatsRequest(), 10).num_pinned == 0
+        assert owner.request(ExistsRequest((key(2),)), 10).present == (False,)
+    finally:
+        owner.close()
+        stranger.close()
+        client.close()

@@ -27,7 +27,9 @@ class StoreNodeConfig:
     A chunk fetched more than ``replicate_after`` times within ``replicate_window_s`` is copied to
     another live node (``kvstore.replication``; 0: never). With ``shared_memory``, clients on the
     node's host map its arena and copy chunks in and out themselves (``transfer.shared_memory``); an in-place
-    transfer's chunks are pinned for at most ``read_lease_s``.
+    transfer's chunks are pinned for at most ``in_place_lease_s`` after its reply leaves (the copy
+    takes milliseconds; a client that vanished meanwhile cannot be noticed sooner, as ZeroMQ does
+    not tell a ROUTER which peer left).
     """
 
     node_id: str
@@ -40,6 +42,7 @@ class StoreNodeConfig:
     heartbeat_ttl_s: float = 5.0
     evict_watermark: float = 0.9
     read_lease_s: float = 30.0
+    in_place_lease_s: float = 5.0
     max_frame_bytes: int = 256 * MiB
     index_prefix: str = DEFAULT_PREFIX
     disk_path: str | None = None
@@ -70,8 +73,11 @@ class StoreNodeConfig:
             raise ValueError(f"slot_bytes {self.slot_bytes} exceeds max_frame_bytes {self.max_frame_bytes}")
         if self.heartbeat_ttl_s <= 0:
             raise ValueError(f"heartbeat_ttl_s must be positive, got {self.heartbeat_ttl_s}")
-        if self.read_lease_s <= 0:
-            raise ValueError(f"read_lease_s must be positive, got {self.read_lease_s}")
+        if self.read_lease_s <= 0 or self.in_place_lease_s <= 0:
+            raise ValueError(
+                f"read_lease_s and in_place_lease_s must be positive, got {self.read_lease_s}, "
+                f"{self.in_place_lease_s}"
+            )
         if self.disk_path is not None and self.disk_capacity_bytes <= 0:
             raise ValueError(
                 f"a disk tier needs a positive disk_capacity_bytes, got {self.disk_capacity_bytes}"

@@ -229,7 +229,7 @@ class StoreNode:
             if tracker is None:  # its client is gone: nobody will release it
                 self._end(self._leases.pop(reply.lease))
             else:  # the lease runs from when the client can start (a reply may wait on the index)
-                self._leases[reply.lease].deadline = time.monotonic() + self.config.read_lease_s
+                self._leases[reply.lease].deadline = time.monotonic() + self.config.in_place_lease_s
         if tracker is not None and not tracker.done and pinned:
             self._sending.append((tracker, pinned))
         else:
@@ -321,7 +321,7 @@ class StoreNode:
                 [k for k, ok in zip(request.keys, found) if ok], [self._buffer(c) for c in chunks]
             )
         self.pool.touch_chain(list(request.keys))
-        lease_s = self.config.read_lease_s
+        lease_s = self.config.in_place_lease_s
         found_keys = tuple(k for k, ok in zip(request.keys, found) if ok)
         lease = self._lease(_Lease(time.monotonic() + lease_s, found_keys, list(chunks), reading=True))
         return InPlaceGetReply(
@@ -350,7 +350,7 @@ class StoreNode:
                 )
             stored.append(held)
             chunks.append(chunk)
-        lease_s = self.config.read_lease_s
+        lease_s = self.config.in_place_lease_s
         lease = self._lease(
             _Lease(time.monotonic() + lease_s, request.keys, chunks, reading=False, stored=tuple(stored))
         )
@@ -364,7 +364,7 @@ class StoreNode:
         if lease is None or lease.reading or lease.peer != self._peer:
             raise ValueError(
                 f"lease {request.lease} is not a write lease this connection holds (it lapsed after "
-                f"{self.config.read_lease_s:g} s, or was never granted to it): nothing was stored"
+                f"{self.config.in_place_lease_s:g} s, or was never granted to it): nothing was stored"
             )
         del self._leases[request.lease]
         stored = list(lease.stored)
@@ -401,7 +401,7 @@ class StoreNode:
             self._end(lease)
             log.warning(
                 "in-place %s lease %d lapsed after %.1f s: %s",
-                "read" if lease.reading else "write", lease_id, self.config.read_lease_s,
+                "read" if lease.reading else "write", lease_id, self.config.in_place_lease_s,
                 "pins released" if lease.reading else "its chunks were not stored",
             )  # fmt: skip
 

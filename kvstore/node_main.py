@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-lease-s", type=float, default=30.0, help="drop a reader that accepts no bytes this long (30)"
     )
     parser.add_argument(
+        "--in-place-lease-s", type=float, default=5.0,
+        help="how long the chunks of an in-place transfer (a client on this host copying them itself) "
+        "stay pinned after the reply, unless released or committed sooner (5)",
+    )  # fmt: skip
+    parser.add_argument(
         "--max-frame-bytes", type=parse_bytes, default="256MiB", help="largest frame accepted (256MiB)"
     )
     parser.add_argument(
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             evict_watermark=args.evict_watermark,
             shared_memory=args.shared_memory,
             read_lease_s=args.read_lease_s,
+            in_place_lease_s=args.in_place_lease_s,
             max_frame_bytes=args.max_frame_bytes,
             disk_path=args.disk_path,
             disk_capacity_bytes=args.disk_capacity,

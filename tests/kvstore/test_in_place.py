@@ -97,7 +97,7 @@ def test_a_mapping_whose_token_differs_is_refused(tmp_path):
 
 
 def test_a_reservation_is_not_served_until_committed_and_lapses_unless_it_is(redis_server, start_node):
-    node = start_node(redis_server.url, "a", read_lease_s=1.0)
+    node = start_node(redis_server.url, "a", extra=("--in-place-lease-s", "1"))
     client = StoreClient(redis_server.url, node_id="a")
     writer = RequestClient(node.address)
     try:
@@ -132,7 +132,7 @@ def test_a_reservation_is_not_served_until_committed_and_lapses_unless_it_is(red
 
 
 def test_a_reader_that_never_releases_loses_its_pins_when_the_lease_ends(redis_server, start_node):
-    node = start_node(redis_server.url, "a", read_lease_s=1.0)
+    node = start_node(redis_server.url, "a", extra=("--in-place-lease-s", "1"))
     client = StoreClient(redis_server.url, node_id="a")
     reader = RequestClient(node.address)
     try:

@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import xxhash
-
 from kvstore.index import DEFAULT_PREFIX, Holding, StoreIndex
 from kvstore.types import NodeInfo, NodeUnavailable, StoreError, key_hex
 from transfer import PeerTimeout, PeerUnavailable, RemoteError, RequestClient, SocketOptions
@@ -40,7 +38,7 @@ from transfer.messages import (
     ReserveRequest,
 )
 from transfer.shared_memory import SharedRegion
-from transfer.wire import checksum
+from transfer.wire import checksum, digest
 
 if TYPE_CHECKING:
     import torch
@@ -287,26 +285,25 @@ class StoreClient:
         self, node_id: str, address: str, arena: SharedRegion, keys: Sequence[bytes], buffers: list[Buffer]
     ) -> list[bool] | None:
         """Reserve slots, copy the chunks in, commit; None if the node's arena is no longer the
-        one mapped (it restarted: the caller sends the chunks over the socket)."""
+        one mapped (it restarted) or the reservation came too late to use: the caller sends the
+        chunks over the socket."""
         specs = tuple(ChunkSpec(b.dtype, b.shape, checksum(b)) for b in buffers)
         asked = time.monotonic()
         reply = self._call(node_id, address, ReserveRequest(tuple(keys), specs))
         assert isinstance(reply, ReserveReply) and len(reply.offsets) == len(keys)
+        stale = reply.token != arena.token
+        # a reply that came after half its lease: the slots may be gone before the copy is done
+        if stale or time.monotonic() - asked > reply.lease_s / 2:
+            self._send_release(node_id, address, reply.lease)  # the node drops what was reserved
+            if stale:
+                self._forget_arena(node_id)
+            return None
         try:
-            if reply.token != arena.token:
-                raise _StaleArena
-            if time.monotonic() - asked > reply.lease_s / 2:  # the slots may be gone before we are done
-                raise _LateReply
             for offset, buffer in zip(reply.offsets, buffers):
                 if offset >= 0:
                     arena.write(offset, buffer.data)
-        except BaseException as e:
-            self._send_release(node_id, address, reply.lease)  # the node drops what was reserved
-            if isinstance(e, _StaleArena):
-                self._forget_arena(node_id)
-                return None
-            if isinstance(e, _LateReply):
-                return None
+        except BaseException:
+            self._send_release(node_id, address, reply.lease)
             raise
         committed = self._call(node_id, address, CommitRequest(reply.lease))
         assert isinstance(committed, PutReply) and len(committed.stored) == len(keys)
@@ -426,17 +423,9 @@ def _copy_out(arena: SharedRegion, offset: int, spec: ChunkSpec, where: str) -> 
         arena.read_into(offset, out.numpy())
     except ValueError as e:
         raise CorruptBuffer(f"{where}: {e}", None, None) from None
-    if xxhash.xxh3_64_intdigest(out.numpy()) != spec.checksum:
+    if digest(out.numpy()) != spec.checksum:
         raise CorruptBuffer(f"{where}: its bytes do not match their checksum", None, None)
     return out.view(getattr(torch, spec.dtype)).reshape(spec.shape)
-
-
-class _StaleArena(Exception):
-    """The node's arena is not the one this client mapped."""
-
-
-class _LateReply(Exception):
-    """A reservation's reply came so late that its lease might lapse while the bytes are copied."""
 
 
 def _check_keys(keys: Sequence[bytes]) -> None:

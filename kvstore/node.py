@@ -207,8 +207,8 @@ class StoreNode:
             held = self._held_back.pop(0)
             assert held.request is not None
             reply, error = held.reply, held.ticket.error
-            if error is not None and isinstance(reply, ReserveReply) and reply.lease in self._leases:
-                self._end(self._leases.pop(reply.lease))  # answered with an error: nothing to write
+            if error is not None and isinstance(reply, ReserveReply):
+                self._end(reply.lease)  # answered with an error: nothing to write
             if isinstance(error, IndexUnavailable):
                 self._registered = False  # the index missed this change: republish in full
                 reply = ErrorReply(UNAVAILABLE, f"{error}; the node republishes when the index is back")
@@ -227,7 +227,7 @@ class StoreNode:
         tracker = self.server.reply(request, reply)
         if isinstance(reply, (InPlaceGetReply, ReserveReply)) and reply.lease in self._leases:
             if tracker is None:  # its client is gone: nobody will release it
-                self._end(self._leases.pop(reply.lease))
+                self._end(reply.lease)
             else:  # the lease runs from when the client can start (a reply may wait on the index)
                 self._leases[reply.lease].deadline = time.monotonic() + self.config.in_place_lease_s
         if tracker is not None and not tracker.done and pinned:
@@ -293,6 +293,11 @@ class StoreNode:
         arena = self.pool.arena
         return AttachReply(arena.path or "", arena.token, arena.size)
 
+    def _shared_arena(self) -> SlotArena:
+        if self.pool.arena.path is None:
+            raise ValueError(f"store node {self.config.node_id} does not share its arena")
+        return self.pool.arena
+
     def _lease(self, lease: _Lease) -> int:
         lease.peer = self._peer
         lease_id, self._next_lease = self._next_lease, self._next_lease + 1
@@ -302,9 +307,7 @@ class StoreNode:
     def _get_in_place(self, request: InPlaceGetRequest) -> InPlaceGetReply:
         """Pin the keys held in memory and say where they are; a key on disk only or not held is
         not found here (the client asks for it with a ``GetRequest``, which promotes from disk)."""
-        arena = self.pool.arena
-        if arena.path is None:
-            raise ValueError(f"store node {self.config.node_id} does not share its arena")
+        arena = self._shared_arena()
         found, chunks = [], []
         for key in request.keys:
             # a miss is counted by the plain get the client sends for what is not found here
@@ -316,13 +319,11 @@ class StoreNode:
             if chunk is not None:
                 self.pool.pin(chunk)
                 chunks.append(chunk)
+        found_keys = tuple(k for k, ok in zip(request.keys, found) if ok)
         if self._hot is not None:
-            self._replicate_hot(
-                [k for k, ok in zip(request.keys, found) if ok], [self._buffer(c) for c in chunks]
-            )
+            self._replicate_hot(list(found_keys), [self._buffer(c) for c in chunks])
         self.pool.touch_chain(list(request.keys))
         lease_s = self.config.in_place_lease_s
-        found_keys = tuple(k for k, ok in zip(request.keys, found) if ok)
         lease = self._lease(_Lease(time.monotonic() + lease_s, found_keys, list(chunks), reading=True))
         return InPlaceGetReply(
             tuple(found),
@@ -335,9 +336,7 @@ class StoreNode:
 
     def _reserve(self, request: ReserveRequest) -> ReserveReply | _AfterPublish:
         """Slots for the client to write into, listed (and in the index) only at commit."""
-        arena = self.pool.arena
-        if arena.path is None:
-            raise ValueError(f"store node {self.config.node_id} does not share its arena")
+        arena = self._shared_arena()
         for spec in request.specs:  # refuse the whole batch before reserving any of it
             self._check_chunk_size(spec.nbytes)
         stored, chunks = [], []
@@ -383,22 +382,27 @@ class StoreNode:
         lease = self._leases.get(request.lease)
         if lease is None or lease.peer != self._peer:  # lapsed, or another connection's
             return ReleaseReply(False)
-        self._end(self._leases.pop(request.lease))
+        self._end(request.lease)
         return ReleaseReply(True)
 
-    def _end(self, lease: _Lease) -> None:
-        """Release what a lease pinned; a writer's uncommitted chunks are dropped."""
+    def _end(self, lease_id: int) -> _Lease | None:
+        """End a lease (None if it is not held): release what it pinned; a writer's uncommitted
+        chunks are dropped."""
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            return None
         for key, chunk in zip(lease.keys, lease.chunks):
             if chunk is None:
                 continue
             if not lease.reading and not chunk.deleted:
                 self.pool.delete(key)
             self.pool.release(chunk)
+        return lease
 
     def _expire_leases(self, now: float) -> None:
         for lease_id in [i for i, lease in self._leases.items() if lease.deadline <= now]:
-            lease = self._leases.pop(lease_id)
-            self._end(lease)
+            lease = self._end(lease_id)
+            assert lease is not None
             log.warning(
                 "in-place %s lease %d lapsed after %.1f s: %s",
                 "read" if lease.reading else "write", lease_id, self.config.in_place_lease_s,
@@ -557,9 +561,8 @@ class StoreNode:
         self._writer.close()  # publish what is queued, before deregistering removes it all
         self._answer_published(raise_unexpected=False)
         self._release_sent()
-        for lease in self._leases.values():  # uncommitted writes are dropped, reads' pins released
-            self._end(lease)
-        self._leases.clear()
+        for lease_id in list(self._leases):  # uncommitted writes are dropped, reads' pins released
+            self._end(lease_id)
         if self.disk is not None:
             kept = self.pool.spill_all()
             log.info("kept %d chunks of memory on disk; the disk tier holds %d", kept, self.disk.num_chunks)

@@ -61,9 +61,14 @@ def encode(message: Message, *, msg_id: int | None = None, seq: int | None = Non
 
 
 def checksum(buffer: Buffer) -> int:
-    """The buffer's checksum: its producer's if it carries one, else xxh3-64 of its bytes (tens of
-    GB/s: a few ms for a long prompt's KV)."""
-    return buffer.checksum if buffer.checksum is not None else xxhash.xxh3_64_intdigest(buffer.data)
+    """The buffer's checksum: its producer's if it carries one, else ``digest`` of its bytes."""
+    return buffer.checksum if buffer.checksum is not None else digest(buffer.data)
+
+
+def digest(data: Any) -> int:
+    """The checksum of a buffer's bytes, as producers compute it and readers check it: xxh3-64
+    (tens of GB/s: a few ms for a long prompt's KV)."""
+    return xxhash.xxh3_64_intdigest(data)
 
 
 def _plain(value: Any) -> Any:
@@ -124,7 +129,7 @@ def _decode_header(header: dict, frames: Sequence[Any], msg_id: int | None, veri
     except ValueError as e:
         raise WireError(str(e)) from None
     for i, buffer in enumerate(buffers if verify else ()):  # last: a receiver told of corruption can answer
-        if xxhash.xxh3_64_intdigest(buffer.data) != buffer.checksum:
+        if digest(buffer.data) != buffer.checksum:
             raise CorruptBuffer(
                 f"{kind}.buffers[{i}]: its bytes do not match their checksum", msg_id, message
             )

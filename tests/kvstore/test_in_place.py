@@ -101,11 +101,9 @@ def test_a_reservation_is_not_served_until_committed_and_lapses_unless_it_is(red
     client = StoreClient(redis_server.url, node_id="a")
     writer = RequestClient(node.address)
     try:
-        attached = writer.request(AttachRequest(), 10)
-        arena = SharedRegion.attach(attached.path, attached.token, attached.size)
-        assert arena is not None
+        arena = attach(writer)
         data = chunks(2)
-        specs = tuple(ChunkSpec("float32", tuple(d.shape), xxh3(d)) for d in data)
+        specs = tuple(spec_of(d) for d in data)
         reserved = writer.request(ReserveRequest((key(1), key(2)), specs), 10)
         assert isinstance(reserved, ReserveReply) and reserved.stored == (False, False)
         arena.write(reserved.offsets[0], data[0].numpy())  # half written: nobody may read it yet
@@ -166,10 +164,19 @@ def test_the_arena_is_a_shared_file_with_its_token_in_the_first_page():
     assert SlotArena(4096, 4096).path is None  # private unless asked
 
 
-def xxh3(tensor: torch.Tensor) -> int:
+def spec_of(tensor: torch.Tensor) -> ChunkSpec:
+    """What a writer reserves for a float32 chunk: its shape and checksum (xxh3, computed here)."""
     import xxhash
 
-    return xxhash.xxh3_64_intdigest(tensor.numpy())
+    return ChunkSpec("float32", tuple(tensor.shape), xxhash.xxh3_64_intdigest(tensor.numpy()))
+
+
+def attach(conn: RequestClient) -> SharedRegion:
+    """Map the arena of the node at the other end of ``conn``, as a client on its host does."""
+    attached = conn.request(AttachRequest(), 10)
+    arena = SharedRegion.attach(attached.path, attached.token, attached.size)
+    assert arena is not None
+    return arena
 
 
 def test_a_client_holding_a_restarted_nodes_old_arena_maps_the_new_one(redis_server, start_node):
@@ -200,7 +207,7 @@ def test_a_key_being_written_in_place_is_neither_stored_twice_nor_served(redis_s
     writer = RequestClient(node.address)
     try:
         data = chunks(1, seed=2)
-        spec = (ChunkSpec("float32", tuple(data[0].shape), xxh3(data[0])),)
+        spec = (spec_of(data[0]),)
         reserved = writer.request(ReserveRequest((key(5),), spec), 10)
         # a second writer of the same key is told it did not store it, by either path
         assert remote.put([key(5)], data) == [False]
@@ -208,8 +215,7 @@ def test_a_key_being_written_in_place_is_neither_stored_twice_nor_served(redis_s
         assert writer.request(ReserveRequest((key(5),), spec), 10).offsets == (-1,)
         with pytest.raises(RemoteError, match="not a write lease"):  # a read lease is not committed
             writer.request(CommitRequest(writer.request(InPlaceGetRequest((key(5),)), 10).lease), 10)
-        attached = writer.request(AttachRequest(), 10)
-        arena = SharedRegion.attach(attached.path, attached.token, attached.size)
+        arena = attach(writer)
         arena.write(reserved.offsets[0], data[0].numpy())
         assert writer.request(CommitRequest(reserved.lease), 10).stored == (True,)
         assert torch.equal(local.get([key(5)])[0], data[0]) and torch.equal(remote.get([key(5)])[0], data[0])
@@ -234,7 +240,7 @@ def test_chunks_read_at_shutdown_are_kept_on_disk_and_writes_in_flight_are_not(
         assert client.put([key(1)], data[:1]) == [True]
         reading = admin.request(InPlaceGetRequest((key(1),)), 10)  # a reader that never releases
         assert reading.found == (True,)
-        spec = (ChunkSpec("float32", tuple(data[1].shape), xxh3(data[1])),)
+        spec = (spec_of(data[1]),)
         assert admin.request(ReserveRequest((key(2),), spec), 10).offsets[0] >= 0  # never committed
         assert first.stop() == 0
         start_node(redis_server.url, "a", disk_path=disk)
